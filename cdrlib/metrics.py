@@ -1,0 +1,307 @@
+"""Retrieval metrics, exact and chunked, from features or from a ranking.
+
+Every metric the papers report is a function of one thing: for each query, the ranks (0-based
+positions in its ranked gallery) of the relevant items. :class:`RelevantRanks` holds those, padded
+to a rectangle, and every metric below reads them — so a gallery of 100k items never needs a
+Q×G table in memory, only one chunk of queries at a time.
+
+Ranking order is by score descending; exact ties are broken by gallery index ascending, so every
+number here is deterministic. Definitions (the book's "Retrieval metrics" chapter explains them):
+
+* ``precision_at_k`` — hits in the top K / K (ICFRR's "Prec@K").
+* ``precision_at_k_capped`` — the UCDIR/IBNM code's P@K: Σ_q hits in the top min(K, n_rel) /
+  Σ_q min(K, n_rel), micro-averaged. Their tables use this one; it is never below the standard one.
+* ``average_precision`` / mAP@all — AP over the whole ranking.
+* ``map_at_k_icfrr`` — AP of the top-K list, normalised by the positives found inside it (ICFRR).
+* ``recall_at_k`` — queries with at least one relevant item in the top K.
+* ``r_precision`` — precision in the top R = n_rel.  ``map_at_r`` — metric-learning mAP@R.
+* ``pmrp`` — plausible-match R-precision over ζ ∈ {0, 1, 2} on multi-hot label vectors (PCME).
+
+Queries without any relevant item have no defined AP or R-precision: they are left out of those
+means (``RelevantRanks.valid``), and counted in ``n_queries_without_relevant``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .validation import as_tensor, check_features, check_k, check_labels
+
+DEFAULT_KS = (1, 5, 10, 15, 50, 100, 200)
+
+
+@dataclass
+class RelevantRanks:
+    """Ranks of the relevant items of each query.
+
+    Attributes:
+        ranks: float64 (Q, M), sorted ascending per row; entries past a row's relevant items, and
+            relevant items that a truncated ranking did not retrieve, are ``inf``.
+        n_rel: int64 (Q,), the number of relevant items in the whole gallery.
+        gallery_size: G.
+    """
+
+    ranks: torch.Tensor
+    n_rel: torch.Tensor
+    gallery_size: int
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.n_rel > 0
+
+    @staticmethod
+    def cat(parts: Sequence["RelevantRanks"]) -> "RelevantRanks":
+        m = max(p.ranks.shape[1] for p in parts)
+        ranks = torch.cat([torch.nn.functional.pad(p.ranks, (0, m - p.ranks.shape[1]), value=float("inf"))
+                           for p in parts])
+        return RelevantRanks(ranks, torch.cat([p.n_rel for p in parts]), parts[0].gallery_size)
+
+
+# ---------------------------------------------------------------- the metrics, on RelevantRanks
+
+def _positions(rr: RelevantRanks) -> torch.Tensor:
+    """1, 2, 3, … : the index of each relevant item among the relevant items (i in i / rank_i)."""
+    return torch.arange(1, rr.ranks.shape[1] + 1, dtype=torch.float64).expand_as(rr.ranks)
+
+
+def precision_at_k(rr: RelevantRanks, k: int) -> float:
+    """Mean over queries of (relevant items in the top k) / k."""
+    check_k(k, rr.gallery_size)
+    return ((rr.ranks < k).sum(1).double() / k).mean().item()
+
+
+def precision_at_k_capped(rr: RelevantRanks, k: int) -> float:
+    """The UCDIR/IBNM code's P@K: Σ_q hits in top min(k, n_rel) / Σ_q min(k, n_rel)."""
+    check_k(k, rr.gallery_size)
+    cap = rr.n_rel.clamp(max=k)
+    hits = (rr.ranks < cap.unsqueeze(1)).sum(1)
+    return (hits.sum().double() / cap.sum().clamp(min=1).double()).item()
+
+
+def recall_at_k(rr: RelevantRanks, k: int) -> float:
+    """Fraction of queries (with a relevant item) that find one in the top k."""
+    check_k(k, rr.gallery_size)
+    return (rr.ranks[rr.valid, :1] < k).double().mean().item()
+
+
+def average_precision(rr: RelevantRanks) -> torch.Tensor:
+    """AP of each query over the full ranking, (Q,); ``nan`` where the query has no relevant item."""
+    terms = torch.where(rr.ranks.isfinite(), _positions(rr) / (rr.ranks + 1), 0.0)
+    ap = terms.sum(1) / rr.n_rel.double()
+    return torch.where(rr.valid, ap, torch.nan)
+
+
+def mean_average_precision(rr: RelevantRanks) -> float:
+    """mAP@all."""
+    return torch.nanmean(average_precision(rr)).item()
+
+
+def map_at_k_icfrr(rr: RelevantRanks, k: int) -> float:
+    """mAP@K as ICFRR computes it: AP of the top-k list over the positives found in it (0 if none)."""
+    check_k(k, rr.gallery_size)
+    inside = rr.ranks < k
+    found = inside.sum(1)
+    terms = torch.where(inside, _positions(rr) / (rr.ranks + 1), 0.0).sum(1)
+    return torch.where(found > 0, terms / found.clamp(min=1), 0.0).mean().item()
+
+
+def r_precision(rr: RelevantRanks) -> float:
+    """Mean over queries of precision in the top R, R = n_rel."""
+    r = rr.n_rel.unsqueeze(1)
+    hits = (rr.ranks < r).sum(1).double()
+    return (hits[rr.valid] / rr.n_rel[rr.valid]).mean().item()
+
+
+def map_at_r(rr: RelevantRanks) -> float:
+    """mAP@R (Musgrave et al.): (1/R) Σ_{i: rank_i < R} i / (rank_i + 1), averaged over queries."""
+    inside = rr.ranks < rr.n_rel.unsqueeze(1)
+    terms = torch.where(inside, _positions(rr) / (rr.ranks + 1), 0.0).sum(1)
+    return (terms[rr.valid] / rr.n_rel[rr.valid]).mean().item()
+
+
+# ---------------------------------------------------------------- from scores to RelevantRanks
+
+def _sorted_ascending(scores: torch.Tensor) -> torch.Tensor:
+    # NumPy's vectorised sort of values is ~10x faster than torch.sort on CPU; we never need the
+    # permutation, only the sorted values (to count items above each relevant score).
+    if scores.device.type == "cpu":
+        return torch.from_numpy(np.sort(scores.numpy(), axis=1))
+    return torch.sort(scores, dim=1).values
+
+
+def ranks_from_scores(scores: torch.Tensor, relevant: torch.Tensor) -> RelevantRanks:
+    """Ranks of the relevant items when each row of ``scores`` is sorted descending.
+
+    Args:
+        scores: float (Q, G), larger is better.
+        relevant: bool (Q, G).
+    Ties: an item ranks after every item with a larger score, and after items with an equal score
+    and a smaller gallery index.
+    """
+    q, g = scores.shape
+    n_rel = relevant.sum(1)
+    m = max(int(n_rel.max()) if q else 0, 1)
+    neg_inf = torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device)
+    rel_scores, rel_idx = torch.topk(torch.where(relevant, scores, neg_inf), m, dim=1)
+    srt = _sorted_ascending(scores).contiguous()
+    rel_scores = rel_scores.contiguous()
+    above = g - torch.searchsorted(srt, rel_scores, right=True)
+    equal = torch.searchsorted(srt, rel_scores, right=True) - torch.searchsorted(srt, rel_scores, right=False)
+    pad = torch.arange(m, device=scores.device).unsqueeze(0) >= n_rel.unsqueeze(1)
+    ranks = above.to(torch.float64)
+    # Exact ties are rare with float features but must still give a deterministic order.
+    for qi, j in (equal > 1).logical_and(~pad).nonzero().tolist():
+        col = int(rel_idx[qi, j])
+        ranks[qi, j] += (scores[qi, :col] == scores[qi, col]).sum().item()
+    ranks[pad] = float("inf")
+    return RelevantRanks(torch.sort(ranks.cpu(), dim=1).values, n_rel.cpu(), g)
+
+
+def ranks_from_ranking(ranking: torch.Tensor, relevant: torch.Tensor) -> RelevantRanks:
+    """Ranks of the relevant items from an explicit ranking (for re-ranked or truncated lists).
+
+    Args:
+        ranking: int (Q, L), gallery indices best first; L ≤ G (a truncated list is fine: relevant
+            items it leaves out count as never retrieved).
+        relevant: bool (Q, G).
+    """
+    n_rel = relevant.sum(1)
+    hits = torch.gather(relevant, 1, ranking.long())
+    m = max(int(n_rel.max()) if len(n_rel) else 0, 1)
+    pos = torch.where(hits, torch.arange(hits.shape[1], device=hits.device).expand_as(hits).double(),
+                      torch.tensor(float("inf"), dtype=torch.float64, device=hits.device))
+    ranks = torch.sort(pos, dim=1).values[:, :m] if pos.shape[1] >= m else torch.nn.functional.pad(
+        torch.sort(pos, dim=1).values, (0, m - pos.shape[1]), value=float("inf"))
+    return RelevantRanks(ranks.cpu(), n_rel.cpu(), relevant.shape[1])
+
+
+# ---------------------------------------------------------------- relevance
+
+def label_relevance(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> Callable:
+    """Relevance = same class. Returns ``f(query_slice) -> bool (chunk, G)``."""
+    return lambda sl: query_labels[sl].unsqueeze(1) == gallery_labels.unsqueeze(0)
+
+
+def hamming_relevance(query_tags: torch.Tensor, gallery_tags: torch.Tensor, zeta: int) -> Callable:
+    """PMRP's plausibility: Hamming distance of multi-hot vectors ≤ ζ."""
+    qt, gt = query_tags.float(), gallery_tags.float()
+    g_count = gt.sum(1)
+
+    def rel(sl):
+        a = qt[sl]
+        dist = a.sum(1, keepdim=True) + g_count.unsqueeze(0) - 2 * (a @ gt.T)
+        return dist <= zeta + 0.5
+
+    return rel
+
+
+# ---------------------------------------------------------------- drivers
+
+def _chunk_rows(n_gallery: int, budget: int = 1 << 24) -> int:
+    """Queries per chunk so that a chunk's score table stays near ``budget`` entries (64 MB in float32)."""
+    return max(1, min(4096, budget // max(n_gallery, 1)))
+
+
+def _cosine_or_dot(a: torch.Tensor, metric: str) -> torch.Tensor:
+    return torch.nn.functional.normalize(a, dim=1) if metric == "cosine" else a
+
+
+def relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: Callable, metric: str = "cosine",
+                   chunk_size: int | None = None, device: torch.device | str | None = None) -> RelevantRanks:
+    """Score the gallery for every query (chunk by chunk) and collect the relevant ranks.
+
+    Args:
+        query: float (Q, d); gallery: float (G, d).
+        relevance: ``f(query_slice) -> bool (chunk, G)`` (see :func:`label_relevance`).
+        metric: ``"cosine"``, ``"dot"`` or ``"euclidean"`` (smaller distance ranks first).
+    """
+    dev = torch.device(device) if device is not None else query.device
+    q = _cosine_or_dot(query, metric).to(dev)
+    g = _cosine_or_dot(gallery, metric).to(dev)
+    g_sq = (g * g).sum(1) if metric == "euclidean" else None
+    step = chunk_size or _chunk_rows(len(g))
+    parts = []
+    for start in range(0, len(q), step):
+        sl = slice(start, min(start + step, len(q)))
+        s = q[sl] @ g.T
+        if metric == "euclidean":  # −||q − g||² ranks like the distance, up to the constant ||q||²
+            s = 2 * s - g_sq.unsqueeze(0)
+        parts.append(ranks_from_scores(s, relevance(sl).to(dev)))
+    return RelevantRanks.cat(parts)
+
+
+def summarize(rr: RelevantRanks, ks: Iterable[int] | None = None) -> dict[str, float]:
+    """Every metric of the module from one set of ranks, as a flat dict.
+
+    ``ks=None`` takes the values of ``DEFAULT_KS`` that fit the gallery; a K given explicitly must
+    fit (a ``ValueError`` otherwise). Keys: ``mAP@all``, ``mAP@R``, ``R-Precision``,
+    ``P@K``, ``P@K(capped)``, ``mAP@K(icfrr)``, ``R@K``.
+    """
+    out = {"mAP@all": mean_average_precision(rr), "mAP@R": map_at_r(rr), "R-Precision": r_precision(rr)}
+    ks = [k for k in DEFAULT_KS if k <= rr.gallery_size] if ks is None else [check_k(k, rr.gallery_size) for k in ks]
+    for k in ks:
+        out[f"P@{k}"] = precision_at_k(rr, k)
+        out[f"P@{k}(capped)"] = precision_at_k_capped(rr, k)
+        out[f"mAP@{k}(icfrr)"] = map_at_k_icfrr(rr, k)
+        out[f"R@{k}"] = recall_at_k(rr, k)
+    out["n_queries_without_relevant"] = int((~rr.valid).sum())
+    return out
+
+
+def retrieval_metrics(query, gallery, query_labels, gallery_labels, metric: str = "cosine",
+                      ks: Iterable[int] | None = None, chunk_size: int | None = None,
+                      device=None) -> dict[str, float]:
+    """All label-based metrics for query and gallery features.
+
+    Args:
+        query: (Q, d) features; gallery: (G, d) features (numpy or torch, float, finite).
+        query_labels: (Q,) ints; gallery_labels: (G,) ints.
+        metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
+    """
+    query = check_features(query, "query")
+    gallery = check_features(gallery, "gallery", dim=query.shape[1])
+    ql = check_labels(query_labels, "query_labels", len(query))
+    gl = check_labels(gallery_labels, "gallery_labels", len(gallery))
+    rr = relevant_ranks(query, gallery, label_relevance(ql, gl), metric, chunk_size, device)
+    return summarize(rr, ks)
+
+
+def ranking_metrics(ranking, query_labels, gallery_labels, ks: Iterable[int] | None = None) -> dict[str, float]:
+    """All label-based metrics for an explicit ranking (Q, L) of gallery indices, best first."""
+    ranking = as_tensor(ranking, "ranking")
+    if ranking.dim() != 2 or ranking.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"ranking must be an integer array (Q, L), got {ranking.dtype} {tuple(ranking.shape)}")
+    gl = check_labels(gallery_labels, "gallery_labels")
+    ql = check_labels(query_labels, "query_labels", len(ranking))
+    if ranking.numel() and (ranking.min() < 0 or ranking.max() >= len(gl)):
+        raise ValueError(f"ranking holds indices outside the gallery [0, {len(gl)})")
+    rel = ql.unsqueeze(1) == gl.unsqueeze(0)
+    return summarize(ranks_from_ranking(ranking, rel), ks)
+
+
+def pmrp(query, gallery, query_tags, gallery_tags, zetas: Sequence[int] = (0, 1, 2), metric: str = "cosine",
+         chunk_size: int | None = None) -> dict[str, float]:
+    """PMRP: plausible-match R-precision, per ζ and averaged (PCME, Chun et al. 2021).
+
+    An item is plausible for a query when the Hamming distance of their multi-hot vectors is ≤ ζ.
+
+    Args:
+        query: (Q, d), gallery: (G, d) features; query_tags: (Q, V), gallery_tags: (G, V) 0/1.
+    Returns:
+        ``{"PMRP@0": …, "PMRP@1": …, "PMRP@2": …, "PMRP": mean}``.
+    """
+    query = check_features(query, "query")
+    gallery = check_features(gallery, "gallery", dim=query.shape[1])
+    qt, gt = as_tensor(query_tags, "query_tags"), as_tensor(gallery_tags, "gallery_tags")
+    if qt.shape != (len(query), gt.shape[1]) or gt.shape[0] != len(gallery):
+        raise ValueError(f"query_tags {tuple(qt.shape)} and gallery_tags {tuple(gt.shape)} must be "
+                         f"({len(query)}, V) and ({len(gallery)}, V)")
+    out = {}
+    for z in zetas:
+        rr = relevant_ranks(query, gallery, hamming_relevance(qt, gt, z), metric, chunk_size)
+        out[f"PMRP@{z}"] = r_precision(rr)
+    out["PMRP"] = float(np.mean([out[f"PMRP@{z}"] for z in zetas]))
+    return out

@@ -1,0 +1,159 @@
+"""Self-supervised pretraining of the small backbones shipped with the book.
+
+Data: the training part of the embedded dataset, all four domains pooled, each image on its own.
+No class label is read, and the same emoji in two styles is never a positive pair: which emoji a
+sketch depicts is exactly the correspondence the unsupervised setting forbids. Images of all
+domains are shuffled together, so a batch mixes styles at random.
+
+Objectives:
+
+* ``simclr`` — NT-Xent between two augmentations of one image (:mod:`cdrlib.contrastive`), with
+  the ``Sketchify`` augmentation so that colour art also appears as line art. This is what makes a
+  colour image and a sketch of the same kind of thing land close together without pairing.
+* ``distill`` (ViT) — a small ViT learns slowly from 4k images, so it is taught by a finished
+  self-supervised CNN: cosine regression of the teacher's feature of the same augmented view, plus
+  NT-Xent. The teacher saw no labels either, so the student stays unsupervised.
+
+Run it through ``scripts/pretrain_backbone.py``; the curve (mAP against minutes) is written as
+JSON lines beside the checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .contrastive import nt_xent_loss
+from .data.emoji import load_emoji_domains
+from .data.transforms import TwoViewAugment, to_float
+from .profile import progress, seed_everything
+
+
+@dataclass
+class PretrainConfig:
+    arch: str = "resnet"            # "resnet" or "vit"
+    objective: str = "simclr"       # "simclr" or "distill"
+    teacher: str | None = None      # checkpoint of the teacher (distill)
+    minutes: float = 60.0           # wall-clock budget; training stops at the first epoch past it
+    max_epochs: int = 1000
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    temperature: float = 0.2
+    p_sketch: float = 0.3
+    proj_dim: int = 128
+    distill_weight: float = 1.0
+    eval_every: int = 5             # epochs
+    seed: int = 0
+    threads: int = 0                # 0: torch's default
+    arch_kwargs: dict = field(default_factory=dict)
+
+
+class ProjectionHead(nn.Module):
+    """SimCLR's MLP head, discarded after pretraining: D → hidden → out."""
+
+    def __init__(self, dim: int, hidden: int = 512, out: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, out))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _mean_map(model, device) -> dict:
+    from .evaluation import evaluate_backbone
+
+    out = {}
+    for protocol in ("heldout", "paper"):
+        df = evaluate_backbone(model, protocol=protocol, device=device, ks=(10,))
+        mean = df[df["query"] == "mean"].iloc[0]
+        out[f"{protocol}_mAP@all"] = round(float(mean["mAP@all"]), 4)
+        out[f"{protocol}_P@10"] = round(float(mean["P@10"]), 4)
+    return out
+
+
+def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
+    """Train, evaluate every ``eval_every`` epochs, save the backbone (fp16) and the curve."""
+    from .models.factory import build_backbone, load_backbone
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    curve_path = out_path.with_suffix(".curve.jsonl")
+    curve_path.unlink(missing_ok=True)
+
+    ds = load_emoji_domains()
+    idx = ds.indices("train")
+    images = to_float(ds.images[:, idx].reshape(-1, *ds.images.shape[2:]))  # (4·N_train, 3, 64, 64)
+
+    model = build_backbone(cfg.arch, **cfg.arch_kwargs).to(device)
+    head = ProjectionHead(model.num_features, out=cfg.proj_dim).to(device)
+    params = list(model.parameters()) + list(head.parameters())
+    teacher = None
+    if cfg.objective == "distill":
+        teacher = load_backbone(cfg.teacher).to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        distill_head = nn.Linear(model.num_features, teacher.num_features).to(device)
+        params += list(distill_head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    augment = TwoViewAugment(64, p_sketch=cfg.p_sketch)
+    steps_per_epoch = len(images) // cfg.batch_size
+    # The schedule needs a length: estimate epochs from the budget after the first epoch.
+    total_steps = None
+    t0 = time.time()
+    epoch, step = 0, 0
+
+    def log(extra):
+        row = {"epoch": epoch, "minutes": round((time.time() - t0) / 60, 2), **extra}
+        with open(curve_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+    log(_mean_map(model, device))
+    while epoch < cfg.max_epochs:
+        model.train()
+        head.train()
+        perm = torch.randperm(len(images))
+        losses = []
+        for b in progress(range(steps_per_epoch), desc=f"epoch {epoch}"):
+            x = images[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]].to(device)
+            v1, v2 = augment.two_views(x)
+            f1, f2 = model(v1), model(v2)
+            loss = nt_xent_loss(head(f1), head(f2), cfg.temperature)
+            if teacher is not None:
+                with torch.no_grad():
+                    t1, t2 = teacher(v1), teacher(v2)
+                loss = loss + cfg.distill_weight * (
+                    2 - F.cosine_similarity(distill_head(f1), t1).mean()
+                    - F.cosine_similarity(distill_head(f2), t2).mean())
+            if total_steps is not None:
+                lr = cfg.lr * 0.5 * (1 + torch.cos(torch.tensor(min(step / total_steps, 1.0) * torch.pi)).item())
+                for g in opt.param_groups:
+                    g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+        epoch += 1
+        elapsed = time.time() - t0
+        if total_steps is None:
+            total_steps = max(int(cfg.minutes * 60 / elapsed * steps_per_epoch * 0.9), step + 1)
+        done = elapsed > cfg.minutes * 60 or step >= total_steps
+        if epoch % cfg.eval_every == 0 or done:
+            log({"loss": round(sum(losses) / len(losses), 4), **_mean_map(model, device)})
+        if done:
+            break
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    torch.save({"arch": cfg.arch, "arch_kwargs": cfg.arch_kwargs, "config": asdict(cfg), "state_dict": state,
+                "epochs": epoch, "minutes": round((time.time() - t0) / 60, 1)}, out_path)
+    return out_path

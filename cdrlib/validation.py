@@ -1,0 +1,52 @@
+"""Argument checks shared by the search, metric and re-ranking code: fail early, name the argument."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def as_tensor(x, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        return torch.as_tensor(np.asarray(x))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}") from e
+
+
+def check_features(x, name: str, dim: int | None = None) -> torch.Tensor:
+    """A finite float matrix (N, d) with N ≥ 1."""
+    t = as_tensor(x, name)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must hold floats, got {t.dtype}; convert with .float()")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be a matrix (N, d), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it needs at least one row")
+    if dim is not None and t.shape[1] != dim:
+        raise ValueError(f"{name} has dimension {t.shape[1]}, the queries have {dim}")
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).any(1).sum())
+        raise ValueError(f"{name} holds NaN or infinite values in {bad} row(s); check the model's output "
+                         f"(a diverged loss?) or drop those rows")
+    return t
+
+
+def check_labels(x, name: str, n: int | None = None) -> torch.Tensor:
+    """An integer vector, of length ``n`` when given."""
+    t = as_tensor(x, name)
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be a vector (N,), got shape {tuple(t.shape)}")
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class ids, got {t.dtype}")
+    if n is not None and len(t) != n:
+        raise ValueError(f"{name} has {len(t)} entries but there are {n} feature rows")
+    return t.long()
+
+
+def check_k(k: int, gallery_size: int, name: str = "k") -> int:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"{name} must be a positive integer, got {k!r}")
+    if k > gallery_size:
+        raise ValueError(f"{name}={k} is larger than the gallery ({gallery_size} items); use {name} ≤ {gallery_size}")
+    return int(k)

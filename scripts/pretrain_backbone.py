@@ -1,0 +1,61 @@
+"""Pretrain a small backbone on the embedded dataset, self-supervised (see cdrlib/pretrain.py).
+
+The exact commands of the shipped checkpoints are in checkpoints/CHECKPOINTS.json, e.g.::
+
+    python scripts/pretrain_backbone.py --arch resnet --minutes 55 --out checkpoints/emoji_resnet.pt
+    python scripts/pretrain_backbone.py --arch vit --objective distill \
+        --teacher checkpoints/emoji_resnet.pt --minutes 45 --out checkpoints/emoji_vit.pt
+
+The checkpoint is written with its curve (``.curve.jsonl``, mAP against minutes) beside it, and
+the registry entry (sha256, command, minutes, final numbers) is updated with ``--register NAME``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cdrlib.models.factory import REGISTRY, sha256  # noqa: E402
+from cdrlib.pretrain import PretrainConfig, pretrain  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="resnet", choices=["resnet", "vit"])
+    ap.add_argument("--objective", default="simclr", choices=["simclr", "distill"])
+    ap.add_argument("--teacher")
+    ap.add_argument("--minutes", type=float, default=60)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--temperature", type=float, default=0.2)
+    ap.add_argument("--p-sketch", type=float, default=0.3)
+    ap.add_argument("--eval-every", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--register", help="name in checkpoints/CHECKPOINTS.json (emoji-resnet, emoji-vit)")
+    args = ap.parse_args()
+    cfg = PretrainConfig(arch=args.arch, objective=args.objective, teacher=args.teacher, minutes=args.minutes,
+                         batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
+                         p_sketch=args.p_sketch, eval_every=args.eval_every, threads=args.threads, seed=args.seed)
+    path = pretrain(cfg, args.out)
+    if args.register:
+        reg = json.loads(REGISTRY.read_text()) if REGISTRY.is_file() else {}
+        curve = [json.loads(line) for line in path.with_suffix(".curve.jsonl").read_text().splitlines()]
+        reg[args.register] = {
+            "path": str(path.resolve().relative_to(ROOT)),
+            "sha256": sha256(path),
+            "command": "python scripts/pretrain_backbone.py " + shlex.join(sys.argv[1:]),
+            "minutes": curve[-1]["minutes"],
+            "final": curve[-1],
+        }
+        REGISTRY.write_text(json.dumps(reg, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
