@@ -23,10 +23,13 @@ STD = 0.5
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (…, H, W, 3) → float (…, 3, H, W) in [0, 1]."""
-    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
-    if x.dtype != torch.uint8:
-        raise TypeError(f"expected uint8 images (…, H, W, 3), got {x.dtype}")
-    return x.movedim(-1, -3).float().div_(255.0)
+    dtype = images.dtype
+    if dtype not in (np.uint8, torch.uint8):
+        raise TypeError(f"expected uint8 images (…, H, W, 3), got {dtype}")
+    if isinstance(images, torch.Tensor):
+        return images.movedim(-1, -3).float().div_(255.0)
+    # The arrays are read-only (shared, cached); the float copy is the only one made.
+    return torch.from_numpy(images.astype(np.float32)).movedim(-1, -3).div_(255.0)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,218 @@
+"""The data layer: embedded dataset, manifest, paper layouts on fake trees, downloads over real HTTP."""
+import hashlib
+import http.server
+import io
+import shutil
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cdrlib.data import DataError, TwoViewAugment, get_dataset, load_emoji_domains
+from cdrlib.data.download import DownloadError, download, extract
+from cdrlib.data.emoji import DEFAULT_ROOT
+from cdrlib.data.paper import PAPER_DATASETS, load_paper_split
+
+
+# ------------------------------------------------------------------ embedded dataset
+
+def test_embedded_dataset_shape_and_split():
+    ds = load_emoji_domains()
+    assert ds.domains == ("twemoji", "noto", "openmoji", "sketch")
+    assert ds.images.shape == (4, 1365, 64, 64, 3) and ds.images.dtype == np.uint8
+    assert len(ds.classes) == 54
+    train, held = set(ds.indices("train")), set(ds.indices("heldout"))
+    assert not train & held and len(train | held) == 1365
+    for c in range(len(ds.classes)):  # every class has both parts, at least 12 members in all
+        members = np.flatnonzero(ds.labels == c)
+        assert len(members) >= 12
+        assert (ds.split[members] == "heldout").any() and (ds.split[members] == "train").any()
+    assert ds.tags.shape == (1365, len(ds.tag_vocabulary)) and ds.tags.sum(1).min() >= 0
+    assert ds.captions(0)[0] == ds.records[0]["label"]
+    # white background: corners are white in the colour domains
+    assert ds.images[:, :, 0, 0].mean() > 240
+
+
+def test_same_emoji_same_id_across_domains():
+    a = get_dataset("emoji", "twemoji", "heldout")
+    b = get_dataset("emoji", "sketch", "heldout")
+    assert (a.ids == b.ids).all() and (a.labels == b.labels).all()
+    x, y, i = a[0]
+    assert x.shape == (3, 64, 64) and x.min() >= -1 and x.max() <= 1 and i == 0
+
+
+def test_tampered_file_fails_manifest(tmp_path):
+    root = tmp_path / "emoji"
+    shutil.copytree(DEFAULT_ROOT, root)
+    meta = root / "metadata.json"
+    meta.write_text(meta.read_text().replace('"face-smiling"', '"face-smilinG"', 1))
+    with pytest.raises(DataError, match="does not match its checksum"):
+        load_emoji_domains(root)
+
+
+def test_wrong_root_lists_expected_layout(tmp_path):
+    with pytest.raises(DataError, match=r"(?s)missing: images.npz.*Expected layout"):
+        load_emoji_domains(tmp_path)
+
+
+def test_unknown_domain_and_split():
+    with pytest.raises(DataError, match="unknown emoji domain"):
+        get_dataset("emoji", "clipart")
+    with pytest.raises(DataError, match="split must be"):
+        get_dataset("emoji", "noto", "test")
+
+
+# ------------------------------------------------------------------ transforms
+
+def test_two_view_augment_batch_and_single():
+    ds = get_dataset("emoji", "noto", "train")
+    x = ds.tensor()[:8]
+    aug = TwoViewAugment(64)
+    torch.manual_seed(0)
+    v1, v2 = aug.two_views(x)
+    assert v1.shape == v2.shape == (8, 3, 64, 64)
+    assert not torch.allclose(v1, v2)
+    assert v1.min() >= -1 - 1e-5 and v1.max() <= 1 + 1e-5
+    assert aug(x[0]).shape == (3, 64, 64)
+    assert TwoViewAugment(224)(x).shape == (8, 3, 224, 224)
+    with pytest.raises(ValueError, match="expected images"):
+        aug(torch.zeros(2, 1, 64, 64))
+
+
+# ------------------------------------------------------------------ paper datasets on fake trees
+
+def _img(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(path)
+
+
+def make_tree(name: str, root: Path):
+    spec = PAPER_DATASETS[name]
+    classes = ["cat", "dog", "zebra"]
+    for domain, folder in spec.folders.items():
+        for c in classes:
+            for k in range(10):
+                _img(root / folder / c / f"{domain}_{c}_{k}.{'png' if domain == 'sketch' else 'jpg'}")
+        if spec.split == "lists":
+            for s, ks in (("train", range(7)), ("test", range(7, 10))):
+                (root / f"{domain}_{s}.txt").write_text(
+                    "".join(f"{folder}/{c}/{domain}_{c}_{k}.jpg {i}\n" for i, c in enumerate(classes) for k in ks))
+    if spec.split == "zeroshot":
+        (root / "zeroshot_test_classes.txt").write_text("zebra\n")
+    if spec.split == "zeroshot_cub":
+        (root / "testclasses.txt").write_text("zebra\n")
+    return classes
+
+
+@pytest.mark.parametrize("name", list(PAPER_DATASETS))
+def test_paper_loader_on_fake_tree(name, tmp_path):
+    classes = make_tree(name, tmp_path)
+    domain = next(iter(PAPER_DATASETS[name].folders))
+    files, labels, cls = load_paper_split(name, domain, "all", tmp_path)
+    assert cls == classes and len(files) == 30
+    train, _, _ = load_paper_split(name, domain, "train", tmp_path)
+    held, _, held_cls = load_paper_split(name, domain, "heldout", tmp_path)
+    if PAPER_DATASETS[name].split.startswith("zeroshot"):
+        assert held_cls == ["zebra"] and len(train) == 20 and len(held) == 10
+    elif PAPER_DATASETS[name].split == "lists":
+        assert len(train) == 21 and len(held) == 9
+    else:
+        assert len(train) == 30 and len(held) == 9
+    ds = get_dataset(name, domain, "all", root=tmp_path, image_size=32)
+    x, y, _ = ds[0]
+    assert x.shape == (3, 32, 32) and ds.classes == tuple(classes)
+
+
+@pytest.mark.parametrize("name", list(PAPER_DATASETS))
+def test_paper_loader_wrong_root(name, tmp_path):
+    domain = next(iter(PAPER_DATASETS[name].folders))
+    with pytest.raises(DataError, match=r"(?s)Expected layout:.*How to get it"):
+        load_paper_split(name, domain, "train", tmp_path / "nothing-here")
+
+
+def test_zeroshot_split_file_missing_is_explained(tmp_path):
+    make_tree("sketchy", tmp_path)
+    (tmp_path / "zeroshot_test_classes.txt").unlink()
+    with pytest.raises(DataError, match="zeroshot_test_classes.txt not found"):
+        load_paper_split("sketchy", "sketch", "heldout", tmp_path)
+
+
+# ------------------------------------------------------------------ downloads against a real local HTTP server
+
+def _archive() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("tiny/cat/a.txt", "hello")
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def server():
+    payload = _archive()
+    state = {"mode": "ok"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path != "/tiny.zip":
+                self.send_error(404)
+                return
+            body = payload if state["mode"] != "corrupt" else payload[:-4] + b"XXXX"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if state["mode"] == "cut":
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(2)  # the transfer breaks half-way
+                return
+            self.wfile.write(body)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", payload, state
+    httpd.shutdown()
+
+
+def test_download_verifies_and_extracts(server, tmp_path):
+    url, payload, _ = server
+    digest = hashlib.sha256(payload).hexdigest()
+    path = download(f"{url}/tiny.zip", tmp_path / "cache" / "tiny.zip", sha256=digest, size=len(payload))
+    assert path.read_bytes() == payload
+    t0 = time.time()
+    assert download(f"{url}/missing.zip", path, sha256=digest) == path  # cached: no request made
+    assert time.time() - t0 < 1
+    extract(path, tmp_path / "out")
+    assert (tmp_path / "out" / "tiny" / "cat" / "a.txt").read_text() == "hello"
+
+
+def test_corrupted_download_leaves_nothing(server, tmp_path):
+    url, payload, state = server
+    state["mode"] = "corrupt"
+    dest = tmp_path / "cache" / "tiny.zip"
+    with pytest.raises(DownloadError, match=r"(?s)failed its checksum.*save it as"):
+        download(f"{url}/tiny.zip", dest, sha256=hashlib.sha256(payload).hexdigest())
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_interrupted_download_leaves_nothing(server, tmp_path):
+    url, payload, state = server
+    state["mode"] = "cut"
+    dest = tmp_path / "cache" / "tiny.zip"
+    with pytest.raises(DownloadError, match=r"(?s)(stopped after|could not download).*save it as"):
+        download(f"{url}/tiny.zip", dest, sha256=hashlib.sha256(payload).hexdigest())
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_http_error_gives_manual_steps(server, tmp_path):
+    url, _, _ = server
+    with pytest.raises(DownloadError, match=r"(?s)404.*download\n.*missing.zip"):
+        download(f"{url}/missing.zip", tmp_path / "m.zip")
