@@ -55,6 +55,17 @@ class Profile:
         """Return ``default`` in the default profile and ``paper`` in the paper profile."""
         return paper if self.is_paper else default
 
+    def require_data(self, dataset: str, domains) -> None:
+        """In the paper profile, stop at once (with the download steps) when a dataset is missing.
+
+        The default profile reads the embedded data, which ships with the repository.
+        """
+        if self.is_paper:
+            from .data.paper import load_paper_split
+
+            for d in domains:
+                load_paper_split(dataset, d, "all", self.data_root / dataset)
+
     def __repr__(self) -> str:  # shown in every chapter's first cell
         return (f"Profile(name={self.name!r}, device={self.device.type}, seed={self.seed}, "
                 f"threads={torch.get_num_threads()})")
@@ -95,8 +106,12 @@ def setup(seed: int = 0, profile: str | None = None) -> Profile:
     if name == "paper" and device.type != "cuda":
         print("note: the paper profile runs without a GPU here; expect hours, not minutes.", file=sys.stderr)
     data_root = Path(os.environ.get("CDR_DATA", Path.home() / ".cache" / "cdrlib" / "data")).expanduser()
-    results_dir = Path(os.environ.get("CDR_RESULTS_DIR", REPO_ROOT / "book" / "results")).expanduser()
-    return Profile(name=name, device=device, seed=seed, data_root=data_root, results_dir=results_dir)
+    return Profile(name=name, device=device, seed=seed, data_root=data_root, results_dir=default_results_dir())
+
+
+def default_results_dir() -> Path:
+    """Where chapters save results tables: ``CDR_RESULTS_DIR``, else ``book/results`` in the repository."""
+    return Path(os.environ.get("CDR_RESULTS_DIR", REPO_ROOT / "book" / "results")).expanduser()
 
 
 def progress(iterable=None, **kwargs):

@@ -25,7 +25,7 @@ def faiss_available() -> bool:
     return True
 
 
-def _tie_order(values: torch.Tensor, indices: torch.Tensor, larger_first: bool):
+def tie_order(values: torch.Tensor, indices: torch.Tensor, larger_first: bool):
     """Re-sort each row by (value, index) so that exact ties come out by ascending gallery index."""
     idx_sorted, perm = torch.sort(indices, dim=1)
     vals = torch.gather(values, 1, perm)
@@ -55,7 +55,7 @@ def knn_torch(q: torch.Tensor, g: torch.Tensor, k: int, metric: str, chunk_size:
             v = -v
         else:
             v, i = torch.topk(s, k, dim=1)
-        v, i = _tie_order(v, i, larger_first)
+        v, i = tie_order(v, i, larger_first)
         vals.append(v)
         idxs.append(i)
     return torch.cat(vals), torch.cat(idxs)
@@ -72,7 +72,7 @@ def knn_faiss(q: torch.Tensor, g: torch.Tensor, k: int, metric: str, chunk_size:
     vals, idxs = [], []
     for start in range(0, len(q), chunk_size):
         v, i = index.search(np.ascontiguousarray(q[start:start + chunk_size].cpu().numpy(), dtype=np.float32), k)
-        v, i = _tie_order(torch.from_numpy(v), torch.from_numpy(i), metric != "euclidean")
+        v, i = tie_order(torch.from_numpy(v), torch.from_numpy(i), metric != "euclidean")
         vals.append(v)
         idxs.append(i)
     return torch.cat(vals).to(q.device), torch.cat(idxs).to(q.device)

@@ -3,3 +3,7 @@
 
 class DataError(RuntimeError):
     """Data missing, misplaced or corrupted. The message names the path and the fix."""
+
+    def _render_traceback_(self):
+        # IPython shows this instead of a traceback: in a notebook the message is the whole story.
+        return [f"DataError: {line}" if i == 0 else line for i, line in enumerate(str(self).splitlines())]

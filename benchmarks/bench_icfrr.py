@@ -1,0 +1,97 @@
+"""Benchmark: sparse ICFRR against the dense reference (the official algorithm's G×G rank table).
+
+Q = 2,000 queries, KG = KQ = 256, 5 iterations, both variants' default ("official"). G = 5,000 and
+20,000 compare time, peak memory and rankings (float64, so that float32 ties do not blur the
+comparison); G = 100,000 runs the sparse form alone, from features (the dense rank table alone
+would need 80 GB). Each run is a fresh subprocess, so peak RSS is its own.
+Results: benchmarks/results/icfrr.json (shown in the ICFRR chapter).
+
+    python benchmarks/bench_icfrr.py
+    python benchmarks/bench_icfrr.py --sizes 5000 --no-large
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "icfrr.json"
+Q, K, ITERS = 2000, 256, 5
+
+
+def features(n: int, seed: int, dtype, d: int = 128, classes: int = 200):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, d, generator=g, dtype=dtype)
+    x = centres[torch.randint(0, classes, (n,), generator=g)] + 1.5 * torch.randn(n, d, generator=g, dtype=dtype)
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def child(g_size: int, what: str) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from cdrlib.rerank import icfrr, icfrr_dense
+
+    dtype = torch.float32 if what == "sparse-features" else torch.float64
+    q, g = features(Q, 1, dtype), features(g_size, 2, dtype)
+    t0 = time.perf_counter()
+    if what == "sparse-features":
+        ranking = icfrr(query=q, gallery=g, kg=K, kq=K, n_iter=ITERS, keep=100)
+    else:
+        qg, gg = torch.cdist(q, g), torch.cdist(g, g)
+        t0 = time.perf_counter()  # both start from the same distance matrices
+        ranking = (icfrr(qg, gg, kg=K, kq=K, n_iter=ITERS) if what == "sparse"
+                   else icfrr_dense(qg, gg, kg=K, kq=K, n_iter=ITERS))
+        torch.save(ranking.to(torch.int32), f"/tmp/icfrr_{what}_{g_size}.pt")
+    return {"seconds": round(time.perf_counter() - t0, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def run_child(g_size: int, what: str) -> dict:
+    p = subprocess.run([sys.executable, __file__, "--child", str(g_size), what], capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(p.stderr)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
+    ap.add_argument("--no-large", action="store_true")
+    ap.add_argument("--child", nargs=2)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(int(args.child[0]), args.child[1])))
+        return
+    import torch
+
+    rows = []
+    for n in args.sizes:
+        sparse, dense = run_child(n, "sparse"), run_child(n, "dense")
+        a, b = torch.load(f"/tmp/icfrr_sparse_{n}.pt"), torch.load(f"/tmp/icfrr_dense_{n}.pt")
+        rows.append({"G": n, "Q": Q, "KG = KQ": K, "iterations": ITERS, "dense (s)": dense["seconds"],
+                     "sparse (s)": sparse["seconds"], "speed-up": round(dense["seconds"] / sparse["seconds"], 1),
+                     "dense peak RSS (MB)": dense["peak_rss_mb"], "sparse peak RSS (MB)": sparse["peak_rss_mb"],
+                     "identical rankings (fraction of queries)": round(float((a == b).all(1).float().mean()), 4)})
+        print(json.dumps(rows[-1]), flush=True)
+    if not args.no_large:
+        big = run_child(100_000, "sparse-features")
+        rows.append({"G": 100_000, "Q": Q, "KG = KQ": K, "iterations": ITERS, "dense (s)": None,
+                     "sparse (s)": big["seconds"], "speed-up": None, "dense peak RSS (MB)": None,
+                     "sparse peak RSS (MB)": big["peak_rss_mb"], "identical rankings (fraction of queries)": None})
+        print(json.dumps(rows[-1]), flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+                                          f"torch {torch.__version__}", "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

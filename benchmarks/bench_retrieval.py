@@ -1,0 +1,93 @@
+"""Benchmark: exact search + every metric at 10k × 10k and 50k × 50k, d = 384, faiss versus torch.
+
+Each configuration runs in a fresh subprocess so that its peak memory (max RSS) is its own. The
+floor is the bare matrix product of the same size (chunked like the real work, nothing kept).
+Results go to benchmarks/results/retrieval.json and are shown in the Metrics chapter.
+
+    python benchmarks/bench_retrieval.py            # both sizes
+    python benchmarks/bench_retrieval.py --sizes 10000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "retrieval.json"
+
+
+def data(n: int, d: int = 384, classes: int = 100, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, d, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    feats = centres[labels] + 2.0 * torch.randn(n, d, generator=g)
+    return feats, labels
+
+
+def child(n: int, what: str) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from cdrlib.metrics import retrieval_metrics
+    from cdrlib.search import knn_search
+
+    q, ql = data(n, seed=1)
+    g, gl = data(n, seed=2)
+    t0 = time.perf_counter()
+    if what == "floor":
+        qn, gn = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(g, dim=1)
+        step = max(1, (1 << 24) // n)
+        for s in range(0, n, step):
+            qn[s:s + step] @ gn.T
+        out = {}
+    elif what in ("faiss", "torch"):
+        knn_search(q, g, 100, backend=what)
+        t_search = time.perf_counter() - t0
+        m = retrieval_metrics(q, g, ql, gl, ks=(1, 10, 100))
+        out = {"search_s": round(t_search, 2), "metrics_s": round(time.perf_counter() - t0 - t_search, 2),
+               "mAP@all": round(m["mAP@all"], 4)}
+    out["total_s"] = round(time.perf_counter() - t0, 2)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
+    ap.add_argument("--child", nargs=2)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(int(args.child[0]), args.child[1])))
+        return
+    import torch
+
+    rows = []
+    for n in args.sizes:
+        res = {}
+        for what in ("floor", "torch", "faiss"):
+            p = subprocess.run([sys.executable, __file__, "--child", str(n), what], capture_output=True, text=True, check=True)
+            res[what] = json.loads(p.stdout.strip().splitlines()[-1])
+        for backend in ("torch", "faiss"):
+            r = res[backend]
+            rows.append({"Q = G": n, "d": 384, "backend": backend, "search (s)": r["search_s"],
+                         "metrics (s)": r["metrics_s"], "total (s)": r["total_s"],
+                         "matmul floor (s)": res["floor"]["total_s"],
+                         "total / floor": round(r["total_s"] / res["floor"]["total_s"], 2),
+                         "peak RSS (MB)": r["peak_rss_mb"]})
+            print(json.dumps(rows[-1]), flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, "
+                                          f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+                               "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Results tables that stay honest: saved when a chapter runs, checked against the committed notebook.
+
+:func:`save_results` does three things with a chapter's final table:
+
+1. writes it as JSON to ``<results_dir>/<chapter>__<table>.json`` (``CDR_RESULTS_DIR``);
+2. displays it, carrying the same records in the output's metadata, so that the committed
+   notebook holds machine-readable numbers beside the rendered table;
+3. records the tolerance within which a re-run must reproduce them.
+
+``tests/test_results_reproduce.py`` then compares the numbers of the CI run (the JSON files nbval's
+run wrote) with the numbers in the committed notebooks: a table the code can no longer reproduce
+fails CI.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+METADATA_KEY = "cdrlib_results"
+
+
+def _records(df) -> list[dict]:
+    out = []
+    for row in df.to_dict(orient="records"):
+        out.append({k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()})
+    return out
+
+
+def save_results(df, chapter: str, table: str = "results", atol: float = 1e-6, results_dir: str | Path | None = None,
+                 display_table: bool = True):
+    """Save and show a chapter's results table.
+
+    Args:
+        df: a pandas DataFrame (one row per method/pair; numeric metric columns).
+        chapter: the chapter's file stem (``"06_metrics"``).
+        table: a name when a chapter has more than one table.
+        atol: absolute tolerance for re-runs. 1e-6 for computations without training (they are
+            deterministic); trained results state their own, larger one, with the reason in the text.
+        results_dir: default: the profile's results directory.
+    Returns:
+        the path of the JSON file.
+    """
+    from .profile import default_results_dir
+
+    results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"chapter": chapter, "table": table, "atol": atol, "records": _records(df)}
+    path = results_dir / f"{chapter}__{table}.json"
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    if display_table:
+        try:
+            from IPython.display import display
+
+            display(df.style.format(precision=3).hide(axis="index"), metadata={METADATA_KEY: payload})
+        except ImportError:  # plain Python: print it
+            print(df.to_string(index=False))
+    return path
+
+
+def compare_records(committed: list[dict], rerun: list[dict], atol: float) -> list[str]:
+    """The differences between two tables beyond ``atol`` (numbers) or at all (text), as messages."""
+    problems = []
+    if len(committed) != len(rerun):
+        return [f"{len(committed)} rows committed, {len(rerun)} produced"]
+    for i, (a, b) in enumerate(zip(committed, rerun)):
+        if set(a) != set(b):
+            problems.append(f"row {i}: columns differ: {sorted(set(a) ^ set(b))}")
+            continue
+        for k in a:
+            x, y = a[k], b[k]
+            if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+                if not (math.isclose(x, y, abs_tol=atol) or (math.isnan(x) and math.isnan(y))):
+                    problems.append(f"row {i} ({a.get('method', a.get('query', ''))}), {k}: committed {x}, re-run {y}")
+            elif x != y:
+                problems.append(f"row {i}, {k}: committed {x!r}, re-run {y!r}")
+    return problems

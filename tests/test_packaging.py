@@ -1,0 +1,67 @@
+"""pyproject.toml and environment.yml name the same dependencies; the book's files are consistent."""
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# pip name → conda name where they differ
+CONDA_NAME = {"torch": "pytorch", "faiss-cpu": "faiss-gpu"}
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~ \[;]", req.strip(), maxsplit=1)[0].lower()
+
+
+def pyproject_deps() -> set[str]:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = {_name(d) for d in meta["dependencies"]}
+    for extra in ("book", "test"):
+        deps |= {_name(d) for d in meta["optional-dependencies"][extra]}
+    return deps
+
+
+def environment_deps() -> set[str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    names = set()
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            names |= {_name(d) for d in dep.get("pip", [])}
+        else:
+            names.add(_name(dep))
+    return names
+
+
+def test_every_dependency_is_in_both_files():
+    env = environment_deps()
+    py = pyproject_deps()
+    missing_in_env = {d for d in py if CONDA_NAME.get(d, d) not in env}
+    assert not missing_in_env, f"in pyproject.toml but not in environment.yml: {sorted(missing_in_env)}"
+    reverse = {v: k for k, v in CONDA_NAME.items()}
+    extra_in_env = {d for d in env - {"python", "pip", "pytorch-cuda"} if reverse.get(d, d) not in py}
+    assert not extra_in_env, f"in environment.yml but not in pyproject.toml: {sorted(extra_in_env)}"
+
+
+def test_dependencies_have_lower_bounds_only():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for req in meta["dependencies"]:
+        assert "==" not in req and "<" not in req, f"{req}: use lower bounds only (Colab keeps its own torch)"
+    assert any(r.startswith("jupyter-book") and "<2" in r for r in meta["optional-dependencies"]["book"])
+
+
+def test_toc_chapters_exist_and_notebooks_carry_no_widget_state():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]] + [c["file"] for p in toc["parts"] for c in p["chapters"]]
+    for f in files:
+        assert (ROOT / f"{f}.ipynb").is_file() or (ROOT / f"{f}.md").is_file(), f"{f} is in _toc.yml but missing"
+    for nb in (ROOT / "book").glob("*.ipynb"):
+        assert "application/vnd.jupyter.widget-state+json" not in nb.read_text(), f"{nb.name} carries widget state"
+
+
+def test_config_renders_what_was_committed():
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert cfg["execute"]["execute_notebooks"] == "off"
+    assert cfg["launch_buttons"]["colab_url"].startswith("https://colab.research.google.com")
+    assert cfg["html"]["use_repository_button"] is True
+    assert (ROOT / cfg["bibtex_bibfiles"][0]).is_file()

@@ -1,0 +1,93 @@
+"""ICFRR: the sparse implementation against the slow dense reference, and the reference by hand."""
+import pytest
+import torch
+
+from cdrlib.rerank import icfrr, icfrr_dense
+
+
+def random_problem(q=12, g=40, d=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    qf = torch.nn.functional.normalize(torch.randn(q, d, generator=gen, dtype=torch.float64), dim=1)
+    gf = torch.nn.functional.normalize(torch.randn(g, d, generator=gen, dtype=torch.float64), dim=1)
+    return qf, gf, torch.cdist(qf, gf), torch.cdist(gf, gf)
+
+
+def loop_reference(qg, gg, kg, kq, beta, n_iter, variant):
+    """Plain Python lists, written from METHODS.md §6 without any vectorisation."""
+    G = len(gg)
+    R = [[0] * G for _ in range(G)]
+    for g in range(G):
+        order = sorted(range(G), key=lambda j: (gg[g][j], j))
+        for pos, j in enumerate(order):
+            R[g][j] = pos - 1
+
+    def w(r):
+        return 0.0 if r < 0 or r >= kg else 1.0 - r / (G - 1)
+
+    out = []
+    for q in range(len(qg)):
+        pi = sorted(range(G), key=lambda j: (qg[q][j], j))
+        v = [-qg[q][j] for j in pi]
+        s = [-x for x in qg[q]]
+        for _ in range(n_iter):
+            delta = [sum(w(R[g][j]) for g in pi[:kq]) / kq for j in range(G)]
+            if variant == "official":
+                new = [v[p] + beta * delta[pi[p]] for p in range(G)]
+                pi = [pi[p] for p in sorted(range(G), key=lambda p: (-new[p], p))]
+            else:
+                s = [s[j] + beta * delta[j] for j in range(G)]
+                pi = sorted(range(G), key=lambda j: (-s[j], j))
+        out.append(pi)
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_dense_reference_equals_plain_loops(variant):
+    _, _, qg, gg = random_problem(q=4, g=15)
+    ref = loop_reference(qg.tolist(), gg.tolist(), kg=5, kq=4, beta=0.5, n_iter=3, variant=variant)
+    assert torch.equal(icfrr_dense(qg, gg, kg=5, kq=4, beta=0.5, n_iter=3, variant=variant), ref)
+
+
+@pytest.mark.parametrize("variant", ["official", "paper"])
+@pytest.mark.parametrize("kg,kq,beta,n_iter", [(10, 8, 0.5, 5), (39, 40, 1.0, 2), (1, 1, 0.3, 1), (20, 5, 2.0, 4), (5, 5, 0.5, 0)])
+def test_sparse_equals_dense(variant, kg, kq, beta, n_iter):
+    _, _, qg, gg = random_problem(seed=kg + kq)
+    got = icfrr(qg, gg, kg=kg, kq=kq, beta=beta, n_iter=n_iter, variant=variant, chunk_size=5)
+    want = icfrr_dense(qg, gg, kg=kg, kq=kq, beta=beta, n_iter=n_iter, variant=variant)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_features_input_equals_distance_input(variant):
+    qf, gf, qg, gg = random_problem(q=10, g=60, d=8, seed=3)
+    from_features = icfrr(query=qf, gallery=gf, kg=12, kq=10, n_iter=3, variant=variant, keep=20)
+    want = icfrr_dense(qg, gg, kg=12, kq=10, n_iter=3, variant=variant)[:, :20]
+    assert torch.equal(from_features, want)
+
+
+def test_reranking_changes_ranks_and_variants_differ():
+    _, _, qg, gg = random_problem(q=20, g=50, seed=7)
+    base = icfrr(qg, gg, kg=10, kq=10, n_iter=0)
+    assert torch.equal(base, torch.argsort(qg, dim=1, stable=True))
+    official = icfrr(qg, gg, kg=10, kq=10, beta=0.5, n_iter=5)
+    paper = icfrr(qg, gg, kg=10, kq=10, beta=0.5, n_iter=5, variant="paper")
+    assert not torch.equal(official, base)
+    assert not torch.equal(official, paper)
+
+
+def test_bad_arguments():
+    _, _, qg, gg = random_problem(q=3, g=10)
+    with pytest.raises(ValueError, match="kq=11 is larger than the gallery"):
+        icfrr(qg, gg, kq=11, kg=3)
+    with pytest.raises(ValueError, match="kg=10 is larger than the gallery"):
+        icfrr(qg, gg, kq=3, kg=10)
+    with pytest.raises(ValueError, match="variant must be"):
+        icfrr(qg, gg, kq=3, kg=3, variant="cluster")
+    with pytest.raises(ValueError, match="gg must be"):
+        icfrr(qg, gg[:5], kq=3, kg=3)
+    with pytest.raises(ValueError, match="either qg= and gg="):
+        icfrr(qg, kq=3, kg=3)
+    bad = qg.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="qg holds NaN"):
+        icfrr(bad, gg, kq=3, kg=3)

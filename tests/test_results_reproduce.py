@@ -1,0 +1,47 @@
+"""The numbers in the committed notebooks must come back when CI re-runs the chapters.
+
+scripts/test.sh runs every chapter under nbval first, with CDR_RESULTS_DIR pointing at a fresh
+folder; each chapter's save_results() writes its tables there. This test then reads the tables
+committed in the notebooks' outputs (metadata 'cdrlib_results') and compares them, within the
+tolerance each table states. Run outside scripts/test.sh (no CDR_CHECK_RESULTS), it is skipped.
+"""
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from cdrlib.results import METADATA_KEY, compare_records
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def committed_tables():
+    for path in sorted((ROOT / "book").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            for out in cell.get("outputs", []):
+                payload = out.get("metadata", {}).get(METADATA_KEY)
+                if payload:
+                    yield path.name, payload
+
+
+TABLES = list(committed_tables())
+
+
+def test_every_chapter_with_a_run_commits_a_results_table():
+    chapters = {p.name for p in (ROOT / "book").glob("*.ipynb")}
+    with_tables = {name for name, _ in TABLES}
+    assert chapters == with_tables, f"chapters without a saved results table: {sorted(chapters - with_tables)}"
+
+
+@pytest.mark.parametrize("notebook,payload", TABLES, ids=[f"{n}:{p['table']}" for n, p in TABLES])
+def test_rerun_reproduces_committed_numbers(notebook, payload):
+    if not os.environ.get("CDR_CHECK_RESULTS"):
+        pytest.skip("run through scripts/test.sh, which re-runs the chapters first")
+    rerun_file = Path(os.environ["CDR_RESULTS_DIR"]) / f"{payload['chapter']}__{payload['table']}.json"
+    assert rerun_file.is_file(), f"{notebook} did not save {rerun_file.name} in this run"
+    rerun = json.loads(rerun_file.read_text())
+    problems = compare_records(payload["records"], rerun["records"], payload["atol"])
+    assert not problems, f"{notebook}: the committed table is not reproduced:\n" + "\n".join(problems[:20])
