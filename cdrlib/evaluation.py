@@ -43,6 +43,20 @@ def extract_features(model: Callable, images: torch.Tensor, batch_size: int = 25
     return torch.cat(out)
 
 
+@torch.no_grad()
+def dataset_features(model: Callable, dataset, batch_size: int = 256, device="cpu", num_workers: int = 0) -> torch.Tensor:
+    """Features (N, D) of a :class:`~cdrlib.data.DomainDataset`, in memory or read from files.
+
+    The dataset's own (evaluation) transform is applied; in-memory images are batched directly.
+    """
+    if dataset.images is not None:
+        return extract_features(model, dataset.tensor(), batch_size, device,
+                                transform=lambda x: dataset.transform(x))
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    return torch.cat([model(x.to(device)).float().cpu() for x, _, _ in progress(loader, desc="features")])
+
+
 def center(features: torch.Tensor) -> torch.Tensor:
     """Subtract the mean feature (of one domain). Uses no label; removes a domain's common offset."""
     return features - features.mean(0, keepdim=True)

@@ -88,30 +88,46 @@ def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
     return torch.argsort(scores, dim=1, descending=True)
 
 
+class _Voter:
+    """Computes Δ for a chunk of queries; the flat offsets and weights are built once per chunk."""
+
+    def __init__(self, nb: GalleryNeighbours, c: int, kq: int):
+        g, kg = nb.gallery_size, nb.index.shape[1]
+        self.nb, self.c, self.kq, self.g = nb, c, kq, g
+        dev = nb.index.device
+        self.offsets = (torch.arange(c, device=dev) * g).repeat_interleave(kq * kg)
+        self.values = nb.weight.repeat(c * kq)
+
+    def __call__(self, top: torch.Tensor) -> torch.Tensor:
+        """(C, KQ) top items → Δ (C, G), the mean of their sparse weight rows."""
+        # index_select + one flat index_add_ over (row, column) ids: the fastest form measured on
+        # CPU, several times faster than advanced indexing and a row-wise scatter_add_.
+        cols = torch.index_select(self.nb.index, 0, top.reshape(-1)).view(-1)
+        cols += self.offsets
+        delta = torch.zeros(self.c * self.g, dtype=self.values.dtype, device=top.device)
+        return delta.index_add_(0, cols, self.values).view(self.c, self.g) / self.kq
+
+
 def _delta(top: torch.Tensor, nb: GalleryNeighbours, kq: int) -> torch.Tensor:
-    """Δ for a chunk: (C, KQ) top items → (C, G) mean of their sparse weight rows."""
-    c, g = top.shape[0], nb.gallery_size
-    cols = nb.index[top].reshape(c, -1)                       # (C, KQ·KG) gallery ids that get a vote
-    # one flat index_add_ over (row, column) ids: about twice as fast as a row-wise scatter_add_ on CPU
-    flat = (cols + torch.arange(c, device=top.device).unsqueeze(1) * g).reshape(-1)
-    vals = nb.weight.repeat(c * kq)
-    return torch.zeros(c * g, dtype=nb.weight.dtype, device=top.device).index_add_(0, flat, vals).view(c, g) / kq
+    """Δ for a chunk: (C, KQ) top items → (C, G) mean of their sparse weight rows (the chapter's view)."""
+    return _Voter(nb, top.shape[0], kq)(top)
 
 
 def _rerank_chunk(dist: torch.Tensor, nb: GalleryNeighbours, kq: int, beta: float, n_iter: int,
                   variant: str) -> torch.Tensor:
     """Re-rank one chunk of queries from their distances (C, G); returns the final π (C, G)."""
     pi = _argsort_desc(-dist)
+    vote = _Voter(nb, dist.shape[0], kq)
     if variant == "official":
         v = torch.gather(-dist, 1, pi)                         # sorted original scores, never updated
         for _ in range(n_iter):
-            delta = _delta(pi[:, :kq], nb, kq)
+            delta = vote(pi[:, :kq])
             pos_scores = v + beta * torch.gather(delta, 1, pi)
             pi = torch.gather(pi, 1, _argsort_desc(pos_scores))
     else:
         s = -dist.clone()
         for _ in range(n_iter):
-            s += beta * _delta(pi[:, :kq], nb, kq)
+            s += beta * vote(pi[:, :kq])
             pi = _argsort_desc(s)
     return pi
 
@@ -130,7 +146,7 @@ def _check(kq: int, kg: int, g: int, beta: float, n_iter: int, variant: str) -> 
 
 
 def icfrr(qg=None, gg=None, *, query=None, gallery=None, kg: int = 256, kq: int = 250, beta: float = 0.5,
-          n_iter: int = 5, variant: str = "official", keep: int | None = None, chunk_size: int = 256,
+          n_iter: int = 5, variant: str = "official", keep: int | None = None, chunk_size: int = 64,
           device=None) -> torch.Tensor:
     """Re-rank a gallery for every query with ICFRR.
 
@@ -146,7 +162,8 @@ def icfrr(qg=None, gg=None, *, query=None, gallery=None, kg: int = 256, kq: int 
         n_iter: iterations (0 returns the original ranking).
         variant: ``"official"`` (the official code's update) or ``"paper"`` (accumulating scores).
         keep: return only the first ``keep`` positions of each ranking (default: all G).
-        chunk_size: queries processed together (memory ≈ chunk_size · G · 16 bytes).
+        chunk_size: queries processed together (memory ≈ chunk_size · (G · 32 + KQ · KG · 16) bytes;
+            small chunks keep Δ in cache).
     Returns:
         int64 (Q, keep or G): gallery indices, best first.
     """

@@ -9,6 +9,7 @@ untouched. Widget state is stripped so that GitHub renders the files.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,9 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parents[1]
+# committed outputs must not hold progress bars, and the default profile never touches the network
+os.environ.setdefault("CDR_PROGRESS", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def chapters() -> list[Path]:
