@@ -89,23 +89,42 @@ def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
 
 
 class _Voter:
-    """Computes Δ for a chunk of queries; the flat offsets and weights are built once per chunk."""
+    """Δ for a chunk of queries, kept up to date across iterations.
+
+    The first call sums the KQ sparse weight rows of every query's top items; later calls only add
+    the rows of items that entered the top KQ and subtract those of items that left it — after the
+    first iteration few do, so the later iterations cost a fraction of the first.
+    """
 
     def __init__(self, nb: GalleryNeighbours, c: int, kq: int):
-        g, kg = nb.gallery_size, nb.index.shape[1]
-        self.nb, self.c, self.kq, self.g = nb, c, kq, g
-        dev = nb.index.device
-        self.offsets = (torch.arange(c, device=dev) * g).repeat_interleave(kq * kg)
-        self.values = nb.weight.repeat(c * kq)
+        self.nb, self.c, self.kq, self.g = nb, c, kq, nb.gallery_size
+        self.total = None      # (C·G,) running sum of the top items' weight rows
+        self.in_top = None     # (C, G) bool
+
+    def _add(self, rows: torch.Tensor, items: torch.Tensor, sign: float) -> None:
+        # index_select + one flat index_add_ over (row, column) ids: the fastest form measured on
+        # CPU, several times faster than advanced indexing and a row-wise scatter_add_.
+        kg = self.nb.index.shape[1]
+        cols = torch.index_select(self.nb.index, 0, items).view(-1)
+        cols += (rows * self.g).repeat_interleave(kg)
+        vals = self.nb.weight.repeat(len(items))
+        self.total.index_add_(0, cols, vals if sign > 0 else -vals)
 
     def __call__(self, top: torch.Tensor) -> torch.Tensor:
         """(C, KQ) top items → Δ (C, G), the mean of their sparse weight rows."""
-        # index_select + one flat index_add_ over (row, column) ids: the fastest form measured on
-        # CPU, several times faster than advanced indexing and a row-wise scatter_add_.
-        cols = torch.index_select(self.nb.index, 0, top.reshape(-1)).view(-1)
-        cols += self.offsets
-        delta = torch.zeros(self.c * self.g, dtype=self.values.dtype, device=top.device)
-        return delta.index_add_(0, cols, self.values).view(self.c, self.g) / self.kq
+        dev = top.device
+        mask = torch.zeros(self.c, self.g, dtype=torch.bool, device=dev).scatter_(1, top, True)
+        if self.total is None:
+            self.total = torch.zeros(self.c * self.g, dtype=self.nb.weight.dtype, device=dev)
+            rows = torch.arange(self.c, device=dev).repeat_interleave(top.shape[1])
+            self._add(rows, top.reshape(-1), +1.0)
+        else:
+            for changed, sign in ((mask & ~self.in_top, +1.0), (self.in_top & ~mask, -1.0)):
+                rows, items = changed.nonzero(as_tuple=True)
+                if len(items):
+                    self._add(rows, items, sign)
+        self.in_top = mask
+        return self.total.view(self.c, self.g) / self.kq
 
 
 def _delta(top: torch.Tensor, nb: GalleryNeighbours, kq: int) -> torch.Tensor:
@@ -200,30 +219,35 @@ def icfrr(qg=None, gg=None, *, query=None, gallery=None, kg: int = 256, kq: int 
     return out
 
 
-def icfrr_dense(qg: torch.Tensor, gg: torch.Tensor, kg: int = 256, kq: int = 250, beta: float = 0.5,
-                n_iter: int = 5, variant: str = "official") -> torch.Tensor:
-    """The slow reference, straight from the specification: full G×G rank table, a loop over queries.
-
-    Memory G² (the rank table); time Q·n_iter·KQ·G. Used by the tests and the benchmark.
-    Returns int64 (Q, G) rankings.
-    """
+def dense_weight_table(gg: torch.Tensor, kg: int) -> torch.Tensor:
+    """The official code's dense table ``w[R[g, j]]`` (G, G): memory G², what the sparse form avoids."""
     g = gg.shape[0]
-    _check(kq, kg, g, beta, n_iter, variant)
     order = torch.argsort(gg, dim=1, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(g).expand(g, -1).contiguous())
     rank -= 1                                                   # R[g, j]: position − 1, self −1
-    w = torch.zeros(g, dtype=qg.dtype)                          # w[r] for r = −1 … G−2, stored at r + 1
+    w = torch.zeros(g, dtype=gg.dtype)                          # w[r] for r = −1 … G−2, stored at r + 1
     r = torch.arange(g - 1)
-    w[1:] = torch.where(r < kg, 1.0 - r.to(qg.dtype) / (g - 1), torch.zeros((), dtype=qg.dtype))
-    weight_table = w[rank + 1]                                  # (G, G): w[R[g, j]]
+    w[1:] = torch.where(r < kg, 1.0 - r.to(gg.dtype) / (g - 1), torch.zeros((), dtype=gg.dtype))
+    return w[rank + 1]
+
+
+def icfrr_dense(qg: torch.Tensor, gg: torch.Tensor, kg: int = 256, kq: int = 250, beta: float = 0.5,
+                n_iter: int = 5, variant: str = "official", weight_table: torch.Tensor | None = None) -> torch.Tensor:
+    """The slow reference, straight from the specification: full G×G rank table, a loop over queries.
+
+    Memory G² (the rank table); time Q·n_iter·KQ·G. Used by the tests and the benchmark, which
+    may pass a precomputed ``weight_table`` (:func:`dense_weight_table`). Returns int64 (Q, G).
+    """
+    _check(kq, kg, gg.shape[0], beta, n_iter, variant)
+    table = dense_weight_table(gg, kg) if weight_table is None else weight_table
     out = torch.empty(qg.shape, dtype=torch.int64)
     for q in range(qg.shape[0]):
         pi = torch.argsort(qg[q], stable=True)
         v = -qg[q][pi]
         s = -qg[q].clone()
         for _ in range(n_iter):
-            delta = weight_table[pi[:kq]].mean(0)               # Δ(j) over the current top KQ
+            delta = table[pi[:kq]].mean(0)                      # Δ(j) over the current top KQ
             if variant == "official":
                 pi = pi[torch.argsort(-(v + beta * delta[pi]), stable=True)]
             else:

@@ -216,3 +216,26 @@ def test_http_error_gives_manual_steps(server, tmp_path):
     url, _, _ = server
     with pytest.raises(DownloadError, match=r"(?s)404.*download\n.*missing.zip"):
         download(f"{url}/missing.zip", tmp_path / "m.zip")
+
+
+def test_paper_profile_with_missing_data_stops_with_the_layout(tmp_path, monkeypatch):
+    import cdrlib
+
+    monkeypatch.setenv("CDR_PROFILE", "paper")
+    monkeypatch.setenv("CDR_DATA", str(tmp_path))
+    P = cdrlib.setup(seed=0)
+    assert P.is_paper and P.pick(1, 2) == 2
+    with pytest.raises(DataError) as err:
+        P.require_data("office_home", ["Art", "Clipart"])
+    lines = err.value._render_traceback_()  # what a notebook shows instead of a traceback
+    assert lines[0].startswith("DataError: office_home") and any("Expected layout" in ln for ln in lines)
+    monkeypatch.setenv("CDR_PROFILE", "default")
+    cdrlib.setup(seed=0).require_data("office_home", ["Art"])  # the default profile needs nothing
+
+
+def test_unknown_profile_is_explained(monkeypatch):
+    import cdrlib
+
+    monkeypatch.setenv("CDR_PROFILE", "gpu")
+    with pytest.raises(ValueError, match="not a profile"):
+        cdrlib.setup()
