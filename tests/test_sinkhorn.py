@@ -1,0 +1,69 @@
+"""Sinkhorn: marginals, agreement with POT, batching, stability for small ε, gradients."""
+import pytest
+import torch
+
+from cdrlib.sinkhorn import sinkhorn
+
+ot = pytest.importorskip("ot")
+
+
+def problem(n=6, m=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(m, 2, generator=g, dtype=torch.float64)
+    a = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+    b = torch.rand(m, generator=g, dtype=torch.float64) + 0.1
+    return torch.cdist(x, y) ** 2, a / a.sum(), b / b.sum()
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.1, 0.05])
+def test_agrees_with_pot_sinkhorn_log(eps):
+    C, a, b = problem()
+    ours = sinkhorn(C, a, b, eps=eps, max_iter=20000, tol=1e-12)
+    ref = ot.sinkhorn(a.numpy(), b.numpy(), C.numpy(), reg=eps, method="sinkhorn_log", numItermax=20000, stopThr=1e-12)
+    torch.testing.assert_close(ours.plan, torch.from_numpy(ref), atol=1e-9, rtol=1e-6)
+
+
+def test_marginals_and_uniform_default():
+    C, _, _ = problem(7, 7, seed=1)
+    res = sinkhorn(C, eps=0.2, tol=1e-9, max_iter=20000)
+    torch.testing.assert_close(res.plan.sum(1), torch.full((7,), 1 / 7, dtype=torch.float64), atol=1e-8, rtol=0)
+    torch.testing.assert_close(res.plan.sum(0), torch.full((7,), 1 / 7, dtype=torch.float64), atol=1e-8, rtol=0)
+    assert res.err < 1e-9 and res.iterations < 20000
+
+
+def test_batched_equals_one_by_one():
+    problems = [problem(5, 4, seed=s) for s in range(3)]
+    C = torch.stack([p[0] for p in problems])
+    a = torch.stack([p[1] for p in problems])
+    b = torch.stack([p[2] for p in problems])
+    batched = sinkhorn(C, a, b, eps=0.1, tol=1e-11, max_iter=5000).plan
+    for i, (c, ai, bi) in enumerate(problems):
+        torch.testing.assert_close(batched[i], sinkhorn(c, ai, bi, eps=0.1, tol=1e-11, max_iter=5000).plan)
+
+
+def test_small_eps_is_stable_and_near_the_exact_plan():
+    C, a, b = problem(6, 6, seed=2)
+    res = sinkhorn(C, a, b, eps=1e-3, max_iter=50000, tol=1e-8)
+    assert torch.isfinite(res.plan).all()
+    exact = torch.from_numpy(ot.emd(a.numpy(), b.numpy(), C.numpy()))
+    assert (res.plan * C).sum().item() == pytest.approx((exact * C).sum().item(), abs=5e-3)
+
+
+def test_differentiable():
+    C, a, b = problem(4, 3, seed=3)
+    C = C.clone().requires_grad_(True)
+    torch.autograd.gradcheck(lambda c: sinkhorn(c, a, b, eps=0.5, max_iter=30, tol=0.0).plan, (C,))
+
+
+def test_bad_input():
+    C, a, b = problem()
+    with pytest.raises(ValueError, match="same total mass"):
+        sinkhorn(C, a * 2, b)
+    with pytest.raises(ValueError, match="eps must be positive"):
+        sinkhorn(C, eps=0)
+    with pytest.raises(ValueError, match="cost must be"):
+        sinkhorn(C[0])
+    bad = C.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        sinkhorn(bad)
