@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import machine, peak_rss_mb, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "icfrr.json"
@@ -63,17 +62,10 @@ def child(g_size: int, what: str) -> dict:
             torch.save(ranking.to(torch.int32), f"/tmp/icfrr_{what}_{g_size}.pt")
             return {"seconds": round(t_build + Q * per_query, 1), "build_s": round(t_build, 2),
                     "per_query_s": round(per_query, 4),
-                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+                    "peak_rss_mb": peak_rss_mb()}
         torch.save(ranking.to(torch.int32), f"/tmp/icfrr_{what}_{g_size}.pt")
     return {"seconds": round(time.perf_counter() - t0, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-
-
-def run_child(g_size: int, what: str) -> dict:
-    p = subprocess.run([sys.executable, __file__, "--child", str(g_size), what], capture_output=True, text=True)
-    if p.returncode:
-        raise SystemExit(p.stderr)
-    return json.loads(p.stdout.strip().splitlines()[-1])
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:
@@ -89,7 +81,7 @@ def main() -> None:
 
     rows = []
     for n in args.sizes:
-        sparse, dense = run_child(n, "sparse"), run_child(n, "dense")
+        sparse, dense = run_child(__file__, n, "sparse"), run_child(__file__, n, "dense")
         b = torch.load(f"/tmp/icfrr_dense_{n}.pt")
         a = torch.load(f"/tmp/icfrr_sparse_{n}.pt")[: len(b)]
         rows.append({"G": n, "Q": Q, "KG = KQ": K, "iterations": ITERS,
@@ -100,15 +92,14 @@ def main() -> None:
                      f"identical rankings (of the first {len(b)} queries)": round(float((a == b).all(1).float().mean()), 4)})
         print(json.dumps(rows[-1]), flush=True)
     if not args.no_large:
-        big = run_child(100_000, "sparse-features")
+        big = run_child(__file__, 100_000, "sparse-features")
         rows.append({"G": 100_000, "Q": Q, "KG = KQ": K, "iterations": ITERS,
                      "dense (s, table + Q × per-query time)": None, "dense table (s)": None, "dense per query (s)": None,
                      "sparse (s)": big["seconds"], "speed-up": None, "dense peak RSS (MB)": None,
                      "sparse peak RSS (MB)": big["peak_rss_mb"]})
         print(json.dumps(rows[-1]), flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-                                          f"torch {torch.__version__}", "rows": rows}, indent=1) + "\n")
+    OUT.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

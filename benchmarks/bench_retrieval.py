@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import machine, peak_rss_mb, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "retrieval.json"
@@ -55,7 +54,7 @@ def child(n: int, what: str) -> dict:
         out = {"search_s": round(t_search, 2), "metrics_s": round(time.perf_counter() - t0 - t_search, 2),
                "mAP@all": round(m["mAP@all"], 4)}
     out["total_s"] = round(time.perf_counter() - t0, 2)
-    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
@@ -67,14 +66,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(int(args.child[0]), args.child[1])))
         return
-    import torch
-
     rows = []
     for n in args.sizes:
         res = {}
         for what in ("floor", "torch", "faiss"):
-            p = subprocess.run([sys.executable, __file__, "--child", str(n), what], capture_output=True, text=True, check=True)
-            res[what] = json.loads(p.stdout.strip().splitlines()[-1])
+            res[what] = run_child(__file__, n, what)
         for backend in ("torch", "faiss"):
             r = res[backend]
             rows.append({"Q = G": n, "d": 384, "backend": backend, "search (s)": r["search_s"],
@@ -84,9 +80,7 @@ def main() -> None:
                          "peak RSS (MB)": r["peak_rss_mb"]})
             print(json.dumps(rows[-1]), flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"machine": f"{platform.processor() or platform.machine()}, "
-                                          f"{torch.get_num_threads()} threads, torch {torch.__version__}",
-                               "rows": rows}, indent=1) + "\n")
+    OUT.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,24 @@ def dataset_features(model: Callable, dataset, batch_size: int = 256, device="cp
     return torch.cat([model(x.to(device)).float().cpu() for x, _, _ in progress(loader, desc="features")])
 
 
+class RandomFeatures(torch.nn.Module):
+    """Chance: seeded noise features that ignore the image, i.e. a random ranking."""
+
+    def __init__(self, dim: int = 64, seed: int = 0):
+        super().__init__()
+        self.dim, self.g = dim, torch.Generator().manual_seed(seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(len(x), self.dim, generator=self.g)
+
+
+def raw_pixel_features(images: torch.Tensor) -> torch.Tensor:
+    """The raw-pixel baseline: float images (N, 3, H, W) in [0, 1], normalised and flattened."""
+    from .data.transforms import normalize
+
+    return normalize(images).flatten(1)
+
+
 def center(features: torch.Tensor) -> torch.Tensor:
     """Subtract the mean feature (of one domain). Uses no label; removes a domain's common offset."""
     return features - features.mean(0, keepdim=True)
@@ -98,7 +116,7 @@ def evaluate_backbone(model: Callable | None, protocol: str = "heldout", dataset
     ``model=None`` evaluates raw pixels (the flattened, normalised image).
     """
     from .data.emoji import load_emoji_domains
-    from .data.transforms import normalize, to_float
+    from .data.transforms import to_float
 
     if protocol not in PROTOCOL_SPLIT:
         raise ValueError(f"protocol must be one of {list(PROTOCOL_SPLIT)}, not {protocol!r}")
@@ -111,7 +129,7 @@ def evaluate_backbone(model: Callable | None, protocol: str = "heldout", dataset
     feats, labels = {}, {}
     for d in domains:
         imgs = to_float(ds.images[ds.domain_index(d), idx])
-        feats[d] = normalize(imgs).flatten(1) if model is None else extract_features(model, imgs, device=device)
+        feats[d] = raw_pixel_features(imgs) if model is None else extract_features(model, imgs, device=device)
         labels[d] = ds.labels[idx]
     kwargs.setdefault("protocol", protocol)
     return cross_domain_table(feats, labels, **kwargs)

@@ -22,12 +22,12 @@ the tests or of the book build: the result is committed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from collections import Counter, defaultdict
@@ -37,6 +37,8 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from cdrlib.data.download import file_sha256 as sha256  # noqa: E402
 
 # Pinned packages and the sha256 of their npm tarballs (measured when the dataset was first built).
 PACKAGES = {
@@ -64,14 +66,6 @@ def norm_hex(code: str) -> str:
 def norm_subgroup(name: str) -> str:
     """'sky & weather' and 'sky-weather' are the same subgroup in different packages."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("&", "")).strip("-")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_tarballs(npm_dir: Path) -> dict[str, Path]:

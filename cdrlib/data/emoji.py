@@ -12,7 +12,6 @@ Domains: ``twemoji`` (flat cartoon), ``noto`` (glossy), ``openmoji`` (outlined c
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..profile import REPO_ROOT
+from .download import file_sha256
 from .errors import DataError
 
 DEFAULT_ROOT = REPO_ROOT / "data" / "emoji_domains"
@@ -81,7 +81,7 @@ def verify_manifest(root: Path) -> None:
         if not path.is_file():
             raise DataError(f"{path} is listed in {manifest} but missing; restore it with "
                             f"`git checkout -- {path}` or rebuild with scripts/build_emoji_dataset.py.")
-        got = hashlib.sha256(path.read_bytes()).hexdigest()
+        got = file_sha256(path)
         if got != digest:
             raise DataError(f"{path} does not match its checksum in {manifest} (sha256 {got[:12]}…, "
                             f"expected {digest[:12]}…): the file is corrupted or was changed. Restore it "

@@ -10,7 +10,6 @@ MoCo v2 (800 epochs) weights, as UCDIR starts from.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..data.download import file_sha256 as sha256
 from ..profile import REPO_ROOT
 from .resnet import SmallResNet
 from .vit import VisionTransformer
@@ -60,10 +60,6 @@ def load_backbone(path: str | Path) -> nn.Module:
     model = build_backbone(ckpt["arch"], **ckpt.get("arch_kwargs", {}))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
     return model.eval()
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def registry() -> dict:
