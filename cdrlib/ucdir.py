@@ -1,0 +1,108 @@
+"""UCDIR's losses (METHODS.md §3): instance-wise, cluster-wise, self-entropy, distance-of-distance.
+
+Notation: ``q`` (B, d) are L2-normalised embeddings of the query encoder, ``k`` of the momentum
+(key) encoder, ``bank`` (N, d) the domain's memory bank (one key per image id), ``centroids``
+(K, d) the domain's L2-normalised k-means centroids, ``T`` a temperature.
+
+The training loop, memory banks and clustering that feed these are not in the library yet.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .sinkhorn import sinkhorn
+
+
+def instance_wise_loss(q: torch.Tensor, k: torch.Tensor, bank: torch.Tensor, ids: torch.Tensor,
+                       temperature: float = 0.2) -> torch.Tensor:
+    """L_IW: InfoNCE with the own key as positive and the bank minus the own entry as negatives.
+
+    Args:
+        q, k: (B, d); bank: (N, d); ids: (B,) the images' indices in the bank.
+    """
+    pos = (q * k).sum(1, keepdim=True)                          # (B, 1)
+    neg = q @ bank.T                                            # (B, N)
+    neg = neg.scatter(1, ids.view(-1, 1), float("-inf"))        # the own id is not a negative
+    logits = torch.cat([pos, neg], dim=1) / temperature
+    return -torch.log_softmax(logits, dim=1)[:, 0].mean()
+
+
+def cluster_confidence(k: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
+                       temperature: float = 0.2) -> torch.Tensor:
+    """softmax(k · Cᵀ / T) at each anchor's own cluster, (B,)."""
+    return torch.softmax(k @ centroids.T / temperature, dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+
+
+def cluster_wise_loss(q: torch.Tensor, k: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
+                      labels: torch.Tensor, centroids: torch.Tensor, temperature: float = 0.2,
+                      threshold: float = 0.2) -> torch.Tensor:
+    """L_CW: −mean over the bank entries of the anchor's cluster of log softmax(q · bank / T).
+
+    Only anchors whose key is confidently in its cluster (:func:`cluster_confidence` > threshold)
+    count; the loss is 0 when none does.
+
+    Args:
+        bank_labels: (N,) cluster of every bank entry; labels: (B,) cluster of each anchor.
+    """
+    log_p = torch.log_softmax(q @ bank.T / temperature, dim=1)          # (B, N)
+    same = (labels.view(-1, 1) == bank_labels.view(1, -1)).to(log_p)    # positives
+    per_anchor = -(log_p * same).sum(1) / same.sum(1).clamp(min=1)
+    keep = cluster_confidence(k, centroids, labels, temperature) > threshold
+    return per_anchor[keep].mean() if keep.any() else q.sum() * 0
+
+
+def self_entropy(q: torch.Tensor, centroids: torch.Tensor, tau: float) -> torch.Tensor:
+    """Mean entropy of softmax(q · Cᵀ / τ) over the batch."""
+    log_p = torch.log_softmax(q @ centroids.T / tau, dim=1)
+    return -(log_p.exp() * log_p).sum(1).mean()
+
+
+def self_entropy_loss(q_a: torch.Tensor, q_b: torch.Tensor, c_a: torch.Tensor, c_b: torch.Tensor,
+                      tau: float = 0.01) -> torch.Tensor:
+    """L_SE: the four terms (queries of A and of B, against the centroids of A and of B), averaged."""
+    return (self_entropy(q_a, c_a, tau) + self_entropy(q_a, c_b, tau)
+            + self_entropy(q_b, c_a, tau) + self_entropy(q_b, c_b, tau)) / 4
+
+
+def _pattern_distances(q: torch.Tensor, centroids: torch.Tensor, tau: float) -> torch.Tensor:
+    """D[i, j] = 1 − cos(P[i], P[j]) with P = softmax(q Cᵀ / τ): (B, B)."""
+    p = F.normalize(torch.softmax(q @ centroids.T / tau, dim=1), dim=1)
+    return 1 - p @ p.T
+
+
+def dod_loss_code(q_a: torch.Tensor, q_b: torch.Tensor, c_a: torch.Tensor, c_b: torch.Tensor,
+                  tau: float = 0.01) -> torch.Tensor:
+    """Distance-of-distance as the official code computes it (no matching of centroids).
+
+    For the queries of each domain, the distance patterns of the batch measured against A's
+    centroids and against B's must agree: mean_i ‖D_A[i] − D_B[i]‖², for A's and B's queries, averaged.
+    Cluster order never matters: only distances between batch items are compared.
+    """
+    out = 0.0
+    for q in (q_a, q_b):
+        diff = _pattern_distances(q, c_a, tau) - _pattern_distances(q, c_b, tau)
+        out = out + diff.pow(2).sum(1).mean()
+    return out / 2
+
+
+def match_centroids(c_a: torch.Tensor, c_b: torch.Tensor, eps: float = 0.05, max_iter: int = 1000) -> torch.Tensor:
+    """The seed's matching: entropic OT between the centroids (uniform 1/K, cost ‖c_i − c_j‖²),
+    then each centroid of A is matched to the centroid of B with the largest plan entry. Returns π (K,)."""
+    plan = sinkhorn(torch.cdist(c_a, c_b) ** 2, eps=eps, max_iter=max_iter).plan
+    return plan.argmax(dim=1)
+
+
+def dod_loss_seed(c_a: torch.Tensor, c_b: torch.Tensor, matching: torch.Tensor | None = None,
+                  eps: float = 0.05) -> torch.Tensor:
+    """Distance-of-distance as the seed write-up states it: Σ_ij |d(c_i^A, c_j^A) − d(c_π(i)^B, c_π(j)^B)|.
+
+    Args:
+        c_a, c_b: (K, d) centroids; matching: π (K,), default :func:`match_centroids`.
+    Returns:
+        the sum over all K² pairs (Euclidean centroid distances).
+    """
+    pi = match_centroids(c_a.detach(), c_b.detach(), eps) if matching is None else matching
+    d_a = torch.cdist(c_a, c_a)
+    d_b = torch.cdist(c_b[pi], c_b[pi])
+    return (d_a - d_b).abs().sum()
