@@ -44,9 +44,10 @@ def check_labels(x, name: str, n: int | None = None) -> torch.Tensor:
     return t.long()
 
 
-def check_k(k: int, gallery_size: int, name: str = "k") -> int:
+def check_k(k: int, size: int, name: str = "k", of: str = "the gallery") -> int:
+    """A positive integer no larger than ``size`` (the gallery, the number of points, …)."""
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ValueError(f"{name} must be a positive integer, got {k!r}")
-    if k > gallery_size:
-        raise ValueError(f"{name}={k} is larger than the gallery ({gallery_size} items); use {name} ≤ {gallery_size}")
+    if k > size:
+        raise ValueError(f"{name}={k} is larger than {of} ({size} items); use {name} ≤ {size}")
     return int(k)
