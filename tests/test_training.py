@@ -1,0 +1,60 @@
+"""The shared training loop: a run interrupted and resumed ends exactly where an uninterrupted one does."""
+import pytest
+import torch
+
+from cdrlib.memory import MemoryBank
+from cdrlib.training import Trainer
+
+
+def make(checkpoint, stop_after=None):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    bank = MemoryBank(32, 2)
+    data = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+
+    def batches(epoch, gen):
+        perm = torch.randperm(32, generator=gen)
+        return [perm[i:i + 8] for i in range(0, 32, 8)]
+
+    def step(ids, epoch):
+        out = model(data[ids])
+        loss = (out - bank.keys[ids]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bank.update(ids, out)
+        return {"loss": loss.item()}
+
+    def on_epoch_end(epoch):
+        if stop_after is not None and epoch == stop_after:
+            raise KeyboardInterrupt  # the run is killed after the checkpoint of the previous epoch
+        return {"noise": torch.rand(1).item()}  # uses the global RNG: resumed runs must restore it
+
+    t = Trainer({"model": model}, opt, step, batches, epochs=5, checkpoint=checkpoint,
+                on_epoch_end=on_epoch_end, extra_state={"bank": bank})
+    return t, model, bank
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full, model_a, bank_a = make(tmp_path / "a.pt")
+    hist_a = full.fit()
+    broken, _, _ = make(tmp_path / "b.pt", stop_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        broken.fit()
+    resumed, model_b, bank_b = make(tmp_path / "b.pt")
+    hist_b = resumed.fit()
+    assert hist_a == hist_b
+    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(pa, pb)
+    assert torch.equal(bank_a.keys, bank_b.keys)
+    assert not (tmp_path / "b.pt.tmp").exists()
+
+
+def test_finished_run_does_not_train_again(tmp_path):
+    t, model, _ = make(tmp_path / "c.pt")
+    t.fit()
+    again, model2, _ = make(tmp_path / "c.pt")
+    assert len(again.fit()) == 5
+    for pa, pb in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(pa, pb)
