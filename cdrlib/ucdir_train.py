@@ -1,0 +1,250 @@
+"""UCDIR training: two domains, a memory bank each, momentum keys, k-means every epoch (METHODS.md §3).
+
+The loss of one step is
+
+    [(L_IW + w_cw L_CW) for A and B] / 2 + w_se L_SE + w_dd L_DD,
+
+with w_cw ramping from 0 at the warm-up epoch to its maximum, and L_SE, L_DD switched on at their
+epochs. Batches of A and B are drawn independently: no image of A is ever paired with one of B.
+Runs on one process, or on several through ``torchrun`` (DDP; each process takes its share of
+every batch, keys are gathered so that all memory banks stay identical, k-means runs on every
+process with the same seed on the same features).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import ucdir
+from .clustering import kmeans
+from .data.transforms import TwoViewAugment, normalize
+from .memory import MemoryBank, momentum_copy, momentum_update
+from .training import Trainer
+
+
+@dataclass
+class UCDIRConfig:
+    """Hyper-parameters; the defaults are the embedded-data ones, :meth:`paper` gives the papers'."""
+
+    backbone: str = "emoji-resnet"
+    image_size: int = 64
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    epochs: int = 12
+    batch_size: int = 64            # per domain
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    key_momentum: float = 0.99
+    temperature: float = 0.2
+    k: int = 54                     # clusters per domain
+    warmup_epoch: int = 2           # L_CW starts (and k-means runs) from this epoch on
+    w_cw: float = 1.0               # the maximum of the ramp
+    se_epoch: int = 6
+    w_se: float = 0.5
+    tau_se: float = 0.1
+    dd_epoch: int = 6
+    w_dd: float = 0.1
+    dod: str | None = None          # None, "code" or "seed"
+    use_cw: bool = True
+    use_se: bool = True
+    kmeans_niter: int = 20
+    kmeans_nredo: int = 5
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @staticmethod
+    def paper(dataset: str = "office_home") -> "UCDIRConfig":
+        """The papers' settings (METHODS.md §3) for Office-Home or DomainNet."""
+        oh = dataset == "office_home"
+        return UCDIRConfig(backbone="moco-v2-resnet50", image_size=224, proj_hidden=2048, proj_dim=128, epochs=200,
+                           batch_size=64, lr=2e-4, key_momentum=0.999, k=65 if oh else 7, warmup_epoch=20,
+                           w_cw=0.5 if oh else 1.0, se_epoch=100, w_se=1.0 if oh else 0.5,
+                           tau_se=0.01 if oh else 0.1, dd_epoch=100, w_dd=0.5 if oh else 0.1, dod="code")
+
+
+class Encoder(nn.Module):
+    """Backbone + MLP head → L2-normalised embedding (B, proj_dim)."""
+
+    def __init__(self, backbone: nn.Module, hidden: int, out: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Linear(backbone.num_features if hasattr(backbone, "num_features") else 2048, hidden),
+                                  nn.ReLU(inplace=True), nn.Linear(hidden, out))
+
+    def forward(self, x):
+        return F.normalize(self.head(self.backbone(x)), dim=1)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(t: torch.Tensor) -> torch.Tensor:
+    rank, world = _world()
+    if world == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+class UCDIR:
+    """The method's state and its training step.
+
+    Args:
+        cfg: hyper-parameters. images_a, images_b: float (N, 3, H, W) in [0, 1], the training images
+        of each domain (their order defines the image ids of the memory banks).
+        backbone: the initial backbone (already loaded).
+    """
+
+    def __init__(self, cfg: UCDIRConfig, images_a: torch.Tensor, images_b: torch.Tensor, backbone: nn.Module,
+                 device="cpu"):
+        self.cfg, self.device = cfg, torch.device(device)
+        self.images = {"A": images_a, "B": images_b}
+        torch.manual_seed(cfg.seed)
+        self.encoder = Encoder(backbone, cfg.proj_hidden, cfg.proj_dim).to(self.device)
+        self.key_encoder = momentum_copy(self.encoder)
+        self.banks = {d: MemoryBank(len(x), cfg.proj_dim, seed=cfg.seed + i, device=self.device)
+                      for i, (d, x) in enumerate(self.images.items())}
+        self.clusters = _Clusters()
+        self.augment = TwoViewAugment(cfg.image_size)
+        self.model = self.encoder
+        rank, world = _world()
+        if world > 1:
+            self.model = nn.parallel.DistributedDataParallel(self.encoder)
+        self.optimizer = torch.optim.SGD(self.encoder.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+
+    # -- schedule
+    def weights(self, epoch: int) -> dict:
+        c = self.cfg
+        ramp = 0.0 if epoch < c.warmup_epoch else min(1.0, (epoch - c.warmup_epoch + 1) / max(1, c.epochs - c.warmup_epoch))
+        return {"cw": c.w_cw * ramp if c.use_cw else 0.0,
+                "se": c.w_se if (c.use_se and epoch >= c.se_epoch) else 0.0,
+                "dd": c.w_dd if (c.dod and epoch >= c.dd_epoch) else 0.0}
+
+    # -- data
+    def batches(self, epoch: int, gen: torch.Generator):
+        """Index batches (ids_A, ids_B), drawn independently per domain; each process takes its share."""
+        rank, world = _world()
+        na, nb = len(self.images["A"]), len(self.images["B"])
+        steps = max(na, nb) // self.cfg.batch_size
+        pa = torch.cat([torch.randperm(na, generator=gen) for _ in range(steps * self.cfg.batch_size // na + 1)])
+        pb = torch.cat([torch.randperm(nb, generator=gen) for _ in range(steps * self.cfg.batch_size // nb + 1)])
+        bs = self.cfg.batch_size
+        for s in range(steps):
+            ia, ib = pa[s * bs:(s + 1) * bs], pb[s * bs:(s + 1) * bs]
+            yield ia[rank::world], ib[rank::world]
+
+    # -- clustering
+    @torch.no_grad()
+    def embed_all(self, domain: str, encoder: nn.Module | None = None, batch_size: int = 256) -> torch.Tensor:
+        enc = encoder or self.key_encoder
+        was = enc.training
+        enc.eval()
+        x = self.images[domain]
+        out = torch.cat([enc(normalize(x[i:i + batch_size]).to(self.device)).cpu() for i in range(0, len(x), batch_size)])
+        enc.train(was)
+        return out
+
+    def recluster(self, epoch: int) -> dict:
+        if epoch + 1 < self.cfg.warmup_epoch:  # clusters are needed from the warm-up epoch on
+            return {}
+        for d in ("A", "B"):
+            c, labels = kmeans(self.embed_all(d), self.cfg.k, self.cfg.kmeans_niter, self.cfg.kmeans_nredo,
+                               seed=self.cfg.seed + epoch)
+            self.clusters.set(d, c.to(self.device), labels.to(self.device))
+        return {}
+
+    # -- one step
+    def step(self, batch, epoch: int) -> dict:
+        ids = {"A": batch[0], "B": batch[1]}
+        w = self.weights(epoch)
+        cfg = self.cfg
+        q, k = {}, {}
+        for d in ("A", "B"):
+            x = self.images[d][ids[d]].to(self.device)
+            v1, v2 = self.augment.two_views(x)
+            q[d] = self.model(v1)
+            with torch.no_grad():
+                k[d] = self.key_encoder(v2)
+        loss, parts = 0.0, {}
+        for d in ("A", "B"):
+            bank = self.banks[d].keys
+            l_iw = ucdir.instance_wise_loss(q[d], k[d], bank, ids[d].to(self.device), cfg.temperature)
+            parts[f"iw_{d}"] = l_iw.item()
+            term = l_iw
+            if w["cw"] > 0 and self.clusters.ready:
+                c, labels = self.clusters.get(d)
+                l_cw = ucdir.cluster_wise_loss(q[d], k[d], bank, labels, labels[ids[d].to(self.device)], c,
+                                               cfg.temperature)
+                parts[f"cw_{d}"] = l_cw.item()
+                term = term + w["cw"] * l_cw
+            loss = loss + term / 2
+        if self.clusters.ready and (w["se"] > 0 or w["dd"] > 0):
+            ca, _ = self.clusters.get("A")
+            cb, _ = self.clusters.get("B")
+            if w["se"] > 0:
+                l_se = ucdir.self_entropy_loss(q["A"], q["B"], ca, cb, cfg.tau_se)
+                parts["se"] = l_se.item()
+                loss = loss + w["se"] * l_se
+            if w["dd"] > 0:
+                l_dd = (ucdir.dod_loss_code(q["A"], q["B"], ca, cb) if cfg.dod == "code"
+                        else ucdir.dod_loss_seed(ca, cb))
+                parts["dd"] = l_dd.item()
+                if l_dd.requires_grad:  # the seed form depends on the (fixed) centroids only
+                    loss = loss + w["dd"] * l_dd
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        momentum_update(self.encoder, self.key_encoder, cfg.key_momentum)
+        for d in ("A", "B"):
+            self.banks[d].update(_gather(ids[d].to(self.device)), _gather(k[d]))
+        parts["loss"] = loss.item()
+        return parts
+
+    def trainer(self, checkpoint: str | Path | None = None, on_epoch_end=None) -> Trainer:
+        def end(epoch):
+            out = self.recluster(epoch)
+            if on_epoch_end is not None:
+                out.update(on_epoch_end(epoch) or {})
+            return out
+
+        return Trainer({"encoder": self.encoder, "key_encoder": self.key_encoder}, self.optimizer, self.step,
+                       self.batches, self.cfg.epochs, checkpoint, end,
+                       {"bank_A": self.banks["A"], "bank_B": self.banks["B"], "clusters": self.clusters},
+                       seed=self.cfg.seed)
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+
+class _Clusters:
+    """The current centroids and assignments of both domains (saved with the run)."""
+
+    def __init__(self):
+        self.state = {}
+
+    @property
+    def ready(self) -> bool:
+        return "A" in self.state and "B" in self.state
+
+    def set(self, d, centroids, labels):
+        self.state[d] = (centroids, labels)
+
+    def get(self, d):
+        return self.state[d]
+
+    def state_dict(self):
+        return {d: (c.cpu(), lab.cpu()) for d, (c, lab) in self.state.items()}
+
+    def load_state_dict(self, s):
+        self.state = dict(s)
