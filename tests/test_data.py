@@ -18,7 +18,6 @@ from cdrlib.data.download import DownloadError, download, extract
 from cdrlib.data.emoji import DEFAULT_ROOT
 from cdrlib.data.paper import PAPER_DATASETS, load_paper_split
 
-
 # ------------------------------------------------------------------ embedded dataset
 
 def test_embedded_dataset_shape_and_split():

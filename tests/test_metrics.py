@@ -7,7 +7,6 @@ import torch
 
 from cdrlib import metrics as M
 
-
 # ------------------------------------------------------------------ slow references
 
 def ref_ranking(scores_row):

@@ -1,8 +1,8 @@
 """pyproject.toml and environment.yml name the same dependencies; the book's files are consistent."""
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
