@@ -3,8 +3,8 @@
 The exact commands of the shipped checkpoints are in checkpoints/CHECKPOINTS.json, e.g.::
 
     python scripts/pretrain_backbone.py --arch resnet --minutes 55 --out checkpoints/emoji_resnet.pt
-    python scripts/pretrain_backbone.py --arch vit --objective distill \
-        --teacher checkpoints/emoji_resnet.pt --minutes 45 --out checkpoints/emoji_vit.pt
+    python scripts/pretrain_backbone.py --arch vit --objective distill --simclr-weight 0 \
+        --teacher checkpoints/emoji_resnet.pt --minutes 25 --out checkpoints/emoji_vit.pt
 
 The checkpoint is written with its curve (``.curve.jsonl``, mAP against minutes) beside it, and
 the registry entry (sha256, command, minutes, final numbers) is updated with ``--register NAME``.
@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--temperature", type=float, default=0.2)
     ap.add_argument("--p-sketch", type=float, default=0.3)
+    ap.add_argument("--simclr-weight", type=float, default=1.0, help="distill: weight of NT-Xent")
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
@@ -42,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = PretrainConfig(arch=args.arch, objective=args.objective, teacher=args.teacher, minutes=args.minutes,
                          batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
-                         p_sketch=args.p_sketch, eval_every=args.eval_every, threads=args.threads, seed=args.seed)
+                         p_sketch=args.p_sketch, simclr_weight=args.simclr_weight, eval_every=args.eval_every, threads=args.threads, seed=args.seed)
     path = pretrain(cfg, args.out)
     if args.register:
         reg = json.loads(REGISTRY.read_text()) if REGISTRY.is_file() else {}

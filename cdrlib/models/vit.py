@@ -97,17 +97,20 @@ class VisionTransformer(nn.Module):
     Args:
         img_size, patch_size: input side and patch side in pixels.
         dim: width D; depth: blocks L; heads: heads H per block.
+        out_dim: when given, a linear map of the CLS output to ``out_dim`` is the feature (the
+            distilled ViT learns it to match its teacher's feature space); attention is unaffected.
     """
 
     def __init__(self, img_size: int = 64, patch_size: int = 8, dim: int = 192, depth: int = 6,
-                 heads: int = 3, mlp_ratio: float = 4.0):
+                 heads: int = 3, mlp_ratio: float = 4.0, out_dim: int | None = None):
         super().__init__()
         self.patch_embed = PatchEmbed(img_size, patch_size, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, dim))
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.num_features = dim
+        self.proj = nn.Linear(dim, out_dim) if out_dim else None
+        self.num_features = out_dim or dim
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
@@ -144,8 +147,9 @@ class VisionTransformer(nn.Module):
         return self.forward_tokens(self.patch_tokens(x), return_attention)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The CLS feature, (B, D)."""
-        return self.forward_features(x)[:, 0]
+        """The CLS feature, (B, D) — or (B, out_dim) through ``proj`` when the model has one."""
+        cls = self.forward_features(x)[:, 0]
+        return self.proj(cls) if self.proj is not None else cls
 
     def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
         """All blocks' attention stacked: (B, L, H, n+1, n+1)."""
