@@ -23,7 +23,9 @@ METADATA_KEY = "cdrlib_results"
 def _records(df) -> list[dict]:
     out = []
     for row in df.to_dict(orient="records"):
-        out.append({k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()})
+        # NaN (a cell with no value) becomes None: notebook metadata must be valid JSON
+        out.append({k: (None if isinstance(v, float) and not math.isfinite(v) else round(v, 6) if isinstance(v, float)
+                        else v) for k, v in row.items()})
     return out
 
 
