@@ -54,7 +54,8 @@ def save_results(df, chapter: str, table: str = "results", atol: float = 1e-6, r
         try:
             from IPython.display import display
 
-            display(df.style.format(precision=3).hide(axis="index"), metadata={METADATA_KEY: payload})
+            # a plain (rounded) DataFrame: its text form is stable from run to run, unlike a Styler's
+            display(df.round(4), metadata={METADATA_KEY: payload})
         except ImportError:  # plain Python: print it
             print(df.to_string(index=False))
     return path
