@@ -50,8 +50,7 @@ def dataset_features(model: Callable, dataset, batch_size: int = 256, device="cp
     The dataset's own (evaluation) transform is applied; in-memory images are batched directly.
     """
     if dataset.images is not None:
-        return extract_features(model, dataset.tensor(), batch_size, device,
-                                transform=lambda x: dataset.transform(x))
+        return extract_features(model, dataset.tensor(), batch_size, device, transform=dataset.transform)
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     return torch.cat([model(x.to(device)).float().cpu() for x, _, _ in progress(loader, desc="features")])

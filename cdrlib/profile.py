@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ class Profile:
         name: ``"default"`` or ``"paper"``.
         device: where tensors go (``cuda`` when present, else ``cpu``).
         seed: the seed given to :func:`setup`.
-        data_root: where the paper datasets live (``CDR_DATA``, default ``~/.cache/cdrlib/data``).
+        data_root: where the paper datasets live (:func:`cdrlib.data.paper.data_home`).
         results_dir: where chapters save their results tables (``CDR_RESULTS_DIR``).
     """
 
@@ -45,7 +45,6 @@ class Profile:
     seed: int
     data_root: Path
     results_dir: Path
-    extra: dict = field(default_factory=dict)
 
     @property
     def is_paper(self) -> bool:
@@ -105,8 +104,9 @@ def setup(seed: int = 0, profile: str | None = None) -> Profile:
     device = pick_device() if name == "paper" else pick_device(os.environ.get("CDR_DEVICE", "cpu"))
     if name == "paper" and device.type != "cuda":
         print("note: the paper profile runs without a GPU here; expect hours, not minutes.", file=sys.stderr)
-    data_root = Path(os.environ.get("CDR_DATA", Path.home() / ".cache" / "cdrlib" / "data")).expanduser()
-    return Profile(name=name, device=device, seed=seed, data_root=data_root, results_dir=default_results_dir())
+    from .data.paper import data_home  # here, not at the top: the data package imports this module
+
+    return Profile(name=name, device=device, seed=seed, data_root=data_home(), results_dir=default_results_dir())
 
 
 def default_results_dir() -> Path:

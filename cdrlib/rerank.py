@@ -98,13 +98,13 @@ def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
         from concurrent.futures import ThreadPoolExecutor
 
         _POOL = ThreadPoolExecutor(max_workers=threads)
-    parts = np.array_split(np.arange(len(neg)), threads)
+    bounds = np.linspace(0, len(neg), threads + 1).astype(int)
     out = np.empty(neg.shape, dtype=np.int64)
 
-    def sort_rows(rows):
-        out[rows[0]:rows[-1] + 1] = np.argsort(neg[rows[0]:rows[-1] + 1], axis=1)
+    def sort_rows(i):
+        out[bounds[i]:bounds[i + 1]] = np.argsort(neg[bounds[i]:bounds[i + 1]], axis=1)
 
-    list(_POOL.map(sort_rows, [p for p in parts if len(p)]))
+    list(_POOL.map(sort_rows, range(threads)))
     return torch.from_numpy(out)
 
 
@@ -112,8 +112,8 @@ class _Voter:
     """Δ for a chunk of queries, kept up to date across iterations.
 
     The first call sums the KQ sparse weight rows of every query's top items; later calls only add
-    the rows of items that entered the top KQ and subtract those of items that left it — after the
-    first iteration few do, so the later iterations cost a fraction of the first.
+    the rows of items that entered the top KQ and subtract those of items that left it, so an
+    iteration costs in proportion to how much the top KQ changed.
     """
 
     def __init__(self, nb: GalleryNeighbours, c: int, kq: int):

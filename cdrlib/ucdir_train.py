@@ -12,7 +12,7 @@ process with the same seed on the same features).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -56,7 +56,6 @@ class UCDIRConfig:
     kmeans_niter: int = 20
     kmeans_nredo: int = 5
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     @staticmethod
     def paper(dataset: str = "office_home") -> "UCDIRConfig":
@@ -117,8 +116,7 @@ class UCDIR:
         self.clusters = _Clusters()
         self.augment = TwoViewAugment(cfg.image_size)
         self.model = self.encoder
-        rank, world = _world()
-        if world > 1:
+        if _world()[1] > 1:
             self.model = nn.parallel.DistributedDataParallel(self.encoder)
         self.optimizer = torch.optim.SGD(self.encoder.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)

@@ -11,7 +11,7 @@ download prints the sha256 it computed, so that it can be recorded here.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .download import cache_dir, download, extract
@@ -29,7 +29,6 @@ class PaperDataset:
     files: tuple = ()                # (url, filename, sha256 | None, size | None) with a stable URL
     manual: str = ""                 # steps when there is no stable URL
     split: str = "folders"           # how train/heldout are defined (see load_paper_split)
-    extra: dict = field(default_factory=dict)
 
 
 PAPER_DATASETS = {
@@ -98,11 +97,14 @@ DOMAINS = {"emoji": ("twemoji", "noto", "openmoji", "sketch"),
            **{k: v.domains for k, v in PAPER_DATASETS.items()}}
 
 
+def data_home() -> Path:
+    """Where the paper datasets live: ``$CDR_DATA``, else ``<cache>/data`` (``$CDR_CACHE`` or ``~/.cache/cdrlib``)."""
+    return Path(os.environ.get("CDR_DATA", cache_dir() / "data")).expanduser()
+
+
 def dataset_root(name: str, root: str | Path | None = None) -> Path:
-    """``root``, or ``$CDR_DATA/<name>``, or ``~/.cache/cdrlib/data/<name>``."""
-    if root is not None:
-        return Path(root).expanduser()
-    return Path(os.environ.get("CDR_DATA", cache_dir() / "data")).expanduser() / name
+    """``root``, or ``data_home()/<name>``."""
+    return Path(root).expanduser() if root is not None else data_home() / name
 
 
 def _spec(name: str) -> PaperDataset:
