@@ -94,15 +94,45 @@ def match_centroids(c_a: torch.Tensor, c_b: torch.Tensor, eps: float = 0.05, max
 
 
 def dod_loss_seed(c_a: torch.Tensor, c_b: torch.Tensor, matching: torch.Tensor | None = None,
-                  eps: float = 0.05) -> torch.Tensor:
+                  eps: float = 0.05, reduction: str = "sum") -> torch.Tensor:
     """Distance-of-distance as the seed write-up states it: Σ_ij |d(c_i^A, c_j^A) − d(c_π(i)^B, c_π(j)^B)|.
 
     Args:
-        c_a, c_b: (K, d) centroids; matching: π (K,), default :func:`match_centroids`.
-    Returns:
-        the sum over all K² pairs (Euclidean centroid distances).
+        c_a, c_b: (K, d) centroids; matching: π (K,), default :func:`match_centroids` (on detached
+            centroids: the matching is a discrete choice, the gradient flows through the distances).
+        reduction: ``"sum"`` over all K² pairs, as written; ``"mean"`` divides by K², so that the
+            loss weight need not change with K (what training uses).
     """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     pi = match_centroids(c_a.detach(), c_b.detach(), eps) if matching is None else matching
-    d_a = torch.cdist(c_a, c_a)
-    d_b = torch.cdist(c_b[pi], c_b[pi])
-    return (d_a - d_b).abs().sum()
+    # cdist's gradient is NaN at zero distance (the diagonal): compute the distances from the Gram matrix
+    d_a = _pairwise_distances(c_a)
+    d_b = _pairwise_distances(c_b[pi])
+    out = (d_a - d_b).abs()
+    return out.sum() if reduction == "sum" else out.mean()
+
+
+def _pairwise_distances(c: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (K, K) between rows, with a finite gradient on the diagonal."""
+    sq = (c * c).sum(1)
+    d2 = (sq.view(-1, 1) + sq.view(1, -1) - 2 * c @ c.T).clamp(min=0)
+    eye = torch.eye(len(c), dtype=torch.bool, device=c.device)
+    return torch.where(eye, torch.zeros_like(d2), (d2 + eye.to(d2)).sqrt())
+
+
+def batch_centroids(bank: torch.Tensor, bank_labels: torch.Tensor, ids: torch.Tensor, q: torch.Tensor,
+                    k: int) -> torch.Tensor:
+    """Cluster centroids (k, d) of a memory bank whose batch entries are replaced by the current queries.
+
+    The k-means centroids are constants of the step; these are the same clusters seen through the
+    current query encoder, so a loss on them reaches the network. L2-normalised like the k-means
+    centroids; an empty cluster gives a zero row.
+
+    Args:
+        bank: (N, d); bank_labels: (N,) cluster of each entry; ids: (B,) the batch's bank ids (distinct);
+        q: (B, d) the batch's queries; k: number of clusters.
+    """
+    sums = torch.zeros(k, bank.shape[1], dtype=bank.dtype, device=bank.device).index_add_(0, bank_labels, bank)
+    sums = sums.index_add(0, bank_labels[ids], q - bank[ids])
+    return F.normalize(sums, dim=1)

@@ -9,9 +9,20 @@ epochs. Batches of A and B are drawn independently: no image of A is ever paired
 Runs on one process, or on several through ``torchrun`` (DDP; each process takes its share of
 every batch, keys are gathered so that all memory banks stay identical, k-means runs on every
 process with the same seed on the same features).
+
+The images of a domain are given in one of three forms:
+
+* a float tensor (N, 3, H, W) in [0, 1] — the embedded data, held in memory;
+* a :class:`~cdrlib.data.DomainDataset` of image files — the paper datasets, read per batch;
+* (N, V, D) features of a frozen backbone for V views of each image (view 0 un-augmented, views
+  1.. augmented; :func:`cache_view_features`) — the CPU setting of the book's default profile:
+  only the MLP head trains, and "two augmentations" means two of the cached augmented views. The
+  papers fine-tune the whole backbone; on 2 CPU cores that would cost minutes per epoch, so the
+  chapters train the head and say so.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +62,8 @@ class UCDIRConfig:
     dd_epoch: int = 6
     w_dd: float = 0.1
     dod: str | None = None          # None, "code" or "seed"
+    tau_dd: float = 0.01            # "code": the temperature of the distance patterns
+    sinkhorn_eps: float = 0.05      # "seed": ε of the centroid matching
     use_cw: bool = True
     use_se: bool = True
     kmeans_niter: int = 20
@@ -73,11 +86,86 @@ class Encoder(nn.Module):
     def __init__(self, backbone: nn.Module, hidden: int, out: int):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(backbone.num_features if hasattr(backbone, "num_features") else 2048, hidden),
+        self.head = nn.Sequential(nn.Linear(getattr(backbone, "num_features", 2048), hidden),
                                   nn.ReLU(inplace=True), nn.Linear(hidden, out))
 
     def forward(self, x):
         return F.normalize(self.head(self.backbone(x)), dim=1)
+
+
+class FrozenFeatures(nn.Module):
+    """The identity on cached backbone features (N, D): the encoder's "backbone" when it is frozen."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x):
+        return x
+
+
+@torch.no_grad()
+def cache_view_features(backbone: nn.Module, images: torch.Tensor, n_views: int = 16, image_size: int = 64,
+                        batch_size: int = 256, device="cpu", seed: int = 0) -> torch.Tensor:
+    """Backbone features of ``n_views`` views of every image: (N, n_views, D).
+
+    View 0 is the un-augmented image, views 1.. are :class:`TwoViewAugment` draws (seeded).
+    """
+    from .profile import progress
+
+    if n_views < 3:
+        raise ValueError(f"n_views must be at least 3 (the plain view and two augmented ones), got {n_views}")
+    gen_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    augment = TwoViewAugment(image_size)
+    was = backbone.training
+    backbone.eval().to(device)
+    out = []
+    for i in progress(range(0, len(images), batch_size), desc="caching view features"):
+        x = images[i:i + batch_size].to(device)
+        views = [normalize(x)] + [augment(x) for _ in range(n_views - 1)]
+        out.append(torch.stack([backbone(v).cpu() for v in views], dim=1))
+    backbone.train(was)
+    torch.set_rng_state(gen_state)
+    return torch.cat(out)
+
+
+class _Views:
+    """How a domain's images become inputs of the encoder (see the module docstring)."""
+
+    def __init__(self, images, image_size: int, workers: int = 8):
+        self.images = images
+        self.cached = isinstance(images, torch.Tensor) and images.dim() == 3
+        self.files = not isinstance(images, torch.Tensor)
+        if self.cached and images.shape[1] < 3:
+            raise ValueError("cached view features need at least 3 views (N, V>=3, D)")
+        if not self.cached and not self.files and images.dim() != 4:
+            raise ValueError(f"images must be (N, 3, H, W), (N, V, D) features or a DomainDataset, "
+                             f"got shape {tuple(images.shape)}")
+        self.augment = TwoViewAugment(image_size)
+        self.pool = ThreadPoolExecutor(workers) if self.files else None
+
+    def __len__(self):
+        return len(self.images)
+
+    def _fetch(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.files:  # decode the batch's files in threads (PIL releases the GIL while decoding)
+            return torch.stack(list(self.pool.map(self.images.raw, ids.tolist())))
+        return self.images[ids]
+
+    def two_views(self, ids: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._fetch(ids)
+        if self.cached:  # two different augmented views of each image
+            n, v = len(ids), x.shape[1]
+            i = torch.randint(1, v, (n,))
+            j = (i - 1 + torch.randint(1, v - 1, (n,))) % (v - 1) + 1
+            ar = torch.arange(n)
+            return x[ar, i].to(device), x[ar, j].to(device)
+        return self.augment.two_views(x.to(device))
+
+    def plain(self, ids: torch.Tensor, device) -> torch.Tensor:
+        x = self._fetch(ids)
+        return x[:, 0].to(device) if self.cached else normalize(x.to(device))
 
 
 def _world() -> tuple[int, int]:
@@ -99,22 +187,28 @@ class UCDIR:
     """The method's state and its training step.
 
     Args:
-        cfg: hyper-parameters. images_a, images_b: float (N, 3, H, W) in [0, 1], the training images
-        of each domain (their order defines the image ids of the memory banks).
-        backbone: the initial backbone (already loaded).
+        cfg: hyper-parameters.
+        images_a, images_b: the training images of each domain in one of the three forms of the
+            module docstring; their order defines the image ids of the memory banks.
+        backbone: the initial backbone (already loaded). With cached features it stays frozen
+            outside the encoder and is used by :meth:`embed` only.
     """
 
-    def __init__(self, cfg: UCDIRConfig, images_a: torch.Tensor, images_b: torch.Tensor, backbone: nn.Module,
-                 device="cpu"):
+    def __init__(self, cfg: UCDIRConfig, images_a, images_b, backbone: nn.Module, device="cpu"):
         self.cfg, self.device = cfg, torch.device(device)
-        self.images = {"A": images_a, "B": images_b}
+        self.views = {"A": _Views(images_a, cfg.image_size), "B": _Views(images_b, cfg.image_size)}
+        if self.views["A"].cached != self.views["B"].cached:
+            raise ValueError("give both domains as images or both as cached view features")
+        self.frozen_backbone = None
+        if self.views["A"].cached:
+            self.frozen_backbone = backbone.to(self.device).eval()
+            backbone = FrozenFeatures(images_a.shape[2])
         torch.manual_seed(cfg.seed)
         self.encoder = Encoder(backbone, cfg.proj_hidden, cfg.proj_dim).to(self.device)
         self.key_encoder = momentum_copy(self.encoder)
-        self.banks = {d: MemoryBank(len(x), cfg.proj_dim, seed=cfg.seed + i, device=self.device)
-                      for i, (d, x) in enumerate(self.images.items())}
+        self.banks = {d: MemoryBank(len(v), cfg.proj_dim, seed=cfg.seed + i, device=self.device)
+                      for i, (d, v) in enumerate(self.views.items())}
         self.clusters = _Clusters()
-        self.augment = TwoViewAugment(cfg.image_size)
         self.model = self.encoder
         if _world()[1] > 1:
             self.model = nn.parallel.DistributedDataParallel(self.encoder)
@@ -133,25 +227,45 @@ class UCDIR:
     def batches(self, epoch: int, gen: torch.Generator):
         """Index batches (ids_A, ids_B), drawn independently per domain; each process takes its share."""
         rank, world = _world()
-        na, nb = len(self.images["A"]), len(self.images["B"])
+        na, nb = len(self.views["A"]), len(self.views["B"])
         steps = max(na, nb) // self.cfg.batch_size
-        pa = torch.cat([torch.randperm(na, generator=gen) for _ in range(steps * self.cfg.batch_size // na + 1)])
-        pb = torch.cat([torch.randperm(nb, generator=gen) for _ in range(steps * self.cfg.batch_size // nb + 1)])
         bs = self.cfg.batch_size
+        if bs > min(na, nb):
+            raise ValueError(f"batch_size {bs} is larger than a domain ({na} and {nb} training images)")
+        pa, pb = torch.randperm(na, generator=gen), torch.randperm(nb, generator=gen)
         for s in range(steps):
-            ia, ib = pa[s * bs:(s + 1) * bs], pb[s * bs:(s + 1) * bs]
+            # the smaller domain wraps around its permutation; a batch never holds an image twice
+            pos = s * bs + torch.arange(bs)
+            ia, ib = pa[pos % na], pb[pos % nb]
             yield ia[rank::world], ib[rank::world]
 
     # -- clustering
     @torch.no_grad()
     def embed_all(self, domain: str, encoder: nn.Module | None = None, batch_size: int = 256) -> torch.Tensor:
+        """Embeddings (N, proj_dim) of a domain's training images, un-augmented (key encoder by default)."""
         enc = encoder or self.key_encoder
         was = enc.training
         enc.eval()
-        x = self.images[domain]
-        out = torch.cat([enc(normalize(x[i:i + batch_size]).to(self.device)).cpu() for i in range(0, len(x), batch_size)])
+        v = self.views[domain]
+        out = torch.cat([enc(v.plain(torch.arange(i, min(i + batch_size, len(v))), self.device)).cpu()
+                         for i in range(0, len(v), batch_size)])
         enc.train(was)
         return out
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """The retrieval embedding (N, proj_dim) of new images, float (N, 3, H, W) in [0, 1]."""
+        enc = self.encoder
+        was = enc.training
+        enc.eval()
+        out = []
+        for i in range(0, len(images), batch_size):
+            x = normalize(images[i:i + batch_size].to(self.device))
+            if self.frozen_backbone is not None:
+                x = self.frozen_backbone(x)
+            out.append(enc(x).cpu())
+        enc.train(was)
+        return torch.cat(out)
 
     def recluster(self, epoch: int) -> dict:
         if epoch + 1 < self.cfg.warmup_epoch:  # clusters are needed from the warm-up epoch on
@@ -169,8 +283,7 @@ class UCDIR:
         cfg = self.cfg
         q, k = {}, {}
         for d in ("A", "B"):
-            x = self.images[d][ids[d]].to(self.device)
-            v1, v2 = self.augment.two_views(x)
+            v1, v2 = self.views[d].two_views(ids[d], self.device)
             q[d] = self.model(v1)
             with torch.no_grad():
                 k[d] = self.key_encoder(v2)
@@ -195,11 +308,18 @@ class UCDIR:
                 parts["se"] = l_se.item()
                 loss = loss + w["se"] * l_se
             if w["dd"] > 0:
-                l_dd = (ucdir.dod_loss_code(q["A"], q["B"], ca, cb) if cfg.dod == "code"
-                        else ucdir.dod_loss_seed(ca, cb))
+                if cfg.dod == "code":
+                    l_dd = ucdir.dod_loss_code(q["A"], q["B"], ca, cb, cfg.tau_dd)
+                else:
+                    # The k-means centroids are constants; their gradient path is the centroids of
+                    # the banks with this batch's entries replaced by its queries.
+                    cur = {}
+                    for d in ("A", "B"):
+                        c, labels = self.clusters.get(d)
+                        cur[d] = ucdir.batch_centroids(self.banks[d].keys, labels, ids[d].to(self.device), q[d], len(c))
+                    l_dd = ucdir.dod_loss_seed(cur["A"], cur["B"], eps=cfg.sinkhorn_eps, reduction="mean")
                 parts["dd"] = l_dd.item()
-                if l_dd.requires_grad:  # the seed form depends on the (fixed) centroids only
-                    loss = loss + w["dd"] * l_dd
+                loss = loss + w["dd"] * l_dd
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

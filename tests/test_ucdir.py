@@ -91,3 +91,33 @@ def test_dod_seed_against_loop_and_permutation():
     want = sum(abs(float((ca[i] - ca[j]).norm()) - float((cb[i] - cb[j]).norm())) for i in range(4) for j in range(4))
     assert ucdir.dod_loss_seed(ca, cb_shuffled).item() == pytest.approx(want)
     assert ucdir.dod_loss_seed(ca, cb).item() == pytest.approx(want)
+
+
+def test_dod_seed_mean_reduction_and_finite_gradient():
+    ca, cb = unit(5, 4, 17).requires_grad_(), unit(5, 4, 18).requires_grad_()
+    total = ucdir.dod_loss_seed(ca, cb)
+    mean = ucdir.dod_loss_seed(ca, cb, reduction="mean")
+    assert mean.item() == pytest.approx(total.item() / 25)
+    mean.backward()
+    assert torch.isfinite(ca.grad).all() and torch.isfinite(cb.grad).all()   # the zero diagonal is harmless
+    assert ca.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="reduction"):
+        ucdir.dod_loss_seed(ca, cb, reduction="max")
+
+
+def test_batch_centroids_against_loop():
+    bank, labels = unit(12, 5, 19), torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 1, 2, 3])
+    ids = torch.tensor([3, 7, 10])
+    q = unit(3, 5, 20).requires_grad_()
+    got = ucdir.batch_centroids(bank, labels, ids, q, k=5)
+    entries = bank.clone()
+    entries[ids] = q.detach()
+    for c in range(5):
+        members = entries[labels == c]
+        want = F.normalize(members.sum(0), dim=0) if len(members) else torch.zeros(5, dtype=bank.dtype)
+        assert torch.allclose(got[c].detach(), want, atol=1e-6)
+    got[labels[ids]].sum().backward()       # the gradient reaches the queries
+    assert q.grad.abs().sum() > 0
+    # with the queries equal to their bank entries, these are the bank's own centroids
+    same = ucdir.batch_centroids(bank, labels, ids, bank[ids], k=4)
+    assert torch.allclose(same, F.normalize(torch.stack([bank[labels == c].sum(0) for c in range(4)]), dim=1))

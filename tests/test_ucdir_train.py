@@ -40,3 +40,60 @@ def test_tiny_two_processes_gloo(tmp_path):
     res = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
                str(SCRIPT), "--tiny", "--backend", "gloo", "--out", str(tmp_path)], tmp_path)
     check(res)
+
+
+def _cached_run(tmp_path, epochs, dod, stop_after=None):
+    from dataclasses import replace
+
+    import torch
+
+    from cdrlib.models import get_backbone
+    from cdrlib.ucdir_train import UCDIR, UCDIRConfig, cache_view_features
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    backbone = get_backbone("random-resnet")
+    feats_a = cache_view_features(backbone, torch.rand(40, 3, 64, 64, generator=g), n_views=4)
+    feats_b = cache_view_features(backbone, torch.rand(36, 3, 64, 64, generator=g), n_views=4)
+    assert feats_a.shape == (40, 4, backbone.num_features)
+    cfg = replace(UCDIRConfig(), epochs=epochs, batch_size=8, k=4, warmup_epoch=1, se_epoch=1, dd_epoch=1,
+                  dod=dod, kmeans_nredo=1, proj_hidden=32, proj_dim=8)
+    method = UCDIR(cfg, feats_a, feats_b, backbone)
+    trainer = method.trainer(tmp_path / "run.pt")
+    if stop_after is not None:  # an interruption: the process ends after this many epochs
+        trainer.epochs = stop_after
+    return method, trainer.fit()
+
+
+@pytest.mark.parametrize("dod", ["seed", "code"])
+def test_cached_features_train_every_loss_and_resume_exactly(tmp_path, dod):
+    import torch
+
+    full, hist = _cached_run(tmp_path / "a", 3, dod)
+    last = hist[-1]
+    assert {"iw_A", "cw_A", "se", "dd"} <= set(last) and all(v == v for v in last.values())
+    # the seed form's loss reaches the network (its centroids follow the queries)
+    _cached_run(tmp_path / "b", 3, dod, stop_after=2)
+    resumed, hist_b = _cached_run(tmp_path / "b", 3, dod)
+    assert hist_b == hist
+    for p, r in zip(full.encoder.parameters(), resumed.encoder.parameters()):
+        assert torch.equal(p, r)
+    emb = full.embed(torch.rand(5, 3, 64, 64))
+    assert emb.shape == (5, 8) and torch.allclose(emb.norm(dim=1), torch.ones(5))
+
+
+def test_bad_inputs_are_explained():
+    import torch
+    from dataclasses import replace
+
+    from cdrlib.models import get_backbone
+    from cdrlib.ucdir_train import UCDIR, UCDIRConfig
+
+    with pytest.raises(ValueError, match="both domains"):
+        UCDIR(UCDIRConfig(), torch.randn(10, 4, 8), torch.rand(10, 3, 64, 64), get_backbone("random-resnet"))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        UCDIR(UCDIRConfig(), torch.rand(10, 64), torch.rand(10, 64), get_backbone("random-resnet"))
+    method = UCDIR(replace(UCDIRConfig(), batch_size=64), torch.randn(10, 4, 8), torch.randn(10, 4, 8),
+                   get_backbone("random-resnet"))
+    with pytest.raises(ValueError, match="larger than a domain"):
+        next(method.batches(0, torch.Generator()))
