@@ -69,12 +69,17 @@ class Trainer:
         """Load the checkpoint if there is one; return the first epoch still to run."""
         if self.checkpoint is None or not Path(self.checkpoint).is_file():
             return 0
-        state = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
-        for k, m in self.modules.items():
-            m.load_state_dict(state["modules"][k])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for k, v in self.extra_state.items():
-            v.load_state_dict(state["extra"][k])
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+            for k, m in self.modules.items():
+                m.load_state_dict(state["modules"][k])
+            self.optimizer.load_state_dict(state["optimizer"])
+            for k, v in self.extra_state.items():
+                v.load_state_dict(state["extra"][k])
+        except (RuntimeError, KeyError, ValueError, EOFError) as e:
+            raise RuntimeError(
+                f"the checkpoint {self.checkpoint} does not belong to this run (another model, configuration or "
+                f"a damaged file): delete it to start afresh, or write this run elsewhere. ({str(e)[:200]})") from None
         self.history = state["history"]
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])

@@ -252,22 +252,15 @@ class UCDIR:
         enc.train(was)
         return out
 
-    @torch.no_grad()
-    def embed(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """The retrieval embedding (N, proj_dim) of new images, float (N, 3, H, W) in [0, 1]."""
-        enc = self.encoder
-        was = enc.training
-        enc.eval()
-        out = []
-        for i in range(0, len(images), batch_size):
-            x = normalize(images[i:i + batch_size].to(self.device))
-            if self.frozen_backbone is not None:
-                x = self.frozen_backbone(x)
-            out.append(enc(x).cpu())
-        enc.train(was)
-        return torch.cat(out)
+    def retrieval_model(self) -> nn.Module:
+        """The model whose output is the retrieval embedding (B, proj_dim), from normalised images
+        (B, 3, H, W); use it with :func:`~cdrlib.evaluation.extract_features` or ``dataset_features``."""
+        if self.frozen_backbone is None:
+            return self.encoder
+        return nn.Sequential(self.frozen_backbone, self.encoder)
 
     def recluster(self, epoch: int) -> dict:
+        """k-means per domain on the key encoder's plain-view embeddings (from the warm-up epoch on)."""
         if epoch + 1 < self.cfg.warmup_epoch:  # clusters are needed from the warm-up epoch on
             return {}
         for d in ("A", "B"):

@@ -58,3 +58,13 @@ def test_finished_run_does_not_train_again(tmp_path):
     assert len(again.fit()) == 5
     for pa, pb in zip(model.parameters(), model2.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_foreign_checkpoint_is_explained(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    torch.save({"epoch": 0, "modules": {"model": {"other.weight": torch.zeros(1)}}}, ckpt)
+    model = torch.nn.Linear(2, 1)
+    trainer = Trainer({"model": model}, torch.optim.SGD(model.parameters(), lr=0.1), lambda b, e: {}, lambda e, g: [],
+                      1, ckpt)
+    with pytest.raises(RuntimeError, match="does not belong to this run"):
+        trainer.fit()

@@ -78,7 +78,9 @@ def test_cached_features_train_every_loss_and_resume_exactly(tmp_path, dod):
     assert hist_b == hist
     for p, r in zip(full.encoder.parameters(), resumed.encoder.parameters()):
         assert torch.equal(p, r)
-    emb = full.embed(torch.rand(5, 3, 64, 64))
+    from cdrlib.evaluation import extract_features
+
+    emb = extract_features(full.retrieval_model(), torch.rand(5, 3, 64, 64))
     assert emb.shape == (5, 8) and torch.allclose(emb.norm(dim=1), torch.ones(5))
 
 
