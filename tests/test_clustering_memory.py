@@ -1,4 +1,5 @@
 """k-means backends agree on well-separated data; the memory bank and momentum update do what they say."""
+import numpy as np
 import pytest
 import torch
 
@@ -51,3 +52,17 @@ def test_momentum_update():
     momentum_update(q, k, m=0.9)
     assert torch.allclose(k.weight, 0.9 * old + 0.1 * q.weight)
     assert not k.weight.requires_grad
+
+
+def test_cluster_purity_against_loop():
+    from collections import Counter
+
+    from cdrlib.clustering import cluster_purity
+
+    rng = np.random.default_rng(0)
+    assign, labels = rng.integers(0, 6, 200), rng.integers(0, 4, 200)
+    want = sum(Counter(labels[assign == c]).most_common(1)[0][1] for c in set(assign.tolist())) / 200
+    assert cluster_purity(assign, labels) == pytest.approx(want)
+    assert cluster_purity([0, 0, 1, 1], [3, 3, 5, 5]) == 1.0
+    with pytest.raises(ValueError, match="both be"):
+        cluster_purity([0, 1], [0])
