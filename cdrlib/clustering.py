@@ -34,7 +34,9 @@ def kmeans(features, k: int, niter: int = 20, nredo: int = 5, seed: int = 0, bac
         import faiss
 
         gpu = torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources")
-        km = faiss.Kmeans(data.shape[1], k, niter=niter, nredo=nredo, seed=seed, verbose=False, gpu=gpu)
+        # min_points_per_centroid=1: UCDIR clusters ~20 points per centroid on purpose; faiss would warn every epoch
+        km = faiss.Kmeans(data.shape[1], k, niter=niter, nredo=nredo, seed=seed, verbose=False, gpu=gpu,
+                          min_points_per_centroid=1)
         threads = faiss.omp_get_max_threads()
         if not gpu and len(data) * k < SMALL_PROBLEM:
             # Small problems (UCDIR re-clusters a few thousand points every epoch) run 10-40x faster on

@@ -91,3 +91,14 @@ def test_bad_arguments():
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="qg holds NaN"):
         icfrr(bad, gg, kq=3, kg=3)
+
+
+def test_resort_equals_a_full_sort():
+    from cdrlib.rerank import _resort_desc
+
+    g = torch.Generator().manual_seed(5)
+    base = torch.sort(torch.rand(7, 300, generator=g, dtype=torch.float64), dim=1, descending=True).values
+    moved = torch.rand(7, 300, generator=g) < torch.tensor([0.0, 0.01, 0.1, 0.5, 0.9, 1.0, 0.3]).unsqueeze(1)
+    ps = torch.where(moved, base + torch.randn(7, 300, generator=g, dtype=torch.float64), base)
+    want = torch.argsort(ps, dim=1, descending=True)
+    assert torch.equal(_resort_desc(ps, moved), want)
