@@ -108,6 +108,9 @@ def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+MERGE_MAX_MOVED = 0.25   # above this share of moved items, a full sort is faster than the merge
+
+
 def _merge_row(ps: np.ndarray, moved: np.ndarray) -> np.ndarray:
     """One row of :func:`_resort_desc`: sort the moved entries, merge them into the unmoved ones."""
     idx_m = np.flatnonzero(moved)
@@ -134,6 +137,9 @@ def _resort_desc(ps: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
     """
     if ps.device.type != "cpu":
         return torch.argsort(ps, dim=1, descending=True)
+    if moved.float().mean() > MERGE_MAX_MOVED:
+        # most items moved: one batched sort beats a Python-level merge per row (measured)
+        return _argsort_desc(ps)
     global _POOL
     a, m = ps.numpy(), moved.numpy()
     out = np.empty(a.shape, dtype=np.int64)
