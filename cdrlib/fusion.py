@@ -1,12 +1,19 @@
-"""IBNM's attention-guided fusion coefficients (METHODS.md §2, steps 1–3).
+"""IBNM's attention-guided dynamic fusion (METHODS.md §2, steps 1–6).
 
-Only the first piece lives here so far: the per-patch importance that IBNM reads from a ViT's
-CLS attention. The mixing itself (Beta weights, patch mixing, label weights) belongs to the IBNM
-chapter.
+* :func:`cls_patch_attention` — the per-patch importance s a ViT's CLS attention gives (steps 1–3);
+* :class:`PatchMixing` — learnable per-patch Beta weights λ, sampled with the reparameterisation (4);
+* :func:`mix_patch_tokens` — m_i = λ_i x_i^A + (1 − λ_i) x_i^B, before CLS and positions (5);
+* :func:`label_weights` — the image-level weights of the two sources (6);
+* :func:`fuse` — all of it for a batch of A and a batch of B, each image's importance from its
+  *own* attention (the official code swaps the two domains' halves of the token batch; see the tests).
+
+The losses on the mixed image, the noise split and the training loop are not in the library yet.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 
 def cls_patch_attention(attentions: torch.Tensor, softmax: bool = True) -> torch.Tensor:
@@ -24,3 +31,82 @@ def cls_patch_attention(attentions: torch.Tensor, softmax: bool = True) -> torch
         raise ValueError(f"expected attentions (B, L, H, n+1, n+1), got {tuple(attentions.shape)}")
     s = attentions[:, :, :, 0, 1:].mean(dim=2).mean(dim=1)   # heads, then blocks
     return s.softmax(dim=-1) if softmax else s
+
+
+class PatchMixing(nn.Module):
+    """Per-patch mixing weights λ_i ~ Beta(softplus(α_i), softplus(β_i)), α, β learnable (init 1).
+
+    ``forward(batch_size)`` draws λ (B, n) with ``rsample`` so that a loss on the mixed image
+    reaches α and β.
+    """
+
+    def __init__(self, num_patches: int, init: float = 1.0):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((num_patches,), float(init)))
+        self.beta = nn.Parameter(torch.full((num_patches,), float(init)))
+
+    def distribution(self) -> torch.distributions.Beta:
+        return torch.distributions.Beta(F.softplus(self.alpha), F.softplus(self.beta))
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        return self.distribution().rsample((batch_size,))
+
+
+def mix_patch_tokens(tokens_a: torch.Tensor, tokens_b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """m_i = λ_i x_i^A + (1 − λ_i) x_i^B.
+
+    Args:
+        tokens_a, tokens_b: (B, n, D) patch embeddings of an image of A and one of B (no CLS, no
+            position embeddings yet); lam: (B, n) in [0, 1].
+    """
+    if tokens_a.shape != tokens_b.shape or tokens_a.dim() != 3 or lam.shape != tokens_a.shape[:2]:
+        raise ValueError(f"expected tokens (B, n, D) twice and lam (B, n), got {tuple(tokens_a.shape)}, "
+                         f"{tuple(tokens_b.shape)} and {tuple(lam.shape)}")
+    lam = lam.unsqueeze(-1)
+    return lam * tokens_a + (1 - lam) * tokens_b
+
+
+def label_weights(s_a: torch.Tensor, s_b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Image-level weights of the two sources: l_A ∝ Σ_i s_i^A λ_i / n, l_B ∝ Σ_i s_i^B (1 − λ_i) / n.
+
+    Args:
+        s_a, s_b: (B, n) per-patch importance of each source image (uniform 1/n for random fusion);
+        lam: (B, n).
+    Returns:
+        (B, 2): (l_A, l_B), each row summing to 1.
+    """
+    if not (s_a.shape == s_b.shape == lam.shape) or s_a.dim() != 2:
+        raise ValueError(f"s_a, s_b and lam must all be (B, n), got {tuple(s_a.shape)}, {tuple(s_b.shape)}, "
+                         f"{tuple(lam.shape)}")
+    n = lam.shape[1]
+    w = torch.stack([(s_a * lam).sum(1) / n, (s_b * (1 - lam)).sum(1) / n], dim=1)
+    return w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+
+
+def uniform_importance(batch_size: int, num_patches: int, device=None) -> torch.Tensor:
+    """s for the "random fusion" ablation: every patch 1/n, (B, n)."""
+    return torch.full((batch_size, num_patches), 1.0 / num_patches, device=device)
+
+
+def fuse(vit, x_a: torch.Tensor, x_b: torch.Tensor, mixing: PatchMixing, use_attention: bool = True):
+    """Mix a batch of A with a batch of B (pairs drawn independently: no cross-domain pairing).
+
+    Args:
+        vit: a :class:`~cdrlib.models.VisionTransformer`; x_a, x_b: (B, 3, H, W) normalised images.
+        mixing: the learnable λ; use_attention: False gives the uniform "random fusion" ablation.
+    Returns:
+        dict with ``tokens`` (B, n, D) the mixed patch embeddings (feed to ``vit.forward_tokens``),
+        ``lam`` (B, n), ``weights`` (B, 2) = (l_A, l_B), ``s_a``, ``s_b`` (B, n).
+    """
+    if x_a.shape != x_b.shape:
+        raise ValueError(f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}")
+    b, n = x_a.shape[0], vit.num_patches
+    if use_attention:
+        with torch.no_grad():  # the importance is read from the current model, not trained through
+            s_a = cls_patch_attention(vit.attention_maps(x_a))      # A's attention, for A's patches
+            s_b = cls_patch_attention(vit.attention_maps(x_b))
+    else:
+        s_a = s_b = uniform_importance(b, n, x_a.device)
+    lam = mixing(b)
+    tokens = mix_patch_tokens(vit.patch_tokens(x_a), vit.patch_tokens(x_b), lam)
+    return {"tokens": tokens, "lam": lam, "weights": label_weights(s_a, s_b, lam), "s_a": s_a, "s_b": s_b}

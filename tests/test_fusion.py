@@ -1,0 +1,65 @@
+"""IBNM's fusion pieces against direct references; each domain's attention goes with its own patches."""
+import pytest
+import torch
+
+from cdrlib import fusion
+from cdrlib.models.vit import VisionTransformer
+
+
+def test_mixing_with_lambda_one_and_zero_returns_each_source():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    assert torch.equal(fusion.mix_patch_tokens(a, b, torch.ones(2, 5)), a)
+    assert torch.equal(fusion.mix_patch_tokens(a, b, torch.zeros(2, 5)), b)
+    lam = torch.rand(2, 5, generator=g)
+    want = torch.stack([torch.stack([lam[i, j] * a[i, j] + (1 - lam[i, j]) * b[i, j] for j in range(5)])
+                        for i in range(2)])
+    assert torch.allclose(fusion.mix_patch_tokens(a, b, lam), want)
+    with pytest.raises(ValueError, match="lam"):
+        fusion.mix_patch_tokens(a, b, torch.ones(2, 4))
+
+
+def test_label_weights_against_loop_and_sum_to_one():
+    g = torch.Generator().manual_seed(1)
+    s_a, s_b = torch.rand(3, 6, generator=g).softmax(1), torch.rand(3, 6, generator=g).softmax(1)
+    lam = torch.rand(3, 6, generator=g)
+    got = fusion.label_weights(s_a, s_b, lam)
+    for i in range(3):
+        la = sum(float(s_a[i, j] * lam[i, j]) for j in range(6)) / 6
+        lb = sum(float(s_b[i, j] * (1 - lam[i, j])) for j in range(6)) / 6
+        assert got[i].tolist() == pytest.approx([la / (la + lb), lb / (la + lb)], rel=1e-5)
+    assert torch.allclose(got.sum(1), torch.ones(3))
+    # random fusion: uniform s gives weights mean(λ) and mean(1 − λ)
+    u = fusion.uniform_importance(3, 6)
+    assert torch.allclose(fusion.label_weights(u, u, lam)[:, 0], lam.mean(1), atol=1e-6)
+
+
+def test_beta_weights_are_reparameterised():
+    mix = fusion.PatchMixing(7)
+    lam = mix(64)
+    assert lam.shape == (64, 7) and ((lam >= 0) & (lam <= 1)).all()
+    lam.mean().backward()
+    assert mix.alpha.grad.abs().sum() > 0 and mix.beta.grad.abs().sum() > 0
+
+
+def test_each_domain_attention_goes_with_its_own_patches():
+    # The official code swaps the halves of the token batch, so A's attention weighs B's patches.
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, dim=32, depth=2, heads=2).eval()
+    x_a, x_b = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32) * 3
+    mix = fusion.PatchMixing(vit.num_patches)
+    torch.manual_seed(1)
+    out = fusion.fuse(vit, x_a, x_b, mix)
+    with torch.no_grad():
+        s_a = fusion.cls_patch_attention(vit.attention_maps(x_a))
+        s_b = fusion.cls_patch_attention(vit.attention_maps(x_b))
+    assert torch.allclose(out["s_a"], s_a) and torch.allclose(out["s_b"], s_b)
+    assert not torch.allclose(s_a, s_b)
+    assert torch.allclose(out["weights"], fusion.label_weights(s_a, s_b, out["lam"]))
+    want = fusion.mix_patch_tokens(vit.patch_tokens(x_a), vit.patch_tokens(x_b), out["lam"])
+    assert torch.allclose(out["tokens"], want)
+    # with λ = 1 everywhere the mixed image is A's, and so is all the label weight
+    ones = fusion.label_weights(s_a, s_b, torch.ones_like(out["lam"]))
+    assert torch.allclose(ones[:, 0], torch.ones(2))
+    uniform = fusion.fuse(vit, x_a, x_b, mix, use_attention=False)
+    assert torch.allclose(uniform["s_a"], torch.full_like(s_a, 1 / vit.num_patches))
