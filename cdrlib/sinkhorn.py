@@ -40,7 +40,7 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
         a: (n,) or (B, n) source marginal, positive; default uniform 1/n.
         b: (m,) or (B, m) target marginal, positive, same total mass as a; default uniform 1/m.
         eps: entropic regularisation ε > 0 (smaller: closer to the exact plan, slower to converge).
-        max_iter: iteration cap. tol: stop when Σ_i |P 1 − a|_i < tol for every problem of the batch.
+        max_iter: iteration cap. tol: stop when ``sum_i abs(P 1 − a)_i < tol`` for every problem of the batch.
     """
     if cost.dim() not in (2, 3):
         raise ValueError(f"cost must be (n, m) or (B, n, m), got shape {tuple(cost.shape)}")
