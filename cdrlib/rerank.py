@@ -83,28 +83,39 @@ def _euclidean_normalised(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 _POOL = None
 
 
-def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
-    # NumPy's argsort is several times faster than torch.sort on CPU, but single-threaded: sort the
-    # halves of the chunk in two threads (NumPy releases the GIL). Exact ties (rare with float
-    # distances) come out in an implementation-defined but deterministic order.
+def _in_row_threads(n_rows: int, work) -> None:
+    """Call ``work(lo, hi)`` on row ranges covering ``range(n_rows)``, one range per torch thread.
+
+    NumPy releases the GIL in its sorts, so two threads sort two halves of a chunk at once.
+    """
     global _POOL
-    if scores.device.type != "cpu":
-        return torch.argsort(scores, dim=1, descending=True)
-    neg = -scores.numpy()
-    threads = min(torch.get_num_threads(), len(neg))
-    if threads < 2 or neg.size < 1 << 16:
-        return torch.from_numpy(np.argsort(neg, axis=1))
+    threads = min(torch.get_num_threads(), n_rows)
+    if threads < 2:
+        work(0, n_rows)
+        return
     if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor
 
         _POOL = ThreadPoolExecutor(max_workers=threads)
-    bounds = np.linspace(0, len(neg), threads + 1).astype(int)
+    bounds = np.linspace(0, n_rows, threads + 1).astype(int)
+    list(_POOL.map(lambda i: work(bounds[i], bounds[i + 1]), range(threads)))
+
+
+def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
+    # NumPy's argsort is several times faster than torch.sort on CPU, but single-threaded: sort the
+    # row ranges of the chunk in threads. Exact ties (rare with float distances) come out in an
+    # implementation-defined but deterministic order.
+    if scores.device.type != "cpu":
+        return torch.argsort(scores, dim=1, descending=True)
+    neg = -scores.numpy()
+    if neg.size < 1 << 16:
+        return torch.from_numpy(np.argsort(neg, axis=1))
     out = np.empty(neg.shape, dtype=np.int64)
 
-    def sort_rows(i):
-        out[bounds[i]:bounds[i + 1]] = np.argsort(neg[bounds[i]:bounds[i + 1]], axis=1)
+    def sort_rows(lo, hi):
+        out[lo:hi] = np.argsort(neg[lo:hi], axis=1)
 
-    list(_POOL.map(sort_rows, range(threads)))
+    _in_row_threads(len(neg), sort_rows)
     return torch.from_numpy(out)
 
 
@@ -140,24 +151,14 @@ def _resort_desc(ps: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
     if moved.float().mean() > MERGE_MAX_MOVED:
         # most items moved: one batched sort beats a Python-level merge per row (measured)
         return _argsort_desc(ps)
-    global _POOL
     a, m = ps.numpy(), moved.numpy()
     out = np.empty(a.shape, dtype=np.int64)
-    threads = min(torch.get_num_threads(), len(a))
 
-    def rows(lo, hi):
+    def merge_rows(lo, hi):
         for r in range(lo, hi):
             out[r] = _merge_row(a[r], m[r])
 
-    if threads < 2:
-        rows(0, len(a))
-    else:
-        if _POOL is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _POOL = ThreadPoolExecutor(max_workers=threads)
-        bounds = np.linspace(0, len(a), threads + 1).astype(int)
-        list(_POOL.map(lambda i: rows(bounds[i], bounds[i + 1]), range(threads)))
+    _in_row_threads(len(a), merge_rows)
     return torch.from_numpy(out)
 
 

@@ -17,8 +17,8 @@ The images of a domain are given in one of three forms:
 * (N, V, D) features of a frozen backbone for V views of each image (view 0 un-augmented, views
   1.. augmented; :func:`cache_view_features`) — the CPU setting of the book's default profile:
   only the MLP head trains, and "two augmentations" means two of the cached augmented views. The
-  papers fine-tune the whole backbone; on 2 CPU cores that would cost minutes per epoch, so the
-  chapters train the head and say so.
+  papers fine-tune the whole backbone; on 2 CPU cores that costs about 12 s per epoch (minutes per
+  run), so the chapters train the head and say so.
 """
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ class UCDIR:
         images_a, images_b: the training images of each domain in one of the three forms of the
             module docstring; their order defines the image ids of the memory banks.
         backbone: the initial backbone (already loaded). With cached features it stays frozen
-            outside the encoder and is used by :meth:`embed` only.
+            outside the encoder and is used by :meth:`retrieval_model` only.
     """
 
     def __init__(self, cfg: UCDIRConfig, images_a, images_b, backbone: nn.Module, device="cpu"):
