@@ -132,3 +132,54 @@ def evaluate_backbone(model: Callable | None, protocol: str = "heldout", dataset
         labels[d] = ds.labels[idx]
     kwargs.setdefault("protocol", protocol)
     return cross_domain_table(feats, labels, **kwargs)
+
+
+def pair_protocols(a: str, b: str, heldout: tuple, paper: tuple) -> dict:
+    """The evaluation inputs of one domain pair under both protocols.
+
+    Args:
+        heldout, paper: ``(inputs, labels)``, each a dict domain → tensor (images or features) and
+            domain → (N,) labels, covering at least ``a`` and ``b``.
+    Returns:
+        protocol → ``({a: …, b: …}, {a: labels, b: labels})``, what the methods' ``evaluation``
+        argument and :func:`pair_rows` take.
+    """
+    return {protocol: ({a: x[a], b: x[b]}, {a: y[a], b: y[b]})
+            for protocol, (x, y) in (("heldout", heldout), ("paper", paper))}
+
+
+def pair_rows(method: str, feature_fn: Callable, pairs: Iterable[tuple[str, str]], protocols_of: Callable,
+              ks: Iterable[int] = (10,)) -> list:
+    """Tables of a fixed feature map (a baseline) for every pair and protocol, tagged for :func:`pivot_results`.
+
+    Args:
+        feature_fn: inputs (N, …) → features (N, D); protocols_of: (a, b) → :func:`pair_protocols`.
+    """
+    out = []
+    for a, b in pairs:
+        for protocol, (inputs, labels) in protocols_of(a, b).items():
+            t = cross_domain_table({d: feature_fn(x) for d, x in inputs.items()}, labels, ks=ks, protocol=protocol)
+            out.append(t.assign(pair=f"{a}–{b}", method=method))
+    return out
+
+
+def pivot_results(tables, value: str = "mAP@all"):
+    """One row per method, one column per (protocol, pair), plus each protocol's mean over pairs.
+
+    Args:
+        tables: frames from :func:`cross_domain_table` tagged with ``method``, ``protocol`` and
+            ``pair`` (each pair's ``mean`` row, over its two directions, is the one used).
+    Returns:
+        a DataFrame with the method as a column and columns ``"heldout: sketch–twemoji"``, …,
+        ``"heldout: mean"``, ``"paper: …"``.
+    """
+    import pandas as pd
+
+    every = pd.concat(list(tables), ignore_index=True)
+    means = every[every["query"] == "mean"]
+    table = means.pivot_table(index="method", columns=["protocol", "pair"], values=value, sort=False)
+    for protocol in table.columns.get_level_values(0).unique():
+        table[(protocol, "mean")] = table[protocol].mean(axis=1)
+    table = table.sort_index(axis=1, level=0, sort_remaining=False)
+    table.columns = [f"{protocol}: {pair}" for protocol, pair in table.columns]
+    return table.reset_index()

@@ -5,9 +5,11 @@
 * :func:`mix_patch_tokens` — m_i = λ_i x_i^A + (1 − λ_i) x_i^B, before CLS and positions (5);
 * :func:`label_weights` — the image-level weights of the two sources (6);
 * :func:`fuse` — all of it for a batch of A and a batch of B, each image's importance from its
-  *own* attention (the official code swaps the two domains' halves of the token batch; see the tests).
+  *own* attention (the official code swaps the two domains' halves of the token batch; see the tests);
+* :func:`mixed_contrastive_loss`, :func:`mixed_label_loss` and :class:`FusionLossWeights` — the
+  losses on the mixed image (7).
 
-The losses on the mixed image, the noise split and the training loop are not in the library yet.
+The noise split is :mod:`cdrlib.noise`, the training loop :mod:`cdrlib.ibnm_train`.
 """
 from __future__ import annotations
 
@@ -110,3 +112,65 @@ def fuse(vit, x_a: torch.Tensor, x_b: torch.Tensor, mixing: PatchMixing, use_att
     lam = mixing(b)
     tokens = mix_patch_tokens(vit.patch_tokens(x_a), vit.patch_tokens(x_b), lam)
     return {"tokens": tokens, "lam": lam, "weights": label_weights(s_a, s_b, lam), "s_a": s_a, "s_b": s_b}
+
+
+def _check_mixed(f_mix, weights, y_a, y_b):
+    b = f_mix.shape[0]
+    if f_mix.dim() != 2 or weights.shape != (b, 2) or y_a.shape != (b,) or y_b.shape != (b,):
+        raise ValueError(f"expected f_mix (B, d), weights (B, 2), y_a and y_b (B,), got {tuple(f_mix.shape)}, "
+                         f"{tuple(weights.shape)}, {tuple(y_a.shape)}, {tuple(y_b.shape)}")
+
+
+def mixed_contrastive_loss(f_mix: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor, y_a: torch.Tensor,
+                           y_b: torch.Tensor, weights: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """L_feat: supervised-contrastive loss of each mixed image against both source batches.
+
+    Mixed image i was made from z_a[i] and z_b[i]. Against batch A its positives are the A images
+    with A-source's pseudo-label y_a[i] (itself included), the softmax runs over batch A; the same
+    for B. The two terms are weighted by the image's (l_A, l_B).
+
+    Args:
+        f_mix, z_a, z_b: (B, d) L2-normalised embeddings; y_a, y_b: (B,) pseudo-labels of the
+            sources; weights: (B, 2) from :func:`label_weights`.
+    Returns:
+        scalar, the batch mean.
+    """
+    _check_mixed(f_mix, weights, y_a, y_b)
+    terms = []
+    for z, y in ((z_a, y_a), (z_b, y_b)):
+        log_p = (f_mix @ z.t() / temperature).log_softmax(dim=1)           # (B, B) over the source batch
+        pos = (y.unsqueeze(1) == y.unsqueeze(0)).to(log_p.dtype)           # row i: same label as source i
+        terms.append(-(log_p * pos).sum(1) / pos.sum(1))                  # pos.sum ≥ 1: the source itself
+    return (weights[:, 0] * terms[0] + weights[:, 1] * terms[1]).mean()
+
+
+def mixed_label_loss(f_mix: torch.Tensor, centroids: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor,
+                     weights: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """L_label: cross-entropy of the mixed image's cluster prediction, l_A·CE(y_A) + l_B·CE(y_B).
+
+    Args:
+        f_mix: (B, d) L2-normalised; centroids: (K, d) the joint (shared-id) centroids;
+        y_a, y_b: (B,) shared pseudo-labels of the sources; weights: (B, 2); tau: temperature
+        of softmax(cos(f, C)/τ).
+    """
+    _check_mixed(f_mix, weights, y_a, y_b)
+    log_p = (f_mix @ centroids.t() / tau).log_softmax(dim=1)
+    ce_a = -log_p.gather(1, y_a.unsqueeze(1)).squeeze(1)
+    ce_b = -log_p.gather(1, y_b.unsqueeze(1)).squeeze(1)
+    return (weights[:, 0] * ce_a + weights[:, 1] * ce_b).mean()
+
+
+class FusionLossWeights(nn.Module):
+    """softplus(r_1) L_feat + softplus(r_2) L_label with r learnable, initialised at −2 (METHODS.md §2).
+
+    Nothing but the loss itself acts on r, so minimising drives both weights towards 0 — in effect
+    a learning rate for the fusion terms that decays with their size (the chapter shows it).
+    """
+
+    def __init__(self, init: float = -2.0):
+        super().__init__()
+        self.r = nn.Parameter(torch.full((2,), float(init)))
+
+    def forward(self, l_feat: torch.Tensor, l_label: torch.Tensor) -> torch.Tensor:
+        w = F.softplus(self.r)
+        return w[0] * l_feat + w[1] * l_label

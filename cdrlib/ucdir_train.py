@@ -278,6 +278,18 @@ class UCDIR:
     # -- one step
     def step(self, batch, epoch: int) -> dict:
         ids = {"A": batch[0], "B": batch[1]}
+        loss, parts, k = self.loss(ids, epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        momentum_update(self.encoder, self.key_encoder, self.cfg.key_momentum)
+        for d in ("A", "B"):
+            self.banks[d].update(_gather(ids[d].to(self.device)), _gather(k[d]))
+        parts["loss"] = loss.item()
+        return parts
+
+    def loss(self, ids: dict, epoch: int):
+        """UCDIR's loss of one step: ``(loss, parts, keys)``; methods built on UCDIR add their terms here."""
         w = self.weights(epoch)
         cfg = self.cfg
         q, k = {}, {}
@@ -319,14 +331,7 @@ class UCDIR:
                     l_dd = ucdir.dod_loss_seed(cur["A"], cur["B"], eps=cfg.sinkhorn_eps, reduction="mean")
                 parts["dd"] = l_dd.item()
                 loss = loss + w["dd"] * l_dd
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        momentum_update(self.encoder, self.key_encoder, cfg.key_momentum)
-        for d in ("A", "B"):
-            self.banks[d].update(_gather(ids[d].to(self.device)), _gather(k[d]))
-        parts["loss"] = loss.item()
-        return parts
+        return loss, parts, k
 
     def trainer(self, checkpoint: str | Path | None = None, on_epoch_end=None) -> Trainer:
         def end(epoch):
@@ -335,10 +340,16 @@ class UCDIR:
                 out.update(on_epoch_end(epoch) or {})
             return out
 
-        return Trainer({"encoder": self.encoder, "key_encoder": self.key_encoder}, self.optimizer, self.step,
-                       self.batches, self.cfg.epochs, checkpoint, end,
-                       {"bank_A": self.banks["A"], "bank_B": self.banks["B"], "clusters": self.clusters},
-                       seed=self.cfg.seed)
+        return Trainer(self.modules(), self.optimizer, self.step, self.batches, self.cfg.epochs, checkpoint, end,
+                       self.state(), seed=self.cfg.seed)
+
+    def modules(self) -> dict:
+        """The trained modules, saved in checkpoints."""
+        return {"encoder": self.encoder, "key_encoder": self.key_encoder}
+
+    def state(self) -> dict:
+        """Everything else a checkpoint must hold to resume exactly."""
+        return {"bank_A": self.banks["A"], "bank_B": self.banks["B"], "clusters": self.clusters}
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
@@ -373,18 +384,29 @@ def train_and_evaluate(cfg: UCDIRConfig, inputs: tuple, backbone: nn.Module, eva
 
     Args:
         inputs: (domain A, domain B) training inputs in any form of the module docstring.
-        evaluation: protocol → ``(images, labels)``, each a dict domain → float (N, 3, H, W) images in
-            [0, 1] — or, with a frozen backbone, its features (N, D), computed once for all runs —
-            and domain → (N,) labels (evaluation only), of the two domains, A first.
+        evaluation: see :func:`evaluate_method`.
     Returns:
         ``(method, history, table)``: the table has the two directions and their mean per protocol.
+    """
+    method = UCDIR(cfg, inputs[0], inputs[1], backbone, device=device)
+    history = method.trainer(checkpoint).fit()
+    return method, history, evaluate_method(method, evaluation, ks, device)
+
+
+def evaluate_method(method: UCDIR, evaluation: dict, ks=(10,), device="cpu"):
+    """Cross-domain retrieval of a trained method under each protocol.
+
+    Args:
+        evaluation: protocol → ``(images, labels)``, each a dict domain → float (N, 3, H, W) images in
+            [0, 1] — or, with a frozen backbone, its features (N, D), computed once for all runs —
+            and domain → (N,) labels (evaluation only), of the two domains, A first
+            (:func:`cdrlib.evaluation.pair_protocols` builds it).
+    Returns:
+        a table (:func:`~cdrlib.evaluation.cross_domain_table`) per protocol, concatenated.
     """
     import pandas as pd
 
     from .evaluation import cross_domain_table, extract_features
-
-    method = UCDIR(cfg, inputs[0], inputs[1], backbone, device=device)
-    history = method.trainer(checkpoint).fit()
 
     def embed(x):
         if x.dim() == 2:  # frozen-backbone features: the head only
@@ -395,4 +417,4 @@ def train_and_evaluate(cfg: UCDIRConfig, inputs: tuple, backbone: nn.Module, eva
 
     tables = [cross_domain_table({d: embed(x) for d, x in images.items()}, labels, ks=ks, protocol=protocol)
               for protocol, (images, labels) in evaluation.items()]
-    return method, history, pd.concat(tables, ignore_index=True)
+    return pd.concat(tables, ignore_index=True)

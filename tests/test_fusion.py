@@ -63,3 +63,63 @@ def test_each_domain_attention_goes_with_its_own_patches():
     assert torch.allclose(ones[:, 0], torch.ones(2))
     uniform = fusion.fuse(vit, x_a, x_b, mix, use_attention=False)
     assert torch.allclose(uniform["s_a"], torch.full_like(s_a, 1 / vit.num_patches))
+
+
+# -- the fusion losses (METHODS.md §2, step 7) against loops over the batch
+
+def _mixed_batch(seed=3, b=6, d=5, k=3):
+    g = torch.Generator().manual_seed(seed)
+    norm = torch.nn.functional.normalize
+    f, za, zb = (norm(torch.randn(b, d, generator=g), dim=1) for _ in range(3))
+    ya, yb = torch.randint(0, k, (b,), generator=g), torch.randint(0, k, (b,), generator=g)
+    w = fusion.label_weights(torch.rand(b, 4, generator=g), torch.rand(b, 4, generator=g), torch.rand(b, 4, generator=g))
+    return f, za, zb, ya, yb, w
+
+
+def test_mixed_contrastive_loss_against_loop():
+    import math
+
+    f, za, zb, ya, yb, w = _mixed_batch()
+    t = 0.2
+    total = 0.0
+    for i in range(len(f)):
+        for wi, z, y in ((w[i, 0], za, ya), (w[i, 1], zb, yb)):
+            logits = [float(f[i] @ z[j]) / t for j in range(len(z))]
+            log_norm = math.log(sum(math.exp(v) for v in logits))
+            pos = [j for j in range(len(z)) if y[j] == y[i]]
+            total += float(wi) * -sum(logits[j] - log_norm for j in pos) / len(pos)
+    got = fusion.mixed_contrastive_loss(f, za, zb, ya, yb, w, t)
+    assert got.item() == pytest.approx(total / len(f), rel=1e-5)
+
+
+def test_mixed_label_loss_against_loop_and_weights():
+    import math
+
+    f, _, _, ya, yb, w = _mixed_batch(4)
+    c = torch.nn.functional.normalize(torch.randn(3, 5, generator=torch.Generator().manual_seed(9)), dim=1)
+    tau = 0.1
+    total = 0.0
+    for i in range(len(f)):
+        logits = [float(f[i] @ c[k]) / tau for k in range(3)]
+        log_norm = math.log(sum(math.exp(v) for v in logits))
+        total += float(w[i, 0]) * (log_norm - logits[ya[i]]) + float(w[i, 1]) * (log_norm - logits[yb[i]])
+    assert fusion.mixed_label_loss(f, c, ya, yb, w, tau).item() == pytest.approx(total / len(f), rel=1e-5)
+    with pytest.raises(ValueError, match="weights"):
+        fusion.mixed_label_loss(f, c, ya, yb, w[:, :1], tau)
+
+
+def test_fusion_loss_weights_start_at_softplus_minus_two():
+    lw = fusion.FusionLossWeights()
+    out = lw(torch.tensor(2.0), torch.tensor(3.0))
+    sp = torch.nn.functional.softplus(torch.tensor(-2.0))
+    assert out.item() == pytest.approx(float(sp * 5.0), rel=1e-6)
+    out.backward()
+    assert lw.r.grad is not None and (lw.r.grad > 0).all()  # minimising pushes both weights down
+
+
+def test_patch_mixing_gradient_reaches_alpha_and_beta():
+    mixing = fusion.PatchMixing(4)
+    lam = mixing(8)
+    assert lam.shape == (8, 4) and ((lam >= 0) & (lam <= 1)).all()
+    lam.sum().backward()
+    assert mixing.alpha.grad.abs().sum() > 0 and mixing.beta.grad.abs().sum() > 0

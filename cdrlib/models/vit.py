@@ -146,10 +146,14 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor, return_attention: bool = False):
         return self.forward_tokens(self.patch_tokens(x), return_attention)
 
+    def feature_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The image feature from patch embeddings (B, n, D): what :meth:`forward` returns for an image."""
+        cls = self.forward_tokens(tokens)[:, 0]
+        return self.proj(cls) if self.proj is not None else cls
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The CLS feature, (B, D) — or (B, out_dim) through ``proj`` when the model has one."""
-        cls = self.forward_features(x)[:, 0]
-        return self.proj(cls) if self.proj is not None else cls
+        return self.feature_from_tokens(self.patch_tokens(x))
 
     def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
         """All blocks' attention stacked: (B, L, H, n+1, n+1)."""
