@@ -1,4 +1,4 @@
-"""Train UCDIR on two domains and evaluate cross-domain retrieval; one process or many (torchrun).
+"""Train UCDIR (or IBNM, built on it) on two domains and evaluate cross-domain retrieval; one process or many (torchrun).
 
     python scripts/train_ucdir.py --domains twemoji sketch                    # embedded data, whole backbone
     python scripts/train_ucdir.py --domains twemoji sketch --cached-views 8   # the chapters' CPU setting
@@ -10,6 +10,11 @@ The paper profile (GPU; the papers' hyper-parameters, UCDIRConfig.paper):
     python scripts/train_ucdir.py --dataset office_home --domains Art Real_World
     python scripts/train_ucdir.py --dataset domainnet --domains real infograph --backbone dino-vitb16
     torchrun --nproc-per-node 4 scripts/train_ucdir.py --dataset domainnet --domains real infograph --backend nccl
+
+IBNM (one process; a ViT backbone; ``--fusion random`` is the ablation):
+
+    python scripts/train_ucdir.py --method ibnm --domains twemoji sketch --cached-views 8
+    python scripts/train_ucdir.py --method ibnm --dataset office_home --domains Art Real_World
 
 The data must be in place (``python -c "import cdrlib.data as d; d.prepare('office_home')"`` says
 how), and the backbone's weights are downloaded and verified on first use. The run is checkpointed
@@ -34,6 +39,7 @@ from cdrlib.data import get_dataset  # noqa: E402
 from cdrlib.evaluation import cross_domain_table, dataset_features  # noqa: E402
 from cdrlib.models import get_backbone  # noqa: E402
 from cdrlib.profile import pick_device, seed_everything  # noqa: E402
+from cdrlib.ibnm_train import IBNM, IBNMConfig  # noqa: E402
 from cdrlib.ucdir_train import UCDIR, UCDIRConfig, cache_view_features  # noqa: E402
 
 
@@ -44,6 +50,8 @@ def main() -> None:
     ap.add_argument("--backbone", help="default: emoji-resnet (emoji), moco-v2-resnet50 (paper datasets)")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--dod", choices=["code", "seed"])
+    ap.add_argument("--method", choices=["ucdir", "ibnm"], default="ucdir")
+    ap.add_argument("--fusion", choices=["attention", "random", "none"], default="attention", help="IBNM only")
     ap.add_argument("--cached-views", type=int, default=0,
                     help="train the head only, on N cached views of the frozen backbone (CPU setting)")
     ap.add_argument("--tiny", action="store_true", help="a few images, 2 epochs, random backbone: a smoke run")
@@ -60,12 +68,19 @@ def main() -> None:
         torch.cuda.set_device(device)
 
     paper = args.dataset != "emoji"
-    cfg = UCDIRConfig.paper(args.dataset) if paper else UCDIRConfig()
+    ibnm = args.method == "ibnm"
+    if ibnm:
+        cfg = IBNMConfig.paper(args.dataset) if paper else IBNMConfig.frozen() if args.cached_views else IBNMConfig()
+        cfg = replace(cfg, fusion=None if args.fusion == "none" else args.fusion)
+    else:
+        cfg = UCDIRConfig.paper(args.dataset) if paper else UCDIRConfig()
     if args.backbone:
         cfg = replace(cfg, backbone=args.backbone)
     if args.tiny:
-        cfg = replace(cfg, backbone="random-resnet", epochs=2, batch_size=16, k=4, warmup_epoch=1, se_epoch=1,
-                      dd_epoch=1, dod="code", kmeans_nredo=1)
+        cfg = replace(cfg, backbone="random-vit" if ibnm else "random-resnet", epochs=2, batch_size=16, k=4,
+                      warmup_epoch=1, se_epoch=1, dd_epoch=1, dod=None if ibnm else "code", kmeans_nredo=1)
+        if ibnm:
+            cfg = replace(cfg, fusion_epoch=1, fusion_batch=8)
     if args.epochs:
         cfg = replace(cfg, epochs=args.epochs)
     if args.dod:
@@ -78,13 +93,15 @@ def main() -> None:
     if args.tiny:  # the first few images of each domain
         train = [replace_images(ds, 64) for ds in train]
         evaluate = {p: [replace_images(ds, 48) for ds in sets] for p, sets in evaluate.items()}
-    if paper:
-        inputs = train                                   # image files, read per batch
+    images = train if paper else [ds.tensor() for ds in train]   # paper datasets: image files, read per batch
+    features = [None, None]
+    if args.cached_views and not paper:
+        features = [cache_view_features(backbone, x, args.cached_views, device=device) for x in images]
+    if ibnm:
+        method = IBNM(cfg, images[0], images[1], backbone, *features, device=device)
     else:
-        inputs = [ds.tensor() for ds in train]
-        if args.cached_views:
-            inputs = [cache_view_features(backbone, x, args.cached_views, device=device) for x in inputs]
-    method = UCDIR(cfg, inputs[0], inputs[1], backbone, device=device)
+        inputs = features if features[0] is not None else images
+        method = UCDIR(cfg, inputs[0], inputs[1], backbone, device=device)
     args.out.mkdir(parents=True, exist_ok=True)
     history = method.trainer(args.out / f"checkpoint{rank}.pt").fit()
 

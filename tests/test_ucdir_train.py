@@ -99,3 +99,14 @@ def test_bad_inputs_are_explained():
                    get_backbone("random-resnet"))
     with pytest.raises(ValueError, match="larger than a domain"):
         next(method.batches(0, torch.Generator()))
+
+
+@pytest.mark.slow
+def test_tiny_ibnm_command_whole_vit(tmp_path):
+    res = run([sys.executable, str(SCRIPT), "--method", "ibnm", "--tiny", "--domains", "noto", "sketch",
+               "--out", str(tmp_path)], tmp_path)
+    last = res["history"][-1]
+    assert {"iw_A", "cw_A", "se", "feat", "label", "clean_fraction"} <= set(last)
+    assert res["config"]["fusion"] == "attention" and res["config"]["backbone"] == "random-vit"
+    mean = [r for r in res["metrics"] if r["query"] == "mean"][0]
+    assert 0.0 < mean["mAP@all"] <= 1.0

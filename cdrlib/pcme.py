@@ -1,0 +1,157 @@
+"""PCME: probabilistic cross-modal embeddings (Chun et al. 2021; METHODS.md §4).
+
+Every image and every caption becomes a Gaussian N(μ, diag(σ²)) in R^D:
+
+* :class:`AttentionPool` — one-head attention pooling over local features (patch tokens, words);
+* :class:`GaussianHead` — the μ-head (pooled feature → FC, plus a sigmoid-gated attention-pooled
+  residual, LayerNorm, L2 normalisation) and the σ-head (the same pooling and FC, no sigmoid, no
+  LayerNorm, no normalisation) giving **log σ** (not log σ²: the KL below is written for log σ);
+* :func:`sample` — J samples z = μ + σ ε;
+* :func:`match_logprob` — log p(m | x, y) with p ≈ (1/J²) Σ_j Σ_j' sigmoid(−a‖z_j − z'_j'‖ + b),
+  and the matching log(1 − p), both by log-sum-exp over the J² terms (stable for any distance);
+  the true logistic sigmoid (the official code's "sigmoid" is sigmoid(2x));
+* :func:`soft_contrastive_loss` — −log p for matching pairs, −log(1 − p) otherwise, over all
+  N×N image–caption pairs of a batch (the two kinds averaged separately); :func:`kl_to_standard_normal` — the regulariser;
+* :func:`match_scores` — a query × gallery table of match probabilities, chunked (retrieval);
+* :func:`contrastive_loss` — the deterministic baseline's loss on μ alone.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class AttentionPool(nn.Module):
+    """One-head attention pooling: weights softmax(w · tanh(W h_t)) over the T local features h_t.
+
+    forward(local (B, T, d), mask (B, T) bool or None) → (B, d).
+    """
+
+    def __init__(self, dim: int, hidden: int = 64):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+        self.score = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, local: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        s = self.score(torch.tanh(self.proj(local))).squeeze(-1)          # (B, T)
+        if mask is not None:
+            s = s.masked_fill(~mask, float("-inf"))
+        return (s.softmax(dim=1).unsqueeze(-1) * local).sum(1)
+
+
+class GaussianHead(nn.Module):
+    """μ and log σ of one modality from its pooled feature (B, d_pooled) and local features (B, T, d_local).
+
+    Args:
+        d_pooled, d_local: feature widths (the ViT's CLS feature and patch tokens; the GRU's mean
+            and per-word outputs); dim: embedding dimension D; probabilistic: False gives the
+            deterministic baseline (μ only, ``log_sigma`` is None).
+    """
+
+    def __init__(self, d_pooled: int, d_local: int, dim: int, probabilistic: bool = True):
+        super().__init__()
+        self.mu_fc, self.mu_pool = nn.Linear(d_pooled, dim), AttentionPool(d_local)
+        self.mu_res = nn.Linear(d_local, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.probabilistic = probabilistic
+        if probabilistic:
+            self.sig_fc, self.sig_pool = nn.Linear(d_pooled, dim), AttentionPool(d_local)
+            self.sig_res = nn.Linear(d_local, dim)
+
+    def forward(self, pooled: torch.Tensor, local: torch.Tensor, mask: torch.Tensor | None = None):
+        """Returns ``(mu (B, D) L2-normalised, log_sigma (B, D) or None)``."""
+        mu = self.norm(self.mu_fc(pooled) + torch.sigmoid(self.mu_res(self.mu_pool(local, mask))))
+        mu = F.normalize(mu, dim=1)
+        if not self.probabilistic:
+            return mu, None
+        log_sigma = self.sig_fc(pooled) + self.sig_res(self.sig_pool(local, mask))
+        return mu, log_sigma
+
+
+def sample(mu: torch.Tensor, log_sigma: torch.Tensor, n_samples: int, generator: torch.Generator | None = None):
+    """z = μ + σ ε, ε ~ N(0, I): (B, D) twice → (B, J, D). J = 1 with σ = 0 gives μ itself."""
+    eps = torch.randn((mu.shape[0], n_samples, mu.shape[1]), generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * eps
+
+
+def _pair_distances(z_x: torch.Tensor, z_y: torch.Tensor) -> torch.Tensor:
+    """‖z_x[i, j] − z_y[k, j']‖ for all i, k, j, j': (N, J, D), (M, J', D) → (N, M, J, J')."""
+    n, j, d = z_x.shape
+    m, jp, _ = z_y.shape
+    dist = torch.cdist(z_x.reshape(n * j, d), z_y.reshape(m * jp, d))     # (N·J, M·J')
+    return dist.reshape(n, j, m, jp).permute(0, 2, 1, 3)
+
+
+def match_logprob(z_x: torch.Tensor, z_y: torch.Tensor, a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p and log(1 − p) of the match probability for every pair.
+
+    Args:
+        z_x: (N, J, D) samples of N items; z_y: (M, J', D); a, b: scalars (tensors when learnt).
+    Returns:
+        ``(log_p, log_not_p)``, each (N, M): log of (1/JJ') Σ sigmoid(−a d + b) and of
+        (1/JJ') Σ sigmoid(a d − b), each through log-sum-exp of log-sigmoids.
+    """
+    logits = -a * _pair_distances(z_x, z_y) + b                              # (N, M, J, J')
+    log_jj = math.log(logits.shape[-1] * logits.shape[-2])
+    log_sig = F.logsigmoid(logits).flatten(2)
+    log_p = torch.logsumexp(log_sig, dim=2) - log_jj
+    # log sigmoid(−x) = log sigmoid(x) − x: one log-sigmoid pass instead of two (the step's main cost)
+    log_not_p = torch.logsumexp(log_sig - logits.flatten(2), dim=2) - log_jj
+    return log_p, log_not_p
+
+
+def soft_contrastive_loss(z_img: torch.Tensor, z_txt: torch.Tensor, matches: torch.Tensor, a, b) -> torch.Tensor:
+    """−log p over the matching pairs plus −log(1 − p) over the others, each averaged, over all
+    N×M image–caption pairs of a batch.
+
+    The two means are taken separately: in a batch of 128 about 1 % of the pairs match, and one
+    mean over all pairs would let the non-matching ones drown the matching ones.
+
+    Args:
+        z_img: (N, J, D); z_txt: (M, J, D); matches: bool (N, M), which caption fits which image.
+    """
+    if matches.shape != (z_img.shape[0], z_txt.shape[0]):
+        raise ValueError(f"matches must be ({z_img.shape[0]}, {z_txt.shape[0]}), got {tuple(matches.shape)}")
+    log_p, log_not_p = match_logprob(z_img, z_txt, a, b)
+    pos = -log_p[matches].mean() if matches.any() else log_p.new_zeros(())
+    neg = -log_not_p[~matches].mean() if (~matches).any() else log_p.new_zeros(())
+    return pos + neg
+
+
+def kl_to_standard_normal(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, diag σ²) ‖ N(0, I)) = ½ Σ_d (σ² + μ² − 1 − 2 log σ), the batch mean. (B, D) twice → scalar."""
+    return 0.5 * ((2 * log_sigma).exp() + mu.pow(2) - 1 - 2 * log_sigma).sum(dim=1).mean()
+
+
+def contrastive_loss(mu_img: torch.Tensor, mu_txt: torch.Tensor, matches: torch.Tensor,
+                     temperature: float = 0.1) -> torch.Tensor:
+    """The deterministic baseline: InfoNCE on cosine similarity, both directions, every matching
+    caption a positive (a multi-positive form, since a caption like "face" fits many images).
+
+    Args:
+        mu_img: (N, D), mu_txt: (M, D) L2-normalised; matches: bool (N, M), every row and column
+            with at least one match.
+    """
+    logits = mu_img @ mu_txt.t() / temperature
+    m = matches.to(logits.dtype)
+    i2t = -(logits.log_softmax(dim=1) * m).sum(1) / m.sum(1)
+    t2i = -(logits.t().log_softmax(dim=1) * m.t()).sum(1) / m.t().sum(1)
+    return (i2t.mean() + t2i.mean()) / 2
+
+
+@torch.no_grad()
+def match_scores(mu_q, log_sigma_q, mu_g, log_sigma_g, a, b, n_samples: int = 7, chunk_size: int = 256,
+                 seed: int = 0) -> torch.Tensor:
+    """The match probability of every query with every gallery item, (Q, G), larger is better.
+
+    Samples are drawn once per item (seeded) and reused for all pairs; the table is built
+    ``chunk_size`` queries at a time, so memory is chunk × G × J² (not Q × G × J²).
+    """
+    g = torch.Generator(device=mu_q.device).manual_seed(seed)
+    z_q = sample(mu_q, log_sigma_q, n_samples, g)
+    z_g = sample(mu_g, log_sigma_g, n_samples, g)
+    return torch.cat([match_logprob(z_q[i:i + chunk_size], z_g, a, b)[0].exp()
+                      for i in range(0, len(z_q), chunk_size)])

@@ -1,0 +1,251 @@
+"""PCME training and evaluation on images and their captions (the embedded emoji data by default).
+
+* :class:`ImageTextData` — image items (emoji × domain) with frozen-ViT features (the CLS feature
+  and the patch tokens, computed once) and text items (every caption of every emoji), with what
+  relevance needs: the emoji of each item, its class (evaluation only) and its tag vector (PMRP);
+* :class:`PCME` — the image and text heads and the learnable a, b; ``probabilistic=False`` gives
+  the deterministic baseline with the same encoders;
+* :func:`train` — batches of images, each with one of its emoji's captions drawn at random;
+  a caption *matches* every image of the batch whose emoji has that caption (so "face" drawn for
+  one face matches every face in the batch);
+* :func:`evaluate` — image→text and text→image: R@1/5/10 (relevant = the same emoji),
+  R-Precision (relevant = the same class) and PMRP (relevant = tag vectors within Hamming ζ).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import pcme
+from .metrics import (RelevantRanks, hamming_relevance, r_precision, ranks_from_scores, recall_at_k)
+from .text import BiGRUText, Vocabulary
+
+
+@dataclass
+class PCMEConfig:
+    dim: int = 64                 # embedding dimension D
+    n_samples: int = 7            # J, training and evaluation (the official code's 7)
+    a_init: float = 5.0           # CUB's initial a and b
+    b_init: float = 5.0
+    kl_weight: float = 1e-3       # CUB's
+    temperature: float = 0.1      # the deterministic baseline's InfoNCE
+    probabilistic: bool = True
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    embed_dim: int = 128          # word embeddings
+    gru_hidden: int = 128
+    seed: int = 0
+
+
+class ImageTextData:
+    """Image and text items of one split.
+
+    Args:
+        pooled: (N_img, d_pooled) image features; tokens: (N_img, T, d_local) patch tokens;
+        image_emoji: (N_img,) the emoji of each image; captions: emoji → list of its captions
+            (for the emoji of this split); labels: emoji → class; tags: emoji → (V,) multi-hot.
+    """
+
+    def __init__(self, pooled, tokens, image_emoji, captions: dict, labels: dict, tags: dict):
+        self.pooled, self.tokens = pooled, tokens
+        self.image_emoji = torch.as_tensor(image_emoji)
+        self.captions = captions
+        self.text_emoji = torch.tensor([e for e in captions for _ in captions[e]])
+        self.texts = [c for e in captions for c in captions[e]]
+        self.caption_sets = {e: set(c) for e, c in captions.items()}
+        self.labels, self.tags = labels, tags
+
+    @classmethod
+    def from_emoji(cls, vit: nn.Module, split: str, device="cpu", batch_size: int = 256) -> "ImageTextData":
+        """Every domain's images of the split, through the frozen ViT once."""
+        from .data.emoji import load_emoji_domains
+        from .data.transforms import normalize, to_float
+
+        ds = load_emoji_domains()
+        idx = ds.indices(split)
+        pooled, tokens, emoji = [], [], []
+        vit = vit.to(device).eval()
+        with torch.no_grad():
+            for d in range(len(ds.domains)):
+                for i in range(0, len(idx), batch_size):
+                    x = normalize(to_float(ds.images[d, idx[i:i + batch_size]])).to(device)
+                    t = vit.forward_features(x)
+                    pooled.append(vit.proj(t[:, 0]).cpu() if vit.proj is not None else t[:, 0].cpu())
+                    tokens.append(t[:, 1:].half().cpu())               # half: 64 tokens × 192 per image
+                emoji.append(torch.as_tensor(idx))
+        return cls(torch.cat(pooled), torch.cat(tokens), torch.cat(emoji),
+                   {int(e): ds.captions(int(e)) for e in idx}, {int(e): int(ds.labels[e]) for e in idx},
+                   {int(e): torch.as_tensor(ds.tags[e]) for e in idx})
+
+    def matches(self, image_emoji: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """bool (len(image_emoji), len(texts)): which caption fits which image."""
+        return torch.tensor([[t in self.caption_sets[int(e)] for t in texts] for e in image_emoji])
+
+
+class PCME(nn.Module):
+    """Image head over frozen ViT features, text encoder (bi-GRU) with its head, and a, b."""
+
+    def __init__(self, cfg: PCMEConfig, vocab: Vocabulary, d_pooled: int, d_local: int):
+        super().__init__()
+        self.cfg, self.vocab = cfg, vocab
+        self.image_head = pcme.GaussianHead(d_pooled, d_local, cfg.dim, cfg.probabilistic)
+        self.text_encoder = BiGRUText(len(vocab), cfg.embed_dim, cfg.gru_hidden)
+        self.text_head = pcme.GaussianHead(self.text_encoder.num_features, self.text_encoder.num_features, cfg.dim,
+                                           cfg.probabilistic)
+        self.a = nn.Parameter(torch.tensor(cfg.a_init))
+        self.b = nn.Parameter(torch.tensor(cfg.b_init))
+
+    def embed_images(self, pooled, tokens):
+        """(B, d_pooled), (B, T, d_local) → (μ, log σ or None), each (B, D)."""
+        return self.image_head(pooled.float(), tokens.float())
+
+    def embed_texts(self, texts: list[str]):
+        ids, mask = self.vocab.encode(texts)
+        dev = self.a.device
+        pooled, local = self.text_encoder(ids.to(dev), mask.to(dev))
+        return self.text_head(pooled, local, mask.to(dev))
+
+    def loss(self, img, txt, matches) -> tuple[torch.Tensor, dict]:
+        (mu_i, ls_i), (mu_t, ls_t) = img, txt
+        c = self.cfg
+        if not c.probabilistic:
+            loss = pcme.contrastive_loss(mu_i, mu_t, matches, c.temperature)
+            return loss, {"loss": loss.item()}
+        z_i, z_t = pcme.sample(mu_i, ls_i, c.n_samples), pcme.sample(mu_t, ls_t, c.n_samples)
+        match = pcme.soft_contrastive_loss(z_i, z_t, matches, self.a, self.b)
+        kl = (pcme.kl_to_standard_normal(mu_i, ls_i) + pcme.kl_to_standard_normal(mu_t, ls_t)) / 2
+        loss = match + c.kl_weight * kl
+        return loss, {"loss": loss.item(), "match": match.item(), "kl": kl.item(), "a": self.a.item(),
+                      "b": self.b.item(), "sigma_img": ls_i.exp().mean().item(), "sigma_txt": ls_t.exp().mean().item()}
+
+
+def train(cfg: PCMEConfig, data: ImageTextData, device="cpu", vocab: Vocabulary | None = None):
+    """Train PCME (or the deterministic baseline) on ``data``; returns ``(model, history)``.
+
+    No class labels are read: the supervision is which captions belong to which emoji.
+    """
+    from .profile import progress
+
+    torch.manual_seed(cfg.seed)
+    vocab = vocab or Vocabulary.build(data.texts)
+    model = PCME(cfg, vocab, data.pooled.shape[1], data.tokens.shape[2]).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(data.pooled)
+    if cfg.batch_size > n:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training images")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    for epoch in range(cfg.epochs):
+        t0, sums, steps = time.perf_counter(), {}, 0
+        perm = torch.randperm(n, generator=gen)
+        for s in progress(range(n // cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}"):
+            ids = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            emoji = data.image_emoji[ids]
+            texts = [data.captions[int(e)][int(torch.randint(len(data.captions[int(e)]), (1,), generator=gen))]
+                     for e in emoji]
+            matches = data.matches(emoji, texts).to(device)
+            img = model.embed_images(data.pooled[ids].to(device), data.tokens[ids].to(device))
+            loss, parts = model.loss(img, model.embed_texts(texts), matches)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps += 1
+        history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
+                        **{k: v / steps for k, v in sums.items()}})
+    return model.eval(), history
+
+
+@torch.no_grad()
+def embed(model: PCME, data: ImageTextData, batch_size: int = 512, device="cpu") -> dict:
+    """μ and log σ of every image and text item: ``{"img": (mu, log_sigma), "txt": (mu, log_sigma)}``."""
+    img = [model.embed_images(data.pooled[i:i + batch_size].to(device), data.tokens[i:i + batch_size].to(device))
+           for i in range(0, len(data.pooled), batch_size)]
+    txt = [model.embed_texts(data.texts[i:i + batch_size]) for i in range(0, len(data.texts), batch_size)]
+
+    def cat(parts):
+        mu = torch.cat([p[0] for p in parts]).cpu()
+        ls = torch.cat([p[1] for p in parts]).cpu() if parts[0][1] is not None else None
+        return mu, ls
+
+    return {"img": cat(img), "txt": cat(txt)}
+
+
+def score_tables(model: PCME, data: ImageTextData, by: str = "match", device="cpu", seed: int = 0) -> torch.Tensor:
+    """Image × text scores (N_img, N_txt): ``"match"`` (match probability, J samples) or ``"mu"`` (cosine of μ)."""
+    e = embed(model, data, device=device)
+    (mu_i, ls_i), (mu_t, ls_t) = e["img"], e["txt"]
+    if by == "mu" or ls_i is None:
+        return mu_i @ mu_t.t()
+    if by != "match":
+        raise ValueError(f"by must be 'match' or 'mu', not {by!r}")
+    return pcme.match_scores(mu_i, ls_i, mu_t, ls_t, model.a.detach().cpu(), model.b.detach().cpu(),
+                             model.cfg.n_samples, seed=seed)
+
+
+def evaluate(scores: torch.Tensor, data: ImageTextData, ks=(1, 5, 10), zetas=(0, 1, 2)) -> list[dict]:
+    """Both directions from one image × text score table (larger is better).
+
+    Returns one row per direction: R@K (relevant = the same emoji), R-Precision (the same class)
+    and PMRP@ζ with their mean (tag vectors within Hamming distance ζ).
+    """
+    if scores.shape != (len(data.image_emoji), len(data.texts)):
+        raise ValueError(f"scores must be (images, texts) = {(len(data.image_emoji), len(data.texts))}, "
+                         f"got {tuple(scores.shape)}")
+    if not torch.isfinite(scores).all():
+        raise ValueError("scores contain NaN or inf")
+    lab = lambda emo: torch.tensor([data.labels[int(e)] for e in emo])
+    tag = lambda emo: torch.stack([data.tags[int(e)] for e in emo])
+    rows = []
+    for name, s, q_emo, g_emo in (("image→text", scores, data.image_emoji, data.text_emoji),
+                                  ("text→image", scores.t(), data.text_emoji, data.image_emoji)):
+        row = {"direction": name}
+        chunks = range(0, len(s), 1024)
+        same = lambda sl: q_emo[sl].unsqueeze(1) == g_emo.unsqueeze(0)
+        rr = RelevantRanks.cat([ranks_from_scores(s[i:i + 1024], same(slice(i, i + 1024))) for i in chunks])
+        for k in ks:
+            row[f"R@{k}"] = recall_at_k(rr, k)
+        ql, gl = lab(q_emo), lab(g_emo)
+        rr = RelevantRanks.cat([ranks_from_scores(s[i:i + 1024], ql[i:i + 1024, None] == gl[None]) for i in chunks])
+        row["R-Precision"] = r_precision(rr)
+        qt, gt = tag(q_emo), tag(g_emo)
+        for z in zetas:
+            rel = hamming_relevance(qt, gt, z)
+            rr = RelevantRanks.cat([ranks_from_scores(s[i:i + 1024], rel(slice(i, i + 1024))) for i in chunks])
+            row[f"PMRP@{z}"] = r_precision(rr)
+        row["PMRP"] = float(np.mean([row[f"PMRP@{z}"] for z in zetas]))
+        rows.append(row)
+    return rows
+
+
+def raw_pixel_scores(query_images: torch.Tensor, train_images: torch.Tensor, train_emoji, train_captions: dict,
+                     texts: list[str]) -> torch.Tensor:
+    """The raw-pixel baseline: a text's score for an image is the cosine similarity (raw pixels)
+    of the image to the most similar training image whose emoji has that caption; −1 if none has it.
+
+    Args:
+        query_images: (Q, 3, H, W); train_images: (N, 3, H, W) with their emoji (N,) and
+        train_captions: emoji → captions; texts: the gallery's captions.
+    Returns:
+        (Q, len(texts)).
+    """
+    from .evaluation import raw_pixel_features
+
+    q = F.normalize(raw_pixel_features(query_images), dim=1)
+    g = F.normalize(raw_pixel_features(train_images), dim=1)
+    sim = q @ g.t()
+    holders: dict[str, list[int]] = {}
+    for i, e in enumerate(torch.as_tensor(train_emoji).tolist()):
+        for c in train_captions[e]:
+            holders.setdefault(c, []).append(i)
+    best = {c: sim[:, idx].max(dim=1).values for c, idx in holders.items()}
+    none = torch.full((len(q),), -1.0)
+    return torch.stack([best.get(t, none) for t in texts], dim=1)

@@ -1,0 +1,72 @@
+"""PCME training and evaluation on tiny synthetic image–text data."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cdrlib.pcme_train import ImageTextData, PCMEConfig, evaluate, raw_pixel_scores, score_tables, train
+
+
+def _data(n_emoji=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    emoji = torch.arange(n_emoji).repeat(2)                            # two "styles" per emoji
+    pooled = torch.randn(n_emoji, 8, generator=g)[emoji] + 0.1 * torch.randn(2 * n_emoji, 8, generator=g)
+    tokens = torch.randn(2 * n_emoji, 4, 6, generator=g).half()
+    captions = {e: [f"item{e}", "face" if e % 2 else "animal"] for e in range(n_emoji)}
+    tags = {e: torch.tensor([e % 2, 1 - e % 2, e % 3 == 0], dtype=torch.uint8) for e in range(n_emoji)}
+    return ImageTextData(pooled, tokens, emoji, captions, {e: e % 3 for e in range(n_emoji)}, tags)
+
+
+def test_matches_follow_caption_membership():
+    d = _data()
+    m = d.matches(torch.tensor([0, 1]), ["face", "item0", "animal"])
+    assert m.tolist() == [[False, True, True], [True, False, False]]
+
+
+def test_both_models_train_and_evaluate():
+    d = _data()
+    for prob in (True, False):
+        cfg = replace(PCMEConfig(), dim=4, epochs=3, batch_size=8, embed_dim=8, gru_hidden=4, probabilistic=prob)
+        model, hist = train(cfg, d)
+        assert len(hist) == 3 and all(v == v for v in hist[-1].values())
+        for by in (("match", "mu") if prob else ("mu",)):
+            s = score_tables(model, d, by=by)
+            assert s.shape == (24, 24) and torch.isfinite(s).all()
+            rows = evaluate(s, d)
+            assert [r["direction"] for r in rows] == ["image→text", "text→image"]
+            assert all(0 <= r[k] <= 1 for r in rows for k in r if k != "direction")
+    with pytest.raises(ValueError, match="batch_size"):
+        train(replace(PCMEConfig(), batch_size=100), d)
+
+
+def test_evaluate_on_a_hand_made_table():
+    d = _data(n_emoji=2)           # images: e0, e1, e0, e1; texts: item0, animal, item1, face
+    s = torch.tensor([[0.9, 0.1, 0.5, 0.2],     # e0: its own caption first
+                      [0.9, 0.1, 0.5, 0.2],     # e1: its captions at ranks 2 and 3
+                      [0.1, 0.2, 0.3, 0.4],     # e0: its captions at ranks 2 and 3
+                      [0.1, 0.2, 0.3, 0.4]])    # e1: "face" first
+    rows = evaluate(s, d, ks=(1, 2))
+    i2t = rows[0]
+    assert i2t["R@1"] == pytest.approx(0.5) and i2t["R@2"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="scores"):
+        evaluate(s[:2], d)
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate(torch.full((4, 4), float("nan")), d)
+
+
+def test_raw_pixel_scores_against_loop():
+    g = torch.Generator().manual_seed(5)
+    q, tr = torch.rand(3, 3, 4, 4, generator=g), torch.rand(4, 3, 4, 4, generator=g)
+    caps = {0: ["a", "b"], 1: ["b"], 2: ["c"]}
+    emoji = torch.tensor([0, 1, 2, 1])
+    texts = ["b", "a", "z"]
+    got = raw_pixel_scores(q, tr, emoji, caps, texts)
+    from cdrlib.evaluation import raw_pixel_features
+
+    fq = torch.nn.functional.normalize(raw_pixel_features(q), dim=1)
+    ft = torch.nn.functional.normalize(raw_pixel_features(tr), dim=1)
+    for i in range(3):
+        for j, t in enumerate(texts):
+            holders = [k for k in range(4) if t in caps[int(emoji[k])]]
+            want = max(float(fq[i] @ ft[k]) for k in holders) if holders else -1.0
+            assert got[i, j].item() == pytest.approx(want, abs=1e-6)
