@@ -3,6 +3,7 @@
 * :class:`ImageTextData` — image items (emoji × domain) with frozen-ViT features (the CLS feature
   and the patch tokens, computed once) and text items (every caption of every emoji), with what
   relevance needs: the emoji of each item, its class (evaluation only) and its tag vector (PMRP);
+  :meth:`ImageTextData.from_cub` builds the same from CUB and its captions (the paper profile);
 * :class:`PCME` — the image and text heads and the learnable a, b; ``probabilistic=False`` gives
   the deterministic baseline with the same encoders;
 * :func:`train` — batches of images, each with one of its emoji's captions drawn at random;
@@ -28,6 +29,8 @@ from .text import BiGRUText, Vocabulary
 
 @dataclass
 class PCMEConfig:
+    """Hyper-parameters; the defaults are the embedded data's, :meth:`paper` gives CUB's."""
+
     dim: int = 64                 # embedding dimension D
     n_samples: int = 7            # J, training and evaluation (the official code's 7)
     a_init: float = 5.0           # CUB's initial a and b
@@ -42,6 +45,11 @@ class PCMEConfig:
     embed_dim: int = 128          # word embeddings
     gru_hidden: int = 128
     seed: int = 0
+
+    @staticmethod
+    def paper() -> "PCMEConfig":
+        """CUB (METHODS.md §4): a = b = 5, KL weight 1e-3, J = 7; D = 512, bi-GRU 512 (GloVe-sized words)."""
+        return PCMEConfig(dim=512, epochs=50, batch_size=128, lr=2e-4, embed_dim=300, gru_hidden=512)
 
 
 class ImageTextData:
@@ -83,6 +91,63 @@ class ImageTextData:
         return cls(torch.cat(pooled), torch.cat(tokens), torch.cat(emoji),
                    {int(e): ds.captions(int(e)) for e in idx}, {int(e): int(ds.labels[e]) for e in idx},
                    {int(e): torch.as_tensor(ds.tags[e]) for e in idx})
+
+    @classmethod
+    def from_cub(cls, vit: nn.Module, split: str, root=None, device="cpu", batch_size: int = 64,
+                 local_grid: int = 7) -> "ImageTextData":
+        """CUB-200-2011 with Reed et al.'s captions (the paper profile): every image is its own item.
+
+        Captions: ``<root>/text_c10/<class>/<image>.txt`` (10 per image). Tags for PMRP: the image's
+        312 binary attributes (``CUB_200_2011/attributes/image_attribute_labels.txt``) when present,
+        otherwise its class one-hot (then PMRP@0 is R-Precision by class). The patch tokens are
+        average-pooled to ``local_grid``² positions to keep the cache in memory (ViT-B/16: 196 → 49).
+        """
+        from .data import get_dataset
+        from .data.errors import DataError
+        from .data.paper import dataset_root
+
+        ds = get_dataset("cub", "image", split, root=root, image_size=vit.patch_embed.img_size)
+        base = dataset_root("cub", root)
+        captions = {}
+        for i, f in enumerate(ds.files):
+            txt = base / "text_c10" / f.parent.name / (f.stem + ".txt")
+            if not txt.is_file():
+                raise DataError(f"caption file {txt} is missing: put Reed et al.'s text_c10 folder at {base / 'text_c10'}")
+            captions[i] = [ln.strip() for ln in txt.read_text().splitlines() if ln.strip()]
+        tags = cls._cub_attributes(base, ds) or {i: F.one_hot(torch.tensor(int(y)), len(ds.classes)).to(torch.uint8)
+                                                 for i, y in enumerate(ds.labels)}
+        pooled, tokens = [], []
+        vit = vit.to(device).eval()
+        with torch.no_grad():
+            for i in range(0, len(ds), batch_size):
+                x = torch.stack([ds[j][0] for j in range(i, min(i + batch_size, len(ds)))]).to(device)
+                t = vit.forward_features(x)
+                pooled.append((vit.proj(t[:, 0]) if vit.proj is not None else t[:, 0]).cpu())
+                side = int((t.shape[1] - 1) ** 0.5)
+                grid = t[:, 1:].transpose(1, 2).reshape(len(x), -1, side, side)
+                tokens.append(F.adaptive_avg_pool2d(grid, local_grid).flatten(2).transpose(1, 2).half().cpu())
+        return cls(torch.cat(pooled), torch.cat(tokens), torch.arange(len(ds)), captions,
+                   {i: int(y) for i, y in enumerate(ds.labels)}, tags)
+
+    @staticmethod
+    def _cub_attributes(base, ds) -> dict | None:
+        attr = base / "CUB_200_2011" / "attributes" / "image_attribute_labels.txt"
+        images = base / "CUB_200_2011" / "images.txt"
+        if not (attr.is_file() and images.is_file()):
+            return None
+        image_id = {ln.split()[1]: int(ln.split()[0]) for ln in images.read_text().splitlines() if ln.strip()}
+        present: dict[int, set] = {}
+        for ln in attr.read_text().splitlines():
+            parts = ln.split()
+            if len(parts) >= 3 and parts[2] == "1":
+                present.setdefault(int(parts[0]), set()).add(int(parts[1]) - 1)
+        n_attr = 1 + max((a for s in present.values() for a in s), default=311)
+        out = {}
+        for i, f in enumerate(ds.files):
+            v = torch.zeros(n_attr, dtype=torch.uint8)
+            v[list(present.get(image_id.get(f"{f.parent.name}/{f.name}", -1), ()))] = 1
+            out[i] = v
+        return out
 
     def matches(self, image_emoji: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """bool (len(image_emoji), len(texts)): which caption fits which image."""

@@ -70,3 +70,41 @@ def test_raw_pixel_scores_against_loop():
             holders = [k for k in range(4) if t in caps[int(emoji[k])]]
             want = max(float(fq[i] @ ft[k]) for k in holders) if holders else -1.0
             assert got[i, j].item() == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_cub_command_on_a_fake_tree(tmp_path):
+    """The paper profile's path: CUB's layout, captions per image, attributes as tags."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = tmp_path / "cub"
+    lines, attrs, k = [], [], 0
+    for c in ("001.Albatross", "002.Zebra_Finch"):
+        for i in range(6):
+            rel = f"{c}/img_{i}.jpg"
+            (root / "CUB_200_2011" / "images" / c).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (16, 16), (20 * i, 100, 30)).save(root / "CUB_200_2011" / "images" / rel)
+            (root / "text_c10" / c).mkdir(parents=True, exist_ok=True)
+            (root / "text_c10" / c / f"img_{i}.txt").write_text(
+                "".join(f"a bird with {'white' if i % 2 else 'red'} wings number {j}\n" for j in range(10)))
+            k += 1
+            lines.append(f"{k} {rel}")
+            attrs += [f"{k} {a + 1} {int((a + i) % 3 == 0)} 3 1.0" for a in range(5)]
+    (root / "CUB_200_2011" / "images.txt").write_text("\n".join(lines) + "\n")
+    (root / "CUB_200_2011" / "attributes").mkdir()
+    (root / "CUB_200_2011" / "attributes" / "image_attribute_labels.txt").write_text("\n".join(attrs) + "\n")
+    (root / "testclasses.txt").write_text("002.Zebra_Finch\n")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_pcme.py"
+    env = {**os.environ, "CDR_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, str(script), "--dataset", "cub", "--root", str(root), "--tiny",
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {r["model"] for r in res["metrics"]} == {"deterministic", "PCME"}
+    assert all(0 <= r["R@1"] <= 1 and 0 <= r["PMRP"] <= 1 for r in res["metrics"])
