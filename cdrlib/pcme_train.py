@@ -90,7 +90,7 @@ class ImageTextData:
                 emoji.append(torch.as_tensor(idx))
         return cls(torch.cat(pooled), torch.cat(tokens), torch.cat(emoji),
                    {int(e): ds.captions(int(e)) for e in idx}, {int(e): int(ds.labels[e]) for e in idx},
-                   {int(e): torch.as_tensor(ds.tags[e]) for e in idx})
+                   {int(e): torch.tensor(ds.tags[e]) for e in idx})
 
     @classmethod
     def from_cub(cls, vit: nn.Module, split: str, root=None, device="cpu", batch_size: int = 64,
