@@ -100,7 +100,7 @@ class ImageTextData:
         Captions: ``<root>/text_c10/<class>/<image>.txt`` (10 per image). Tags for PMRP: the image's
         312 binary attributes (``CUB_200_2011/attributes/image_attribute_labels.txt``) when present,
         otherwise its class one-hot (then PMRP@0 is R-Precision by class). The patch tokens are
-        average-pooled to ``local_grid``² positions to keep the cache in memory (ViT-B/16: 196 → 49).
+        average-pooled to ``local_grid`` × ``local_grid`` positions to keep the cache in memory (ViT-B/16: 196 → 49).
         """
         from .data import get_dataset
         from .data.errors import DataError
