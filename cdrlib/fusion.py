@@ -90,12 +90,15 @@ def uniform_importance(batch_size: int, num_patches: int, device=None) -> torch.
     return torch.full((batch_size, num_patches), 1.0 / num_patches, device=device)
 
 
-def fuse(vit, x_a: torch.Tensor, x_b: torch.Tensor, mixing: PatchMixing, use_attention: bool = True):
+def fuse(vit, x_a: torch.Tensor, x_b: torch.Tensor, mixing: PatchMixing, use_attention: bool = True,
+         importance: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Mix a batch of A with a batch of B (pairs drawn independently: no cross-domain pairing).
 
     Args:
         vit: a :class:`~cdrlib.models.VisionTransformer`; x_a, x_b: (B, 3, H, W) normalised images.
         mixing: the learnable λ; use_attention: False gives the uniform "random fusion" ablation.
+        importance: (s_a, s_b), each (B, n), when already known (a frozen ViT's attention, read
+            once); otherwise read from ``vit`` now.
     Returns:
         dict with ``tokens`` (B, n, D) the mixed patch embeddings (feed to ``vit.forward_tokens``),
         ``lam`` (B, n), ``weights`` (B, 2) = (l_A, l_B), ``s_a``, ``s_b`` (B, n).
@@ -103,7 +106,9 @@ def fuse(vit, x_a: torch.Tensor, x_b: torch.Tensor, mixing: PatchMixing, use_att
     if x_a.shape != x_b.shape:
         raise ValueError(f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}")
     b, n = x_a.shape[0], vit.num_patches
-    if use_attention:
+    if use_attention and importance is not None:
+        s_a, s_b = importance
+    elif use_attention:
         with torch.no_grad():  # the importance is read from the current model, not trained through
             s_a = cls_patch_attention(vit.attention_maps(x_a))      # A's attention, for A's patches
             s_b = cls_patch_attention(vit.attention_maps(x_b))

@@ -56,8 +56,7 @@ class IBNMConfig(UCDIRConfig):
     @staticmethod
     def frozen(**overrides) -> "IBNMConfig":
         """The chapter's CPU setting: UCDIR's frozen schedule (30 epochs), fusion in the last third."""
-        return IBNMConfig(**{**asdict(UCDIRConfig.frozen()), "backbone": "emoji-vit", "fusion_epoch": 20,
-                             **overrides})
+        return IBNMConfig(**{**asdict(UCDIRConfig.frozen()), "backbone": "emoji-vit", **overrides})
 
     @staticmethod
     def paper(dataset: str = "office_home", **overrides) -> "IBNMConfig":
@@ -113,7 +112,9 @@ class IBNM(UCDIR):
             raise ValueError("give cached features for both domains or for neither")
         frozen = features_a is not None
         super().__init__(cfg, features_a if frozen else images_a, features_b if frozen else images_b, vit, device)
-        self.images = {"A": _Views(images_a, cfg.image_size), "B": _Views(images_b, cfg.image_size)}
+        # fusion and mixup need the images; when the backbone trains they are UCDIR's own inputs
+        self.images = ({"A": _Views(images_a, cfg.image_size), "B": _Views(images_b, cfg.image_size)}
+                       if frozen else self.views)
         for d, feats in (("A", features_a), ("B", features_b)):
             if frozen and len(feats) != len(self.images[d]):
                 raise ValueError(f"domain {d}: {len(feats)} cached features but {len(self.images[d])} images; "
@@ -191,15 +192,10 @@ class IBNM(UCDIR):
         y_a, y_b = self.joint.state["labels_A"][ia.to(dev)], self.joint.state["labels_B"][ib.to(dev)]
         if cfg.fusion is not None:
             x_a, x_b = self.images["A"].plain(ia, dev), self.images["B"].plain(ib, dev)
-            if cfg.fusion == "attention":
-                s_a = self.importance["A"][ia].to(dev) if self.importance else self._importance("A", ia)
-                s_b = self.importance["B"][ib].to(dev) if self.importance else self._importance("B", ib)
-            else:
-                s_a = s_b = fusion.uniform_importance(fb, self.vit.num_patches, dev)
-            lam = self.mixing(fb)
-            tokens = fusion.mix_patch_tokens(self.vit.patch_tokens(x_a), self.vit.patch_tokens(x_b), lam)
-            f_mix = self._embed_tokens(tokens)
-            weights = fusion.label_weights(s_a, s_b, lam)
+            known = (self.importance["A"][ia].to(dev), self.importance["B"][ib].to(dev)) if self.importance else None
+            mixed = fusion.fuse(self.vit, x_a, x_b, self.mixing, cfg.fusion == "attention", known)
+            lam, weights = mixed["lam"], mixed["weights"]
+            f_mix = self._embed_tokens(mixed["tokens"])
             l_feat = fusion.mixed_contrastive_loss(f_mix, k["A"][:fb], k["B"][:fb], y_a, y_b, weights, cfg.temperature)
             l_label = fusion.mixed_label_loss(f_mix, c, y_a, y_b, weights, cfg.tau_label)
             loss = loss + self.fusion_weights(l_feat, l_label)

@@ -23,7 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import pcme
-from .metrics import (RelevantRanks, hamming_relevance, r_precision, ranks_from_scores, recall_at_k)
+from .metrics import (RelevantRanks, hamming_relevance, label_relevance, r_precision, ranks_from_scores,
+                      recall_at_k)
 from .text import BiGRUText, Vocabulary
 
 
@@ -84,9 +85,9 @@ class ImageTextData:
             for d in range(len(ds.domains)):
                 for i in range(0, len(idx), batch_size):
                     x = normalize(to_float(ds.images[d, idx[i:i + batch_size]])).to(device)
-                    t = vit.forward_features(x)
-                    pooled.append(vit.proj(t[:, 0]).cpu() if vit.proj is not None else t[:, 0].cpu())
-                    tokens.append(t[:, 1:].half().cpu())               # half: 64 tokens × 192 per image
+                    p, t = _vit_features(vit, x)
+                    pooled.append(p)
+                    tokens.append(t)
                 emoji.append(torch.as_tensor(idx))
         return cls(torch.cat(pooled), torch.cat(tokens), torch.cat(emoji),
                    {int(e): ds.captions(int(e)) for e in idx}, {int(e): int(ds.labels[e]) for e in idx},
@@ -121,11 +122,9 @@ class ImageTextData:
         with torch.no_grad():
             for i in range(0, len(ds), batch_size):
                 x = torch.stack([ds[j][0] for j in range(i, min(i + batch_size, len(ds)))]).to(device)
-                t = vit.forward_features(x)
-                pooled.append((vit.proj(t[:, 0]) if vit.proj is not None else t[:, 0]).cpu())
-                side = int((t.shape[1] - 1) ** 0.5)
-                grid = t[:, 1:].transpose(1, 2).reshape(len(x), -1, side, side)
-                tokens.append(F.adaptive_avg_pool2d(grid, local_grid).flatten(2).transpose(1, 2).half().cpu())
+                p, t = _vit_features(vit, x, local_grid)
+                pooled.append(p)
+                tokens.append(t)
         return cls(torch.cat(pooled), torch.cat(tokens), torch.arange(len(ds)), captions,
                    {i: int(y) for i, y in enumerate(ds.labels)}, tags)
 
@@ -152,6 +151,20 @@ class ImageTextData:
     def matches(self, image_emoji: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """bool (len(image_emoji), len(texts)): which caption fits which image."""
         return torch.tensor([[t in self.caption_sets[int(e)] for t in texts] for e in image_emoji])
+
+
+@torch.no_grad()
+def _vit_features(vit: nn.Module, x: torch.Tensor, local_grid: int | None = None):
+    """The image side's inputs: the ViT's feature (B, D) and its patch tokens (B, n, d) in half
+    precision (the cache of every image stays in memory), average-pooled to ``local_grid``² if given."""
+    t = vit.forward_features(x)
+    pooled = vit.proj(t[:, 0]) if vit.proj is not None else t[:, 0]
+    local = t[:, 1:]
+    if local_grid is not None:
+        side = int(local.shape[1] ** 0.5)
+        grid = local.transpose(1, 2).reshape(len(x), -1, side, side)
+        local = F.adaptive_avg_pool2d(grid, local_grid).flatten(2).transpose(1, 2)
+    return pooled.cpu(), local.half().cpu()
 
 
 class PCME(nn.Module):
@@ -273,19 +286,18 @@ def evaluate(scores: torch.Tensor, data: ImageTextData, ks=(1, 5, 10), zetas=(0,
     for name, s, q_emo, g_emo in (("image→text", scores, data.image_emoji, data.text_emoji),
                                   ("text→image", scores.t(), data.text_emoji, data.image_emoji)):
         row = {"direction": name}
-        chunks = range(0, len(s), 1024)
-        same = lambda sl: q_emo[sl].unsqueeze(1) == g_emo.unsqueeze(0)
-        rr = RelevantRanks.cat([ranks_from_scores(s[i:i + 1024], same(slice(i, i + 1024))) for i in chunks])
+
+        def ranks(relevance):  # chunks of 1024 queries: relevance tables stay small
+            return RelevantRanks.cat([ranks_from_scores(s[i:i + 1024], relevance(slice(i, i + 1024)))
+                                      for i in range(0, len(s), 1024)])
+
+        rr = ranks(label_relevance(q_emo, g_emo))          # the same emoji
         for k in ks:
             row[f"R@{k}"] = recall_at_k(rr, k)
-        ql, gl = lab(q_emo), lab(g_emo)
-        rr = RelevantRanks.cat([ranks_from_scores(s[i:i + 1024], ql[i:i + 1024, None] == gl[None]) for i in chunks])
-        row["R-Precision"] = r_precision(rr)
+        row["R-Precision"] = r_precision(ranks(label_relevance(lab(q_emo), lab(g_emo))))
         qt, gt = tag(q_emo), tag(g_emo)
         for z in zetas:
-            rel = hamming_relevance(qt, gt, z)
-            rr = RelevantRanks.cat([ranks_from_scores(s[i:i + 1024], rel(slice(i, i + 1024))) for i in chunks])
-            row[f"PMRP@{z}"] = r_precision(rr)
+            row[f"PMRP@{z}"] = r_precision(ranks(hamming_relevance(qt, gt, z)))
         row["PMRP"] = float(np.mean([row[f"PMRP@{z}"] for z in zetas]))
         rows.append(row)
     return rows

@@ -115,11 +115,3 @@ def test_fusion_loss_weights_start_at_softplus_minus_two():
     assert out.item() == pytest.approx(float(sp * 5.0), rel=1e-6)
     out.backward()
     assert lw.r.grad is not None and (lw.r.grad > 0).all()  # minimising pushes both weights down
-
-
-def test_patch_mixing_gradient_reaches_alpha_and_beta():
-    mixing = fusion.PatchMixing(4)
-    lam = mixing(8)
-    assert lam.shape == (8, 4) and ((lam >= 0) & (lam <= 1)).all()
-    lam.sum().backward()
-    assert mixing.alpha.grad.abs().sum() > 0 and mixing.beta.grad.abs().sum() > 0
