@@ -44,6 +44,7 @@ class PretrainConfig:
     objective: str = "simclr"       # "simclr" or "distill"
     teacher: str | None = None      # checkpoint of the teacher (distill)
     minutes: float = 60.0           # wall-clock budget; training stops at the first epoch past it
+    epochs: int | None = None       # a fixed schedule length instead (then ``minutes`` is only a cap)
     max_epochs: int = 1000
     batch_size: int = 256
     lr: float = 2e-3
@@ -116,8 +117,10 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     augment = TwoViewAugment(64, p_sketch=cfg.p_sketch)
     steps_per_epoch = len(images) // cfg.batch_size
-    # The schedule needs a length: estimate epochs from the budget after the first epoch.
-    total_steps = None
+    # The cosine schedule needs a length: fixed by ``epochs`` (reproducible on any machine), or
+    # estimated from the time budget after the first epoch.
+    total_steps = cfg.epochs * steps_per_epoch if cfg.epochs else None
+    max_epochs = cfg.epochs or cfg.max_epochs
     t0 = time.time()
     epoch, step = 0, 0
 
@@ -128,7 +131,7 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
         print(json.dumps(row), flush=True)
 
     log(_mean_map(model, device))
-    while epoch < cfg.max_epochs:
+    while epoch < max_epochs:
         model.train()
         head.train()
         perm = torch.randperm(len(images))
@@ -158,7 +161,7 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
         elapsed = time.time() - t0
         if total_steps is None:
             total_steps = max(int(cfg.minutes * 60 / elapsed * steps_per_epoch * 0.9), step + 1)
-        done = elapsed > cfg.minutes * 60 or step >= total_steps
+        done = elapsed > cfg.minutes * 60 or step >= total_steps or epoch >= max_epochs
         if epoch % cfg.eval_every == 0 or done:
             log({"loss": round(sum(losses) / len(losses), 4), **_mean_map(model, device)})
         if done:

@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--objective", default="simclr", choices=["simclr", "distill"])
     ap.add_argument("--teacher")
     ap.add_argument("--minutes", type=float, default=60)
+    ap.add_argument("--epochs", type=int, help="fixed schedule length (then --minutes is only a cap)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--temperature", type=float, default=0.2)
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--register", help="name in checkpoints/CHECKPOINTS.json (emoji-resnet, emoji-vit)")
     args = ap.parse_args()
-    cfg = PretrainConfig(arch=args.arch, objective=args.objective, teacher=args.teacher, minutes=args.minutes,
+    cfg = PretrainConfig(arch=args.arch, objective=args.objective, teacher=args.teacher, minutes=args.minutes, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
                          p_sketch=args.p_sketch, simclr_weight=args.simclr_weight, eval_every=args.eval_every, threads=args.threads, seed=args.seed)
     path = pretrain(cfg, args.out)

@@ -102,3 +102,26 @@ def test_resort_equals_a_full_sort():
     ps = torch.where(moved, base + torch.randn(7, 300, generator=g, dtype=torch.float64), base)
     want = torch.argsort(ps, dim=1, descending=True)
     assert torch.equal(_resort_desc(ps, moved), want)
+
+
+@pytest.mark.parametrize("cols", [1, 2, 300, 5000])
+def test_packed_argsort_equals_a_stable_sort(cols):
+    """The packed-key sort against torch's stable argsort: ties, signs, ±0, ±inf, near-equal floats."""
+    from cdrlib.rerank import _argsort_desc
+
+    g = torch.Generator().manual_seed(cols)
+    x = torch.randn(40, cols, generator=g, dtype=torch.float64)
+    x[0] = 1.0                                                   # all tied: index order
+    x[1, ::3] = -0.0
+    x[2, ::5] = float("inf")
+    x[3, ::7] = float("-inf")
+    x[4] = torch.randint(-3, 3, (cols,), generator=g).double()   # many exact ties
+    base = torch.rand(cols, generator=g, dtype=torch.float64)
+    h = cols // 2                                                # pairs one ulp apart: equal truncated keys
+    x[5] = base
+    x[5, h:2 * h] = torch.nextafter(base[:h], torch.tensor(2.0, dtype=torch.float64))
+    x[6] = -x[5]
+    x[7:] = x[7:] * 1e-300                                       # subnormal-scale values
+    want = torch.argsort(x, dim=1, descending=True, stable=True)
+    assert torch.equal(_argsort_desc(x), want)
+    assert torch.equal(_argsort_desc(x.float()), torch.argsort(x.float(), dim=1, descending=True, stable=True))
