@@ -135,6 +135,30 @@ def _packed_argsort_desc(scores: np.ndarray, out: np.ndarray) -> None:
         out[r] = np.argsort(-x[r], kind="stable")
 
 
+def _packed_argsort_desc_f32(scores: np.ndarray) -> torch.Tensor:
+    """:func:`_packed_argsort_desc` for float32 rows: the whole 32-bit key fits above a 32-bit
+    index in one uint64, so nothing is truncated and no row needs redoing."""
+    x = scores + np.float32(0.0)                          # −0.0 → +0.0
+    b = x.view(np.int32)
+    key32 = np.invert(b)
+    key32 >>= np.int32(31)
+    key32 &= np.int32(2**31 - 1)
+    key32 ^= b                                            # descending order as unsigned ascending
+    key = key32.view(np.uint32).astype(np.uint64)
+    key <<= np.uint64(32)
+    key |= np.arange(x.shape[1], dtype=np.uint64)
+
+    def sort_rows(lo, hi):
+        key[lo:hi].sort(axis=1)
+
+    if key.size < 1 << 16:
+        sort_rows(0, len(key))
+    else:
+        _in_row_threads(len(key), sort_rows)
+    key &= np.uint64(2**32 - 1)
+    return torch.from_numpy(key.view(np.int64))
+
+
 def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
     """argsort(scores, dim=1, descending), equal scores in index order (a stable sort).
 
@@ -143,6 +167,8 @@ def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
     """
     if scores.device.type != "cpu":
         return torch.argsort(scores, dim=1, descending=True, stable=True)
+    if scores.dtype == torch.float32:
+        return _packed_argsort_desc_f32(scores.numpy())
     a = scores.to(torch.float64).numpy()
     out = np.empty(a.shape, dtype=np.int64)
     if a.shape[1] >= 1 << 24:                             # too few value bits would be left

@@ -1,0 +1,43 @@
+"""Pretraining's schedule and checkpoint, on a tiny stand-in for the embedded data."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+import cdrlib.pretrain as pretrain_module
+from cdrlib.models.factory import load_backbone
+from cdrlib.pretrain import PretrainConfig, pretrain
+
+
+def _tiny_domains(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(4, n, 64, 64, 3), dtype=np.uint8)
+    return SimpleNamespace(images=images, indices=lambda split: np.arange(n))
+
+
+def test_fixed_epoch_schedule_runs_exactly_and_decays_the_rate(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain_module, "load_emoji_domains", _tiny_domains)
+    monkeypatch.setattr(pretrain_module, "_mean_map", lambda model, device: {"heldout_mAP@all": 0.0})
+    seen_lr = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *a, **k):
+        seen_lr.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    cfg = PretrainConfig(arch="resnet", epochs=3, minutes=60, batch_size=32, eval_every=1, threads=1)
+    path = pretrain(cfg, tmp_path / "tiny.pt")
+
+    curve = [json.loads(line) for line in path.with_suffix(".curve.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in curve] == [0, 1, 2, 3]       # before training, then every epoch
+    steps_per_epoch = 4 * 24 // 32
+    assert len(seen_lr) == 3 * steps_per_epoch
+    # cosine from the first step (the length is known): lr(step) = lr0 · ½(1 + cos(π step / total))
+    total = 3 * steps_per_epoch
+    want = [cfg.lr * 0.5 * (1 + np.cos(np.pi * s / total)) for s in range(total)]
+    np.testing.assert_allclose(seen_lr, want, rtol=1e-6)
+    model = load_backbone(path)
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 64, 64)).shape == (2, model.num_features)
