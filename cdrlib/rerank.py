@@ -102,61 +102,61 @@ def _in_row_threads(n_rows: int, work) -> None:
     list(_POOL.map(lambda i: work(bounds[i], bounds[i + 1]), range(threads)))
 
 
+def _descending_key(x: np.ndarray) -> np.ndarray:
+    """Float rows → unsigned integers of the same width whose ascending order is x's descending order.
+
+    Flip the sign bit of non-negatives and every bit of negatives (an order-preserving map), then
+    invert all: ``key = b ^ 0x7F…F`` for ``b ≥ 0``, ``b`` for ``b < 0``, with b the float's bits.
+    −0.0 is folded into +0.0 first (they compare equal). Built in place: one temporary of x's size.
+    """
+    x = x + x.dtype.type(0.0)
+    signed = np.dtype(f"i{x.itemsize}")
+    b = x.view(signed)
+    key = np.invert(b)
+    key >>= signed.type(8 * x.itemsize - 1)
+    key &= np.iinfo(signed).max
+    key ^= b
+    return key.view(f"u{x.itemsize}")
+
+
 def _packed_argsort_desc(scores: np.ndarray, out: np.ndarray) -> None:
     """``out[:] = argsort(scores, descending, stable)`` for float64 rows, by sorting integer keys.
 
-    Sorting values is several times faster than argsort (NumPy's SIMD sort), so each float is
-    mapped to an unsigned integer in the same order (flip the sign bit of non-negatives, every bit
-    of negatives; then invert all for descending), its lowest bits are replaced by the column index
-    and the keys are sorted as values; the index is read back from the low bits. Equal keys above
-    the index bits break ties by index — exactly a stable sort. Two different floats can share the
-    truncated key (they differ only in their last bits; rare): those rows are redone by a stable
-    argsort of the exact values, so the result is always exact.
+    Sorting values is several times faster than argsort (NumPy's SIMD sort), so each score's
+    :func:`_descending_key` has its lowest bits replaced by the column index and the keys are
+    sorted as values; the index is read back from the low bits. Equal keys above the index bits
+    break ties by index — exactly a stable sort. Two different floats can share the truncated key
+    (they differ only in their last bits; rare): those rows are redone by a stable argsort of the
+    exact values, so the result is always exact.
     """
-    x = scores + 0.0                                      # −0.0 → +0.0 (they compare equal)
-    b = x.view(np.int64)
-    # descending order = ascending order of ~u, with u the order-preserving map described above:
-    # key = b ^ 0x7FF…F for b ≥ 0, b for b < 0 (in place: no temporaries of the chunk's size)
-    key = np.invert(b)
-    key >>= np.int64(63)
-    key &= np.int64(2**63 - 1)
-    key ^= b
-    key = key.view(np.uint64)
-    bits = max(1, int(x.shape[1] - 1).bit_length())
+    key = _descending_key(scores)
+    bits = max(1, int(scores.shape[1] - 1).bit_length())
     low = np.uint64((1 << bits) - 1)
     key &= ~low
-    key |= np.arange(x.shape[1], dtype=np.uint64)
+    key |= np.arange(scores.shape[1], dtype=np.uint64)
     key.sort(axis=1)
     # a shared truncated key: neighbours whose difference lies in the index bits only
     shared = np.bitwise_xor(key[:, 1:], key[:, :-1]) <= low
     np.bitwise_and(key, low, out=key)
     out[:] = key.view(np.int64)
     for r in np.flatnonzero(shared.any(axis=1)):
-        out[r] = np.argsort(-x[r], kind="stable")
+        out[r] = np.argsort(-scores[r], kind="stable")
 
 
-def _packed_argsort_desc_f32(scores: np.ndarray) -> torch.Tensor:
+def _packed_argsort_desc_f32(scores: np.ndarray, out: np.ndarray) -> None:
     """:func:`_packed_argsort_desc` for float32 rows: the whole 32-bit key fits above a 32-bit
     index in one uint64, so nothing is truncated and no row needs redoing."""
-    x = scores + np.float32(0.0)                          # −0.0 → +0.0
-    b = x.view(np.int32)
-    key32 = np.invert(b)
-    key32 >>= np.int32(31)
-    key32 &= np.int32(2**31 - 1)
-    key32 ^= b                                            # descending order as unsigned ascending
-    key = key32.view(np.uint32).astype(np.uint64)
+    key = _descending_key(scores).astype(np.uint64)
     key <<= np.uint64(32)
-    key |= np.arange(x.shape[1], dtype=np.uint64)
-
-    def sort_rows(lo, hi):
-        key[lo:hi].sort(axis=1)
-
-    if key.size < 1 << 16:
-        sort_rows(0, len(key))
-    else:
-        _in_row_threads(len(key), sort_rows)
+    key |= np.arange(scores.shape[1], dtype=np.uint64)
+    key.sort(axis=1)
     key &= np.uint64(2**32 - 1)
-    return torch.from_numpy(key.view(np.int64))
+    out[:] = key.view(np.int64)
+
+
+def _stable_argsort_desc(scores: np.ndarray, out: np.ndarray) -> None:
+    """The plain form, for rows too long to leave enough value bits beside a packed index."""
+    out[:] = np.argsort(-scores, axis=1, kind="stable")
 
 
 def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
@@ -168,20 +168,15 @@ def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
     if scores.device.type != "cpu":
         return torch.argsort(scores, dim=1, descending=True, stable=True)
     if scores.dtype == torch.float32:
-        return _packed_argsort_desc_f32(scores.numpy())
-    a = scores.to(torch.float64).numpy()
-    out = np.empty(a.shape, dtype=np.int64)
-    if a.shape[1] >= 1 << 24:                             # too few value bits would be left
-        _in_row_threads(len(a), lambda lo, hi: out.__setitem__(slice(lo, hi), np.argsort(-a[lo:hi], axis=1, kind="stable")))
-        return torch.from_numpy(out)
-
-    def sort_rows(lo, hi):
-        _packed_argsort_desc(a[lo:hi], out[lo:hi])
-
-    if a.size < 1 << 16:
-        sort_rows(0, len(a))
+        a, sort = scores.numpy(), _packed_argsort_desc_f32
     else:
-        _in_row_threads(len(a), sort_rows)
+        a = scores.to(torch.float64).numpy()
+        sort = _packed_argsort_desc if a.shape[1] < 1 << 24 else _stable_argsort_desc
+    out = np.empty(a.shape, dtype=np.int64)
+    if a.size < 1 << 16:
+        sort(a, out)
+    else:
+        _in_row_threads(len(a), lambda lo, hi: sort(a[lo:hi], out[lo:hi]))
     return torch.from_numpy(out)
 
 
@@ -295,7 +290,7 @@ def _rerank_chunk(dist: torch.Tensor, nb: GalleryNeighbours, kq: int, beta: floa
             # items without a vote keep v[p], which is sorted: only the voted-for ones need sorting
             bonus = torch.gather(vote.sums(pi[:, :kq]), 1, pi)
             moved = bonus > 0
-            pos_scores = torch.addcmul(v, bonus.to(v.dtype), torch.tensor(beta * vote.scale / kq, dtype=v.dtype))
+            pos_scores = bonus.to(v.dtype).mul_(beta * vote.scale / kq).add_(v)
             pi = torch.gather(pi, 1, _resort_desc(pos_scores, moved))
     else:
         s = -dist.clone()
