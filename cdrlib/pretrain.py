@@ -51,6 +51,8 @@ class PretrainConfig:
     weight_decay: float = 0.05
     temperature: float = 0.2
     p_sketch: float = 0.3
+    p_outline: float = 0.0
+    negatives: str = "all"          # "all" the batch, or "in-domain" (only images of the anchor's domain)
     proj_dim: int = 128
     simclr_weight: float = 1.0      # distill: weight of the NT-Xent term beside the regression
     eval_every: int = 5             # epochs
@@ -98,6 +100,9 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
     ds = load_emoji_domains()
     idx = ds.indices("train")
     images = to_float(ds.images[:, idx].reshape(-1, *ds.images.shape[2:]))  # (4·N_train, 3, 64, 64)
+    domain_of = torch.arange(ds.images.shape[0]).repeat_interleave(len(idx))  # (4·N_train,) domain ids, not labels
+    if cfg.negatives not in ("all", "in-domain"):
+        raise ValueError(f"negatives must be 'all' or 'in-domain', not {cfg.negatives!r}")
 
     teacher = None
     if cfg.objective == "distill":
@@ -112,10 +117,13 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
             t_mean = torch.cat([teacher(normalize(images[i:i + 512]).to(device))
                                 for i in range(0, len(images), 512)]).mean(0, keepdim=True)
     model = build_backbone(cfg.arch, **cfg.arch_kwargs).to(device)
+    # channels-last convolutions run about 1.5x faster on CPU (measured: 2.9 vs 4.3 s per step)
+    memory_format = torch.channels_last if cfg.arch == "resnet" else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     head = ProjectionHead(model.num_features, out=cfg.proj_dim).to(device)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    augment = TwoViewAugment(64, p_sketch=cfg.p_sketch)
+    augment = TwoViewAugment(64, p_sketch=cfg.p_sketch, p_outline=cfg.p_outline)
     steps_per_epoch = len(images) // cfg.batch_size
     # The cosine schedule needs a length: fixed by ``epochs`` (reproducible on any machine), or
     # estimated from the time budget after the first epoch.
@@ -137,17 +145,19 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
         perm = torch.randperm(len(images))
         losses = []
         for b in progress(range(steps_per_epoch), desc=f"epoch {epoch}"):
-            x = images[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]].to(device)
-            v1, v2 = augment.two_views(x)
+            batch = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x = images[batch].to(device)
+            v1, v2 = (v.contiguous(memory_format=memory_format) for v in augment.two_views(x))
             f1, f2 = model(v1), model(v2)
+            groups = domain_of[batch] if cfg.negatives == "in-domain" else None
             if teacher is None:
-                loss = nt_xent_loss(head(f1), head(f2), cfg.temperature)
+                loss = nt_xent_loss(head(f1), head(f2), cfg.temperature, groups=groups)
             else:
                 with torch.no_grad():
                     t1, t2 = teacher(v1) - t_mean, teacher(v2) - t_mean
                 loss = 2 - F.cosine_similarity(f1, t1).mean() - F.cosine_similarity(f2, t2).mean()
                 if cfg.simclr_weight:
-                    loss = loss + cfg.simclr_weight * nt_xent_loss(head(f1), head(f2), cfg.temperature)
+                    loss = loss + cfg.simclr_weight * nt_xent_loss(head(f1), head(f2), cfg.temperature, groups=groups)
             if total_steps is not None:
                 lr = cfg.lr * 0.5 * (1 + torch.cos(torch.tensor(min(step / total_steps, 1.0) * torch.pi)).item())
                 for g in opt.param_groups:
@@ -166,7 +176,7 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
             log({"loss": round(sum(losses) / len(losses), 4), **_mean_map(model, device)})
         if done:
             break
-    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state = {k: v.half().contiguous() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save({"arch": cfg.arch, "arch_kwargs": cfg.arch_kwargs, "config": asdict(cfg), "state_dict": state,
                 "epochs": epoch, "minutes": round((time.time() - t0) / 60, 1)}, out_path)
     return out_path

@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--temperature", type=float, default=0.2)
     ap.add_argument("--p-sketch", type=float, default=0.3)
+    ap.add_argument("--p-outline", type=float, default=0.0, help="probability of line art drawn over the colour")
+    ap.add_argument("--negatives", default="all", choices=["all", "in-domain"],
+                    help="NT-Xent negatives: the whole batch, or only the anchor's own domain")
     ap.add_argument("--simclr-weight", type=float, default=1.0, help="distill: weight of NT-Xent")
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
@@ -44,7 +47,8 @@ def main() -> None:
     args = ap.parse_args()
     cfg = PretrainConfig(arch=args.arch, objective=args.objective, teacher=args.teacher, minutes=args.minutes, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
-                         p_sketch=args.p_sketch, simclr_weight=args.simclr_weight, eval_every=args.eval_every, threads=args.threads, seed=args.seed)
+                         p_sketch=args.p_sketch, p_outline=args.p_outline, negatives=args.negatives,
+                         simclr_weight=args.simclr_weight, eval_every=args.eval_every, threads=args.threads, seed=args.seed)
     path = pretrain(cfg, args.out)
     if args.register:
         reg = json.loads(REGISTRY.read_text()) if REGISTRY.is_file() else {}

@@ -106,12 +106,14 @@ class TwoViewAugment:
         p_gray: probability of turning the image to grey.
         p_sketch: probability of replacing the image by its line drawing.
         p_flip: probability of a horizontal flip.
+        p_outline: probability of drawing the line art over the colour image (dark outlines on
+            colour, the look of outlined styles such as OpenMoji's) when it is not replaced by it.
     """
 
     def __init__(self, size: int = 64, scale=(0.35, 1.0), jitter: float = 0.4, p_gray: float = 0.2,
-                 p_sketch: float = 0.3, p_flip: float = 0.5):
+                 p_sketch: float = 0.3, p_flip: float = 0.5, p_outline: float = 0.0):
         self.size, self.scale, self.jitter = size, scale, jitter
-        self.p_gray, self.p_sketch, self.p_flip = p_gray, p_sketch, p_flip
+        self.p_gray, self.p_sketch, self.p_flip, self.p_outline = p_gray, p_sketch, p_flip, p_outline
         self.sketchify = Sketchify()
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,6 +162,10 @@ class TwoViewAugment:
         b = x.shape[0]
         x = self._crop(x)
         x = self._color(x)
+        if self.p_outline > 0:
+            outline = (torch.rand(b, 1, 1, 1, device=x.device) < self.p_outline)
+            if outline.any():
+                x = torch.where(outline, x * self.sketchify(x), x)
         gray = (torch.rand(b, 1, 1, 1, device=x.device) < self.p_gray)
         x = torch.where(gray, grayscale(x).expand_as(x), x)
         sketch = (torch.rand(b, 1, 1, 1, device=x.device) < self.p_sketch)
