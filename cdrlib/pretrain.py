@@ -117,9 +117,6 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
             t_mean = torch.cat([teacher(normalize(images[i:i + 512]).to(device))
                                 for i in range(0, len(images), 512)]).mean(0, keepdim=True)
     model = build_backbone(cfg.arch, **cfg.arch_kwargs).to(device)
-    # channels-last convolutions run about 1.5x faster on CPU (measured: 2.9 vs 4.3 s per step)
-    memory_format = torch.channels_last if cfg.arch == "resnet" else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
     head = ProjectionHead(model.num_features, out=cfg.proj_dim).to(device)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -147,7 +144,7 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
         for b in progress(range(steps_per_epoch), desc=f"epoch {epoch}"):
             batch = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             x = images[batch].to(device)
-            v1, v2 = (v.contiguous(memory_format=memory_format) for v in augment.two_views(x))
+            v1, v2 = augment.two_views(x)
             f1, f2 = model(v1), model(v2)
             groups = domain_of[batch] if cfg.negatives == "in-domain" else None
             if teacher is None:
