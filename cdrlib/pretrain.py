@@ -89,6 +89,8 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
     """Train, evaluate every ``eval_every`` epochs, save the backbone (fp16) and the curve."""
     from .models.factory import build_backbone, load_backbone
 
+    if cfg.negatives not in ("all", "in-domain"):
+        raise ValueError(f"negatives must be 'all' or 'in-domain', not {cfg.negatives!r}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -100,9 +102,6 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
     ds = load_emoji_domains()
     idx = ds.indices("train")
     images = to_float(ds.images[:, idx].reshape(-1, *ds.images.shape[2:]))  # (4·N_train, 3, 64, 64)
-    domain_of = torch.arange(ds.images.shape[0]).repeat_interleave(len(idx))  # (4·N_train,) domain ids, not labels
-    if cfg.negatives not in ("all", "in-domain"):
-        raise ValueError(f"negatives must be 'all' or 'in-domain', not {cfg.negatives!r}")
 
     teacher = None
     if cfg.objective == "distill":
@@ -146,7 +145,8 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
             x = images[batch].to(device)
             v1, v2 = augment.two_views(x)
             f1, f2 = model(v1), model(v2)
-            groups = domain_of[batch] if cfg.negatives == "in-domain" else None
+            # images are stacked domain by domain, so an index's domain id is index // N_train (not a label)
+            groups = batch // len(idx) if cfg.negatives == "in-domain" else None
             if teacher is None:
                 loss = nt_xent_loss(head(f1), head(f2), cfg.temperature, groups=groups)
             else:

@@ -3,6 +3,7 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 import cdrlib.pretrain as pretrain_module
@@ -41,3 +42,9 @@ def test_fixed_epoch_schedule_runs_exactly_and_decays_the_rate(tmp_path, monkeyp
     model = load_backbone(path)
     with torch.no_grad():
         assert model(torch.rand(2, 3, 64, 64)).shape == (2, model.num_features)
+
+
+def test_unknown_negatives_is_explained_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain_module, "load_emoji_domains", lambda: (_ for _ in ()).throw(AssertionError("loaded")))
+    with pytest.raises(ValueError, match="negatives must be 'all' or 'in-domain'"):
+        pretrain(PretrainConfig(negatives="cross-domain"), tmp_path / "x.pt")
