@@ -47,7 +47,9 @@ class SmallResNet(nn.Module):
             cin = w
         self.layers = nn.Sequential(*layers)
         self.num_features = widths[-1]
-        self.to(memory_format=torch.channels_last)  # load_state_dict copies into this layout
+        # NHWC convolutions are faster on CPU; the augmentation's NCHW views would otherwise run the
+        # slow NCHW path (benchmarks/bench_layout.py). load_state_dict copies into this layout.
+        self.to(memory_format=torch.channels_last)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last feature map, (B, C, h, w) (stored channels-last)."""
