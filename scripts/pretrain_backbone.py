@@ -1,10 +1,13 @@
 """Pretrain a small backbone on the embedded dataset, self-supervised (see cdrlib/pretrain.py).
 
-The exact commands of the shipped checkpoints are in checkpoints/CHECKPOINTS.json, e.g.::
+The exact commands of the shipped checkpoints are in checkpoints/CHECKPOINTS.json; the shipped
+ResNet's, for example (about 100 minutes on one core)::
 
-    python scripts/pretrain_backbone.py --arch resnet --minutes 55 --out checkpoints/emoji_resnet.pt
-    python scripts/pretrain_backbone.py --arch vit --objective distill --simclr-weight 0 \
-        --teacher checkpoints/emoji_resnet.pt --minutes 25 --out checkpoints/emoji_vit.pt
+    python scripts/pretrain_backbone.py --arch resnet --epochs 150 --minutes 200 --p-sketch 0.5 \
+        --p-outline 0.3 --negatives in-domain --temperature 0.2 --eval-every 10 --threads 1 \
+        --out checkpoints/emoji_resnet.pt --register emoji-resnet
+
+and a ViT distilled from it (``--objective distill --teacher checkpoints/emoji_resnet.pt``).
 
 The checkpoint is written with its curve (``.curve.jsonl``, mAP against minutes) beside it, and
 the registry entry (sha256, command, minutes, final numbers) is updated with ``--register NAME``.
