@@ -1,6 +1,7 @@
 """IBNM's attention-guided dynamic fusion (METHODS.md §2, steps 1–6).
 
 * :func:`cls_patch_attention` — the per-patch importance s a ViT's CLS attention gives (steps 1–3);
+* :func:`patch_ink` — what the importance is compared with: how much of each patch is drawn on;
 * :class:`PatchMixing` — learnable per-patch Beta weights λ, sampled with the reparameterisation (4);
 * :func:`mix_patch_tokens` — m_i = λ_i x_i^A + (1 − λ_i) x_i^B, before CLS and positions (5);
 * :func:`label_weights` — the image-level weights of the two sources (6);
@@ -33,6 +34,23 @@ def cls_patch_attention(attentions: torch.Tensor, softmax: bool = True) -> torch
         raise ValueError(f"expected attentions (B, L, H, n+1, n+1), got {tuple(attentions.shape)}")
     s = attentions[:, :, :, 0, 1:].mean(dim=2).mean(dim=1)   # heads, then blocks
     return s.softmax(dim=-1) if softmax else s
+
+
+def patch_ink(images: torch.Tensor, patch_size: int, white: float = 0.9) -> torch.Tensor:
+    """The share of each patch's pixels that are ink (not near-white background).
+
+    Args:
+        images: (B, 3, H, W) in [0, 1], H and W multiples of ``patch_size``.
+        patch_size: patch side in pixels (``vit.patch_embed.patch_size``).
+        white: a pixel is ink when its darkest channel is below this.
+    Returns:
+        (B, n) in [0, 1], patches in the ViT's row-major order; ``> 0`` marks patches holding any ink.
+    """
+    if images.dim() != 4 or images.shape[1] != 3 or images.shape[-1] % patch_size or images.shape[-2] % patch_size:
+        raise ValueError(f"expected images (B, 3, H, W) with H, W multiples of patch_size={patch_size}, "
+                         f"got {tuple(images.shape)}")
+    dark = (images.min(dim=1).values < white).float()                     # (B, H, W)
+    return F.avg_pool2d(dark[:, None], patch_size).flatten(1)
 
 
 class PatchMixing(nn.Module):

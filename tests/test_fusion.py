@@ -115,3 +115,18 @@ def test_fusion_loss_weights_start_at_softplus_minus_two():
     assert out.item() == pytest.approx(float(sp * 5.0), rel=1e-6)
     out.backward()
     assert lw.r.grad is not None and (lw.r.grad > 0).all()  # minimising pushes both weights down
+
+
+def test_patch_ink_against_pixel_loop():
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(2, 3, 8, 12, generator=g) ** 0.05   # about a third of the pixels dark
+    got = fusion.patch_ink(images, 4)
+    assert got.shape == (2, 6)
+    for b in range(2):
+        for r in range(2):
+            for c in range(3):
+                dark = sum(float(min(images[b, ch, y, x] for ch in range(3)) < 0.9)
+                           for y in range(4 * r, 4 * r + 4) for x in range(4 * c, 4 * c + 4))
+                assert got[b, r * 3 + c].item() == pytest.approx(dark / 16)
+    with pytest.raises(ValueError, match="multiples of patch_size"):
+        fusion.patch_ink(images, 5)
