@@ -18,6 +18,40 @@ import math
 from pathlib import Path
 
 METADATA_KEY = "cdrlib_results"
+# per trained table: the measured run-to-run differences and the tolerance derived from them
+# (written by scripts/measure_variation.py)
+VARIATION_FILE = "book/results/variation.json"
+FALLBACK_TOLERANCE = 1e-3   # a trained table not measured yet
+
+
+def measured_tolerance(chapter: str, table: str, root: str | Path | None = None) -> tuple[float, dict | None]:
+    """The tolerance ``scripts/measure_variation.py`` derived for a table, and its measurements.
+
+    Returns ``(tolerance, entry)``; ``entry`` is None (and the tolerance the fallback, 1e-3) when the
+    table has not been measured yet.
+    """
+    from .profile import REPO_ROOT
+
+    path = Path(root or REPO_ROOT) / VARIATION_FILE
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    entry = record.get(f"{chapter}__{table}")
+    if entry is None:
+        return FALLBACK_TOLERANCE, None
+    return float(entry["tolerance"]), entry
+
+
+def largest_difference(committed: list[dict], rerun: list[dict]) -> float:
+    """The largest absolute difference between the numbers of two tables of the same shape."""
+    if len(committed) != len(rerun):
+        raise ValueError(f"{len(committed)} rows committed, {len(rerun)} produced: not the same table")
+    worst = 0.0
+    for a, b in zip(committed, rerun):
+        for k, x in a.items():
+            y = b.get(k)
+            if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+                if math.isfinite(x) and math.isfinite(y):
+                    worst = max(worst, abs(x - y))
+    return worst
 
 
 def _records(df) -> list[dict]:
@@ -29,8 +63,8 @@ def _records(df) -> list[dict]:
     return out
 
 
-def save_results(df, chapter: str, table: str = "results", atol: float = 1e-6, results_dir: str | Path | None = None,
-                 display_table: bool = True):
+def save_results(df, chapter: str, table: str = "results", atol: float | str = 1e-6,
+                 results_dir: str | Path | None = None, display_table: bool = True):
     """Save and show a chapter's results table.
 
     Args:
@@ -38,7 +72,9 @@ def save_results(df, chapter: str, table: str = "results", atol: float = 1e-6, r
         chapter: the chapter's file stem (``"06_metrics"``).
         table: a name when a chapter has more than one table.
         atol: absolute tolerance for re-runs. 1e-6 for computations without training (they are
-            deterministic); trained results state their own, larger one, with the reason in the text.
+            deterministic). ``"measured"`` for trained tables: the tolerance is the one
+            ``scripts/measure_variation.py`` measured (``book/results/variation.json``), read again
+            when the re-run is checked, and a line under the table states it and how it was measured.
         results_dir: default: the profile's results directory.
     Returns:
         the path of the JSON file.
@@ -47,6 +83,19 @@ def save_results(df, chapter: str, table: str = "results", atol: float = 1e-6, r
 
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     results_dir.mkdir(parents=True, exist_ok=True)
+    note = None
+    if atol == "measured":
+        tolerance, entry = measured_tolerance(chapter, table)
+        if entry is None:
+            note = (f"re-run tolerance: {tolerance:g} (not measured yet: run "
+                    f"python scripts/measure_variation.py {chapter})")
+        else:
+            runs = ", ".join(sorted({m["variant"] for m in entry["measurements"]}))
+            worst = max(m["max_abs_diff"] for m in entry["measurements"])
+            note = (f"re-run tolerance: ±{tolerance:g}, twice the largest difference ({worst:.4f}) measured between "
+                    f"this table and re-runs under {runs} (scripts/measure_variation.py)")
+    elif not isinstance(atol, (int, float)) or isinstance(atol, bool) or not atol >= 0:
+        raise ValueError(f"atol must be a non-negative number or 'measured', got {atol!r}")
     payload = {"chapter": chapter, "table": table, "atol": atol, "records": _records(df)}
     path = results_dir / f"{chapter}__{table}.json"
     path.write_text(json.dumps(payload, indent=1) + "\n")
@@ -58,6 +107,8 @@ def save_results(df, chapter: str, table: str = "results", atol: float = 1e-6, r
             display(df.round(4), metadata={METADATA_KEY: payload})
         except ImportError:  # plain Python: print it
             print(df.to_string(index=False))
+        if note:
+            print(note)
     return path
 
 

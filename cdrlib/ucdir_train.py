@@ -198,10 +198,22 @@ class UCDIR:
             module docstring; their order defines the image ids of the memory banks.
         backbone: the initial backbone (already loaded). With cached features it stays frozen
             outside the encoder and is used by :meth:`retrieval_model` only.
+        relabel: optional ``(domain, assignments (N,)) -> assignments (N,)`` applied after every
+            k-means (``domain`` is ``"A"`` or ``"B"``). ``None`` keeps k-means's clusters, as the
+            paper does; the book's premise dials pass :class:`cdrlib.premise.ClassMixedClusters`.
+        matching: optional ``(c_a (K, d), c_b (K, d)) -> π (K,)`` used by the ``"seed"`` DoD form
+            instead of Sinkhorn's matching (chapter 05's premise dial).
     """
 
-    def __init__(self, cfg: UCDIRConfig, images_a, images_b, backbone: nn.Module, device="cpu"):
+    def __init__(self, cfg: UCDIRConfig, images_a, images_b, backbone: nn.Module, device="cpu",
+                 relabel=None, matching=None):
         self.cfg, self.device = cfg, torch.device(device)
+        # relabel(domain, assignments) -> assignments: replaces k-means's pseudo-labels after each
+        # clustering (the premise dials of the book use it to control cluster quality; None: k-means)
+        self.relabel = relabel
+        # matching(c_a, c_b) -> π (K,): replaces Sinkhorn's centroid matching of the "seed" DoD form
+        # (the premise dial of chapter 05 sets its accuracy; None: Sinkhorn, as the paper)
+        self.matching = matching
         self.views = {"A": _Views(images_a, cfg.image_size), "B": _Views(images_b, cfg.image_size)}
         if self.views["A"].cached != self.views["B"].cached:
             raise ValueError("give both domains as images or both as cached view features")
@@ -266,12 +278,23 @@ class UCDIR:
         return nn.Sequential(self.frozen_backbone, self.encoder)
 
     def recluster(self, epoch: int) -> dict:
-        """k-means per domain on the key encoder's plain-view embeddings (from the warm-up epoch on)."""
+        """k-means per domain on the key encoder's plain-view embeddings (from the warm-up epoch on).
+
+        With ``relabel`` the assignments are replaced and the centroids become the L2-normalised
+        means of the new clusters' embeddings (a cluster left empty gets a zero centroid).
+        """
         if epoch + 1 < self.cfg.warmup_epoch:  # clusters are needed from the warm-up epoch on
             return {}
         for d in ("A", "B"):
-            c, labels = kmeans(self.embed_all(d), self.cfg.k, self.cfg.kmeans_niter, self.cfg.kmeans_nredo,
+            emb = self.embed_all(d)
+            c, labels = kmeans(emb, self.cfg.k, self.cfg.kmeans_niter, self.cfg.kmeans_nredo,
                                seed=self.cfg.seed + epoch)
+            if self.relabel is not None:
+                labels = torch.as_tensor(self.relabel(d, labels), dtype=torch.int64)
+                if labels.shape != (len(emb),) or int(labels.min()) < 0 or int(labels.max()) >= self.cfg.k:
+                    raise ValueError(f"relabel must return (N,) cluster ids in [0, {self.cfg.k}); "
+                                     f"got shape {tuple(labels.shape)}")
+                c = F.normalize(torch.zeros(self.cfg.k, emb.shape[1]).index_add_(0, labels, emb), dim=1)
             self.clusters.set(d, c.to(self.device), labels.to(self.device))
         return {}
 
@@ -328,7 +351,9 @@ class UCDIR:
                     for d in ("A", "B"):
                         c, labels = self.clusters.get(d)
                         cur[d] = ucdir.batch_centroids(self.banks[d].keys, labels, ids[d].to(self.device), q[d], len(c))
-                    l_dd = ucdir.dod_loss_seed(cur["A"], cur["B"], eps=cfg.sinkhorn_eps, reduction="mean")
+                    pi = None if self.matching is None else self.matching(cur["A"].detach(), cur["B"].detach())
+                    l_dd = ucdir.dod_loss_seed(cur["A"], cur["B"], matching=pi, eps=cfg.sinkhorn_eps,
+                                               reduction="mean")
                 parts["dd"] = l_dd.item()
                 loss = loss + w["dd"] * l_dd
         return loss, parts, k
@@ -379,16 +404,19 @@ class _Clusters:
 
 
 def train_and_evaluate(cfg: UCDIRConfig, inputs: tuple, backbone: nn.Module, evaluation: dict,
-                       ks=(10,), device="cpu", checkpoint: str | Path | None = None):
+                       ks=(10,), device="cpu", checkpoint: str | Path | None = None, relabel=None,
+                       matching=None):
     """Train UCDIR on one pair of domains and evaluate it under each protocol.
 
     Args:
         inputs: (domain A, domain B) training inputs in any form of the module docstring.
         evaluation: see :func:`evaluate_method`.
+        relabel, matching: see :class:`UCDIR` (None: k-means pseudo-labels and Sinkhorn's matching,
+            as the paper).
     Returns:
         ``(method, history, table)``: the table has the two directions and their mean per protocol.
     """
-    method = UCDIR(cfg, inputs[0], inputs[1], backbone, device=device)
+    method = UCDIR(cfg, inputs[0], inputs[1], backbone, device=device, relabel=relabel, matching=matching)
     history = method.trainer(checkpoint).fit()
     return method, history, evaluate_method(method, evaluation, ks, device)
 

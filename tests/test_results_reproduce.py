@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cdrlib.results import METADATA_KEY, compare_records
+from cdrlib.results import METADATA_KEY, compare_records, measured_tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +28,8 @@ def committed_tables():
 
 
 TABLES = list(committed_tables())
+# tables whose numbers come out of training (SGD on a CPU): they must carry a measured tolerance
+TRAINED = {"04_cluster_contrastive", "05_dod_alignment", "06_ibnm", "07_pcme", "08_icfrr"}
 
 
 def test_every_chapter_with_a_run_commits_a_results_table():
@@ -43,5 +45,18 @@ def test_rerun_reproduces_committed_numbers(notebook, payload):
     rerun_file = Path(os.environ["CDR_RESULTS_DIR"]) / f"{payload['chapter']}__{payload['table']}.json"
     assert rerun_file.is_file(), f"{notebook} did not save {rerun_file.name} in this run"
     rerun = json.loads(rerun_file.read_text())
-    problems = compare_records(payload["records"], rerun["records"], payload["atol"])
+    atol = payload["atol"]
+    if atol == "measured":   # trained tables: the tolerance measured by scripts/measure_variation.py
+        atol, entry = measured_tolerance(payload["chapter"], payload["table"])
+        assert entry is not None, (f"{notebook}: table {payload['table']!r} has no measured tolerance; run "
+                                   f"python scripts/measure_variation.py {payload['chapter']}")
+    problems = compare_records(payload["records"], rerun["records"], atol)
     assert not problems, f"{notebook}: the committed table is not reproduced:\n" + "\n".join(problems[:20])
+
+
+@pytest.mark.parametrize("notebook,payload", [(n, p) for n, p in TABLES if p["chapter"] in TRAINED],
+                         ids=[f"{n}:{p['table']}" for n, p in TABLES if p["chapter"] in TRAINED])
+def test_trained_tables_state_a_measured_tolerance(notebook, payload):
+    assert payload["atol"] == "measured", f"{notebook}: trained table {payload['table']!r} has a guessed tolerance"
+    _, entry = measured_tolerance(payload["chapter"], payload["table"])
+    assert entry is not None and entry["measurements"], f"{notebook}: {payload['table']!r} was never measured"
