@@ -32,6 +32,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,7 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdrlib.results import METADATA_KEY, VARIATION_FILE, largest_difference  # noqa: E402
+from cdrlib.results import METADATA_KEY, VARIATION_FILE, largest_difference, measured_tolerance  # noqa: E402
 
 VARIANTS = {
     "default": {},
@@ -64,8 +65,11 @@ def committed_tables(chapter: str) -> dict[str, dict]:
     return out
 
 
-def run_variant(chapter: str, variant: str, results_dir: Path) -> float:
-    """Execute a copy of the chapter with the variant's environment; tables go to ``results_dir``."""
+def run_variant(chapter: str, variant: str, results_dir: Path):
+    """Execute a copy of the chapter with the variant's environment; tables go to ``results_dir``.
+
+    Returns ``(seconds, executed notebook)``.
+    """
     env = {**VARIANTS[variant], "CDR_RESULTS_DIR": str(results_dir), "CDR_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)   # the kernel inherits this process's environment
@@ -74,7 +78,7 @@ def run_variant(chapter: str, variant: str, results_dir: Path) -> float:
         t0 = time.time()
         NotebookClient(nb, timeout=1800, kernel_name="python3",
                        resources={"metadata": {"path": str(ROOT / "book")}}).execute()
-        return time.time() - t0
+        return time.time() - t0, nb
     finally:
         for k, v in saved.items():
             if v is None:
@@ -97,6 +101,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["avx2-threads1"], choices=list(VARIANTS))
     ap.add_argument("--out", default=str(ROOT / "_build" / "variation"), help="where the re-runs' tables go")
     ap.add_argument("--cpu", type=int, default=None, help="pin this run (and its kernels) to one CPU")
+    ap.add_argument("--commit", action="store_true",
+                    help="write the default variant's executed chapter back to book/ (as run_chapters.py does), "
+                         "after comparing it with the committed one")
     args = ap.parse_args()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
@@ -105,16 +112,22 @@ def main() -> None:
     machine = f"{os.cpu_count()} CPUs, {_cpu_model()}"
     for chapter in args.chapters:
         committed = committed_tables(chapter)
+        # the tolerances in force while the chapter runs: what its lines under the tables will state
+        stated = {t: measured_tolerance(chapter, t)[0] for t in committed}
         for variant in args.variants:
             out = Path(args.out) / variant / chapter
             out.mkdir(parents=True, exist_ok=True)
             print(f"[variation] {chapter} under {variant} …", flush=True)
-            seconds = run_variant(chapter, variant, out)
+            seconds, executed = run_variant(chapter, variant, out)
             with open(path.with_suffix(".lock"), "w") as lock:   # two pinned runs may share the file
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 record = json.loads(path.read_text()) if path.is_file() else {}
                 for table, payload in committed.items():
-                    rerun = json.loads((out / f"{chapter}__{table}.json").read_text())
+                    produced = out / f"{chapter}__{table}.json"
+                    if not produced.is_file():   # a table the chapter no longer saves
+                        print(f"[variation]   {table}: not produced by this run; skipped")
+                        continue
+                    rerun = json.loads(produced.read_text())
                     diff = largest_difference(payload["records"], rerun["records"])
                     key = f"{chapter}__{table}"
                     entry = record.setdefault(key, {"measurements": []})
@@ -125,6 +138,25 @@ def main() -> None:
                     entry["tolerance"] = tolerance_from([m["max_abs_diff"] for m in entry["measurements"]])
                     print(f"[variation]   {table}: largest difference {diff:.6f} → tolerance {entry['tolerance']:g}")
                 path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+            if args.commit and variant == "default":
+                commit(chapter, executed, stated, out)
+
+
+def commit(chapter: str, nb, stated: dict, tables: Path) -> None:
+    """Write the executed chapter and its tables (from ``tables``) back to ``book/``, unless a
+    tolerance it states has changed since it ran."""
+    changed = [t for t, tol in stated.items() if measured_tolerance(chapter, t)[0] != tol]
+    if changed:
+        print(f"[variation] {chapter}: tolerance of {changed} changed by this measurement; the executed "
+              f"chapter states the old one and is not committed: run python scripts/run_chapters.py {chapter}")
+        return
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+    nbformat.write(nb, ROOT / "book" / f"{chapter}.ipynb")
+    for f in tables.glob(f"{chapter}__*.json"):
+        shutil.copyfile(f, ROOT / "book" / "results" / f.name)
+    print(f"[variation] {chapter}: committed the default run")
 
 
 def _cpu_model() -> str:
