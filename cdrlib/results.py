@@ -24,9 +24,28 @@ VARIATION_FILE = "book/results/variation.json"
 FALLBACK_TOLERANCE = 1e-3   # a trained table not measured yet
 
 
-def measured_tolerance(chapter: str, table: str, root: str | Path | None = None) -> tuple[float, dict | None]:
+MIN_TOLERANCE = 1e-3   # no measured tolerance below this: the tables keep six decimals of noise-free numbers
+
+
+def tolerance_from(differences) -> float:
+    """Twice the largest measured difference, rounded up to two significant digits, at least 1e-3.
+
+    Twice, because a few kernels and thread counts are a sample of the machines readers have.
+    """
+    worst = 2 * max(differences, default=0.0)
+    if worst <= MIN_TOLERANCE:
+        return MIN_TOLERANCE
+    step = 10 ** (math.floor(math.log10(worst)) - 1)
+    return round(math.ceil(worst / step) * step, 12)
+
+
+def measured_tolerance(chapter: str, table: str, rows=None, root: str | Path | None = None) -> tuple[float, dict | None]:
     """The tolerance ``scripts/measure_variation.py`` derived for a table, and its measurements.
 
+    Args:
+        rows: optional row labels (a row's first text field, e.g. its ``method``): the tolerance of
+            those rows only, from the per-row differences of every measurement (a table whose
+            rows mix trained and untrained methods varies by row).
     Returns ``(tolerance, entry)``; ``entry`` is None (and the tolerance the fallback, 1e-3) when the
     table has not been measured yet.
     """
@@ -37,7 +56,34 @@ def measured_tolerance(chapter: str, table: str, root: str | Path | None = None)
     entry = record.get(f"{chapter}__{table}")
     if entry is None:
         return FALLBACK_TOLERANCE, None
-    return float(entry["tolerance"]), entry
+    if rows is None:
+        return float(entry["tolerance"]), entry
+    per_row = [m.get("rows") for m in entry["measurements"]]
+    if any(r is None for r in per_row):   # a measurement without per-row numbers: the table's
+        return float(entry["tolerance"]), entry
+    return tolerance_from(r[label] for r in per_row for label in rows if label in r), entry
+
+
+def row_label(row: dict) -> str:
+    """A row's name in a results table: its first text field (``method``, ``regime``, ``query``…)."""
+    return next((str(v) for v in row.values() if isinstance(v, str)), "")
+
+
+def row_differences(committed: list[dict], rerun: list[dict]) -> dict[str, float]:
+    """Row label → the largest absolute difference between the numbers of that row in two tables."""
+    if len(committed) != len(rerun):
+        raise ValueError(f"{len(committed)} rows committed, {len(rerun)} produced: not the same table")
+    out = {}
+    for a, b in zip(committed, rerun):
+        worst = 0.0
+        for k, x in a.items():
+            y = b.get(k)
+            if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+                if math.isfinite(x) and math.isfinite(y):
+                    worst = max(worst, abs(x - y))
+        label = row_label(a)
+        out[label] = max(out.get(label, 0.0), worst)
+    return out
 
 
 def largest_difference(committed: list[dict], rerun: list[dict]) -> float:

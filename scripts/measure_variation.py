@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import math
 import os
 import shutil
 import sys
@@ -43,7 +42,8 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdrlib.results import METADATA_KEY, VARIATION_FILE, largest_difference, measured_tolerance  # noqa: E402
+from cdrlib.results import (METADATA_KEY, VARIATION_FILE, largest_difference, measured_tolerance,  # noqa: E402
+                            row_differences, tolerance_from)
 
 VARIANTS = {
     "default": {},
@@ -51,7 +51,6 @@ VARIANTS = {
     "threads1": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
 }
 VARIANTS["avx2-threads1"] = {**VARIANTS["avx2"], **VARIANTS["threads1"]}
-MIN_TOLERANCE = 1e-3
 
 
 def committed_tables(chapter: str) -> dict[str, dict]:
@@ -85,14 +84,6 @@ def run_variant(chapter: str, variant: str, results_dir: Path):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def tolerance_from(differences: list[float]) -> float:
-    worst = 2 * max(differences, default=0.0)
-    if worst <= MIN_TOLERANCE:
-        return MIN_TOLERANCE
-    step = 10 ** (math.floor(math.log10(worst)) - 1)     # two significant digits, rounded up
-    return round(math.ceil(worst / step) * step, 12)
 
 
 def main() -> None:
@@ -134,7 +125,8 @@ def main() -> None:
                     entry["measurements"] = [m for m in entry["measurements"]
                                              if not (m["variant"] == variant and m["machine"] == machine)]
                     entry["measurements"].append({"variant": variant, "machine": machine, "max_abs_diff": diff,
-                                                  "chapter_seconds": round(seconds, 1)})
+                                                  "chapter_seconds": round(seconds, 1),
+                                                  "rows": row_differences(payload["records"], rerun["records"])})
                     entry["tolerance"] = tolerance_from([m["max_abs_diff"] for m in entry["measurements"]])
                     print(f"[variation]   {table}: largest difference {diff:.6f} → tolerance {entry['tolerance']:g}")
                 path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
