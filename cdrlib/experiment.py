@@ -103,14 +103,10 @@ class PairBenchmark:
         self.runs += out
         return pd.concat(out, ignore_index=True)
 
-    def table(self, value: str = "mAP@all", seed: int = 0, methods: Iterable[str] | None = None) -> pd.DataFrame:
+    def table(self, value: str = "mAP@all", seed: int = 0) -> pd.DataFrame:
         """One row per method (runs of ``seed`` only), one column per protocol and pair, plus means."""
         every = pd.concat(self.runs, ignore_index=True)
-        every = every[every["seed"] == seed]
-        if methods is not None:
-            methods = list(methods)
-            every = every[every["method"].isin(methods)]
-        return pivot_results([every], value=value)
+        return pivot_results([every[every["seed"] == seed]], value=value)
 
     def per_seed(self, method: str, protocol: str = "heldout", value: str = "mAP@all",
                  pairs: Iterable[tuple[str, str]] | None = None) -> dict[int, float]:

@@ -88,16 +88,16 @@ def row_differences(committed: list[dict], rerun: list[dict]) -> dict[str, float
 
 def largest_difference(committed: list[dict], rerun: list[dict]) -> float:
     """The largest absolute difference between the numbers of two tables of the same shape."""
-    if len(committed) != len(rerun):
-        raise ValueError(f"{len(committed)} rows committed, {len(rerun)} produced: not the same table")
-    worst = 0.0
-    for a, b in zip(committed, rerun):
-        for k, x in a.items():
-            y = b.get(k)
-            if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
-                if math.isfinite(x) and math.isfinite(y):
-                    worst = max(worst, abs(x - y))
-    return worst
+    return max(row_differences(committed, rerun).values(), default=0.0)
+
+
+def committed_tables(notebook: str | Path) -> dict[str, dict]:
+    """Table name → the payload :func:`save_results` left in a notebook's outputs (its metadata)."""
+    import nbformat   # the book and test extras have it; the library proper does not need it
+
+    nb = nbformat.read(Path(notebook), as_version=4)
+    return {out["metadata"][METADATA_KEY]["table"]: out["metadata"][METADATA_KEY]
+            for cell in nb.cells for out in cell.get("outputs", []) if out.get("metadata", {}).get(METADATA_KEY)}
 
 
 def _records(df) -> list[dict]:

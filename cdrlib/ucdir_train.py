@@ -208,12 +208,7 @@ class UCDIR:
     def __init__(self, cfg: UCDIRConfig, images_a, images_b, backbone: nn.Module, device="cpu",
                  relabel=None, matching=None):
         self.cfg, self.device = cfg, torch.device(device)
-        # relabel(domain, assignments) -> assignments: replaces k-means's pseudo-labels after each
-        # clustering (the premise dials of the book use it to control cluster quality; None: k-means)
-        self.relabel = relabel
-        # matching(c_a, c_b) -> π (K,): replaces Sinkhorn's centroid matching of the "seed" DoD form
-        # (the premise dial of chapter 05 sets its accuracy; None: Sinkhorn, as the paper)
-        self.matching = matching
+        self.relabel, self.matching = relabel, matching   # the premise dials' hooks (see above)
         self.views = {"A": _Views(images_a, cfg.image_size), "B": _Views(images_b, cfg.image_size)}
         if self.views["A"].cached != self.views["B"].cached:
             raise ValueError("give both domains as images or both as cached view features")

@@ -42,8 +42,9 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdrlib.results import (METADATA_KEY, VARIATION_FILE, largest_difference, measured_tolerance,  # noqa: E402
-                            row_differences, tolerance_from)
+from cdrlib.results import (VARIATION_FILE, committed_tables, largest_difference,  # noqa: E402
+                            measured_tolerance, row_differences, tolerance_from)
+from run_chapters import strip_widget_state  # noqa: E402  (scripts/ is on the path when run as a script)
 
 VARIANTS = {
     "default": {},
@@ -51,17 +52,6 @@ VARIANTS = {
     "threads1": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
 }
 VARIANTS["avx2-threads1"] = {**VARIANTS["avx2"], **VARIANTS["threads1"]}
-
-
-def committed_tables(chapter: str) -> dict[str, dict]:
-    nb = nbformat.read(ROOT / "book" / f"{chapter}.ipynb", as_version=4)
-    out = {}
-    for cell in nb.cells:
-        for o in cell.get("outputs", []):
-            payload = o.get("metadata", {}).get(METADATA_KEY)
-            if payload:
-                out[payload["table"]] = payload
-    return out
 
 
 def run_variant(chapter: str, variant: str, results_dir: Path):
@@ -102,7 +92,7 @@ def main() -> None:
     path = ROOT / VARIATION_FILE
     machine = f"{os.cpu_count()} CPUs, {_cpu_model()}"
     for chapter in args.chapters:
-        committed = committed_tables(chapter)
+        committed = committed_tables(ROOT / "book" / f"{chapter}.ipynb")
         # the tolerances in force while the chapter runs: what its lines under the tables will state
         stated = {t: measured_tolerance(chapter, t)[0] for t in committed}
         for variant in args.variants:
@@ -142,9 +132,7 @@ def commit(chapter: str, nb, stated: dict, tables: Path) -> None:
         print(f"[variation] {chapter}: tolerance of {changed} changed by this measurement; the executed "
               f"chapter states the old one and is not committed: run python scripts/run_chapters.py {chapter}")
         return
-    nb.metadata.pop("widgets", None)
-    for cell in nb.cells:
-        cell.metadata.pop("execution", None)
+    strip_widget_state(nb)
     nbformat.write(nb, ROOT / "book" / f"{chapter}.ipynb")
     for f in tables.glob(f"{chapter}__*.json"):
         shutil.copyfile(f, ROOT / "book" / "results" / f.name)

@@ -12,23 +12,18 @@ import json
 import os
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from cdrlib.premise import holds
-from cdrlib.results import METADATA_KEY, measured_tolerance
+from cdrlib.results import committed_tables, measured_tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def committed(chapter: str, table: str) -> dict:
-    nb = nbformat.read(ROOT / "book" / f"{chapter}.ipynb", as_version=4)
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            payload = out.get("metadata", {}).get(METADATA_KEY)
-            if payload and payload["table"] == table:
-                return payload
-    raise AssertionError(f"{chapter} commits no table {table!r}")
+    tables = committed_tables(ROOT / "book" / f"{chapter}.ipynb")
+    assert table in tables, f"{chapter} commits no table {table!r}"
+    return tables[table]
 
 
 def tolerance(payload: dict, rows=None) -> float:

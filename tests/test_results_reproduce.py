@@ -9,25 +9,20 @@ import json
 import os
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from cdrlib.results import METADATA_KEY, compare_records, measured_tolerance
+from cdrlib.results import committed_tables, compare_records, measured_tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def committed_tables():
+def every_committed_table():
     for path in sorted((ROOT / "book").glob("*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        for cell in nb.cells:
-            for out in cell.get("outputs", []):
-                payload = out.get("metadata", {}).get(METADATA_KEY)
-                if payload:
-                    yield path.name, payload
+        for payload in committed_tables(path).values():
+            yield path.name, payload
 
 
-TABLES = list(committed_tables())
+TABLES = list(every_committed_table())
 # tables whose numbers come out of training (SGD on a CPU): they must carry a measured tolerance
 TRAINED = {"04_cluster_contrastive", "05_dod_alignment", "06_ibnm", "07_pcme", "08_icfrr"}
 
