@@ -9,8 +9,12 @@ has the form P_ij = exp((f_i + g_j − C_ij) / ε). Sinkhorn alternates the two 
     f ← ε log a − ε LSE_j((g_j − C_ij)/ε),     g ← ε log b − ε LSE_i((f_i − C_ij)/ε).
 
 Written with log-sum-exp they never form exp(−C/ε), which underflows to zero for small ε (the
-textbook scaling form u ← a / (K v) then divides by zero). Batched over a leading dimension,
-stopped by a tolerance on the row marginals or an iteration cap, differentiable by autograd.
+textbook scaling form u ← a / (K v) then divides by zero). Where it cannot underflow — a cost spread
+of at most ``SCALING_MAX_SPREAD`` ε, as UCDIR's centroid matching (squared distances of unit vectors
+≤ 4, ε = 0.05: 80 ε) — the scaling form runs instead, in float64: the same iterates in exact
+arithmetic, with two matrix-vector products per iteration instead of two log-sum-exps (about 3×
+faster on these small problems). Batched over a leading dimension, stopped by a tolerance on the
+row marginals or an iteration cap, differentiable by autograd.
 Used by the seed's distance-of-distance formulation (UCDIR chapters).
 """
 from __future__ import annotations
@@ -18,6 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+# exp(-80) ≈ 2e-35 and the scalings u, v ≤ e^80 stay far inside float64 (about e^±709); the margin
+# keeps every product u_i K_ij v_j exact to float64 precision
+SCALING_MAX_SPREAD = 100.0
 
 
 @dataclass
@@ -32,7 +40,7 @@ class SinkhornResult:
 
 
 def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None,
-             eps: float = 0.05, max_iter: int = 1000, tol: float = 1e-6) -> SinkhornResult:
+             eps: float = 0.05, max_iter: int = 1000, tol: float = 1e-6, method: str = "auto") -> SinkhornResult:
     """Entropic OT plan(s) between a and b under ``cost``.
 
     Args:
@@ -41,6 +49,10 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
         b: (m,) or (B, m) target marginal, positive, same total mass as a; default uniform 1/m.
         eps: entropic regularisation ε > 0 (smaller: closer to the exact plan, slower to converge).
         max_iter: iteration cap. tol: stop when ``sum_i abs(P 1 − a)_i < tol`` for every problem of the batch.
+        method: ``"log"`` (any ε), ``"scaling"`` (float64; only where the cost spread is at most
+            ``SCALING_MAX_SPREAD`` ε) or ``"auto"`` (scaling where it is safe, else log).
+    Returns:
+        plan, f, g in the cost's dtype; both methods give the same potentials (f absorbs the cost's minimum).
     """
     if cost.dim() not in (2, 3):
         raise ValueError(f"cost must be (n, m) or (B, n, m), got shape {tuple(cost.shape)}")
@@ -48,6 +60,8 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
         raise ValueError("cost holds NaN or infinite values")
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
+    if method not in ("auto", "log", "scaling"):
+        raise ValueError(f"method must be 'auto', 'log' or 'scaling', got {method!r}")
     single = cost.dim() == 2
     c = cost.unsqueeze(0) if single else cost
     bsz, n, m = c.shape
@@ -57,6 +71,30 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
         raise ValueError("marginals must be positive (drop empty bins first)")
     if not torch.allclose(a.sum(-1), b.sum(-1), rtol=1e-5, atol=1e-8):
         raise ValueError(f"a and b must have the same total mass, got {a.sum(-1).tolist()} and {b.sum(-1).tolist()}")
+    low = c.amin(dim=(1, 2), keepdim=True)
+    safe = bool(((c.amax(dim=(1, 2), keepdim=True) - low) <= SCALING_MAX_SPREAD * eps).all())
+    if method == "scaling" and not safe:
+        raise ValueError(f"the scaling form would underflow: the cost spread exceeds {SCALING_MAX_SPREAD:g} ε "
+                         f"(ε = {eps}); use method='log' or 'auto'")
+    solve = scaling_iterations if method == "scaling" or (method == "auto" and safe) else log_domain_iterations
+    plan, f, g, it, err = solve(c, a, b, eps, max_iter, tol)
+    plan, f, g = plan.to(c.dtype), f.to(c.dtype), g.to(c.dtype)
+    if single:
+        plan, f, g = plan[0], f[0], g[0]
+    return SinkhornResult(plan, f, g, it, err)
+
+
+def _checks(it: int, max_iter: int) -> bool:
+    # a check costs about an iteration's work: at every one of the first ten (UCDIR's centroid
+    # matchings reach a loose tolerance within a few), then every tenth
+    return it <= 10 or it % 10 == 0 or it == max_iter
+
+
+def log_domain_iterations(c, a, b, eps, max_iter, tol):
+    """The dual updates with log-sum-exp, for any ε.
+
+    Args: c (B, n, m) costs, a (B, n) and b (B, m) marginals. Returns ``(plan, f, g, iterations, err)``; :func:`sinkhorn` checks the input.
+    """
     log_a, log_b = a.log(), b.log()
     f = torch.zeros_like(a)
     g = torch.zeros_like(b)
@@ -64,15 +102,35 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
     for it in range(1, max_iter + 1):
         f = eps * (log_a - torch.logsumexp((g.unsqueeze(1) - c) / eps, dim=2))
         g = eps * (log_b - torch.logsumexp((f.unsqueeze(2) - c) / eps, dim=1))
-        # checking costs about an iteration's work: at every one of the first ten (UCDIR's centroid
-        # matchings converge within a few), then every tenth
-        if it <= 10 or it % 10 == 0 or it == max_iter:
+        if _checks(it, max_iter):
             with torch.no_grad():
                 rows = torch.exp((f.unsqueeze(2) + g.unsqueeze(1) - c) / eps).sum(2)
                 err = (rows - a).abs().sum(-1).max().item()
             if err < tol:
                 break
-    plan = torch.exp((f.unsqueeze(2) + g.unsqueeze(1) - c) / eps)
-    if single:
-        plan, f, g = plan[0], f[0], g[0]
-    return SinkhornResult(plan, f, g, it, err)
+    return torch.exp((f.unsqueeze(2) + g.unsqueeze(1) - c) / eps), f, g, it, err
+
+
+def scaling_iterations(c, a, b, eps, max_iter, tol):
+    """u ← a / (K v), v ← b / (Kᵀ u) with K = exp(−(C − min C)/ε), in float64 (arguments and result
+    as :func:`log_domain_iterations`; only for a cost spread of at most ``SCALING_MAX_SPREAD`` ε).
+
+    Subtracting each problem's minimum cost keeps K ≤ 1 without changing the plan; u = exp((f − min C)/ε)
+    and v = exp(g/ε) are the log form's iterates, so the returned potentials are the same.
+    """
+    c64, a64, b64 = c.double(), a.double(), b.double()
+    low = c64.amin(dim=(1, 2), keepdim=True)
+    K = torch.exp(-(c64 - low) / eps)
+    v = torch.ones_like(b64)
+    err, it = float("inf"), 0
+    for it in range(1, max_iter + 1):
+        u = a64 / torch.bmm(K, v.unsqueeze(2)).squeeze(2)
+        v = b64 / torch.bmm(K.transpose(1, 2), u.unsqueeze(2)).squeeze(2)
+        if _checks(it, max_iter):
+            with torch.no_grad():
+                rows = u * torch.bmm(K, v.unsqueeze(2)).squeeze(2)
+                err = (rows - a64).abs().sum(-1).max().item()
+            if err < tol:
+                break
+    plan = u.unsqueeze(2) * K * v.unsqueeze(1)
+    return plan, eps * u.log() + low.squeeze(2), eps * v.log(), it, err

@@ -67,3 +67,50 @@ def test_bad_input():
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         sinkhorn(bad)
+
+
+def textbook(C, a, b, eps, iters):
+    """The scaling iterations written out entry by entry (float64 numpy; small problems only)."""
+    import numpy as np
+
+    K = np.exp(-C.numpy() / eps)
+    a, b = a.numpy(), b.numpy()
+    v = np.ones(len(b))
+    for _ in range(iters):
+        u = np.array([a[i] / sum(K[i, j] * v[j] for j in range(len(b))) for i in range(len(a))])
+        v = np.array([b[j] / sum(K[i, j] * u[i] for i in range(len(a))) for j in range(len(b))])
+    return torch.from_numpy(u[:, None] * K * v[None, :])
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.1])
+def test_scaling_and_log_forms_are_the_same_iterates(eps):
+    C, a, b = problem(5, 4, seed=4)
+    C = C / C.max()                                  # a spread of 1: both forms are safe at these ε
+    ref = textbook(C, a, b, eps, iters=40)
+    for method in ("log", "scaling", "auto"):
+        res = sinkhorn(C, a, b, eps=eps, max_iter=40, tol=0.0, method=method)
+        torch.testing.assert_close(res.plan, ref, rtol=1e-9, atol=1e-12)
+    log, scaling = (sinkhorn(C, a, b, eps=eps, max_iter=40, tol=0.0, method=m) for m in ("log", "scaling"))
+    torch.testing.assert_close(scaling.f, log.f)
+    torch.testing.assert_close(scaling.g, log.g)
+
+
+def test_scaling_form_in_float32_matches_float64_log_form():
+    C, a, b = problem(6, 6, seed=5)
+    C = 4 * C / C.max()                              # UCDIR's range: squared distances of unit vectors
+    ref = sinkhorn(C, a, b, eps=0.05, max_iter=200, tol=0.0, method="log").plan
+    res = sinkhorn(C.float(), a.float(), b.float(), eps=0.05, max_iter=200, tol=0.0, method="scaling")
+    assert res.plan.dtype == torch.float32
+    torch.testing.assert_close(res.plan.double(), ref, rtol=1e-5, atol=1e-7)
+
+
+def test_auto_falls_back_to_the_log_form_where_scaling_would_underflow():
+    C, a, b = problem(6, 6, seed=2)
+    C = C * 50                                       # a spread of many hundred ε at ε = 0.02
+    res = sinkhorn(C, a, b, eps=0.02, max_iter=3000, method="auto")
+    assert torch.isfinite(res.plan).all()
+    torch.testing.assert_close(res.plan, sinkhorn(C, a, b, eps=0.02, max_iter=3000, method="log").plan)
+    with pytest.raises(ValueError, match="scaling form would underflow"):
+        sinkhorn(C, a, b, eps=0.02, method="scaling")
+    with pytest.raises(ValueError, match="method must be"):
+        sinkhorn(C, a, b, method="exact")
