@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .profile import progress
-from .search import knn_search, tie_order
+from .search import knn_search, top_k_exact
 from .validation import check_features, check_k
 
 VARIANTS = ("official", "paper")
@@ -63,10 +63,9 @@ def neighbours_from_distances(gg: torch.Tensor, kg: int) -> GalleryNeighbours:
     rows = []
     step = max(1, (1 << 24) // g)
     for s in range(0, g, step):
-        # top-k instead of a full sort (G log G per row); equal distances are then put in gallery
-        # order, as a stable argsort of the whole row would (ties across the KG boundary aside)
-        vals, idx = torch.topk(gg[s:s + step], kg + 1, dim=1, largest=False)
-        rows.append(tie_order(vals, idx, larger_first=False)[1][:, 1:])
+        # top-k instead of a full sort (G log G per row), with exact ties in gallery order, also at
+        # the KG boundary: the first KG + 1 entries of a stable argsort of the whole row
+        rows.append(top_k_exact(gg[s:s + step], kg + 1, larger_first=False)[1][:, 1:])
     return GalleryNeighbours(torch.cat(rows), _weights(kg, g, gg.dtype, gg.device))
 
 

@@ -1,7 +1,9 @@
 """Exact k-nearest-neighbour search: faiss when installed (a GPU index when a GPU is there), torch otherwise.
 
 Both backends return the same thing: for every query the k best gallery items, best first, with
-exact ties ordered by gallery index (smaller first), so results are reproducible. Queries are
+exact ties ordered by gallery index (smaller first) — also at the k-th place, where the smallest
+indices among the tied items are the ones returned (:func:`top_k_exact`) — so results are
+reproducible and equal to a stable sort of each whole row. Queries are
 processed in chunks, so memory stays bounded (a chunk's score table, not Q×G) even for 100k × 100k.
 
 Similarities: ``"cosine"`` (rows L2-normalised, inner product, larger is better), ``"dot"``, and
@@ -33,6 +35,42 @@ def tie_order(values: torch.Tensor, indices: torch.Tensor, larger_first: bool):
     return torch.gather(vals, 1, order), torch.gather(idx_sorted, 1, order)
 
 
+def top_k_exact(scores: torch.Tensor, k: int, larger_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best entries of every row of a score block, best first, exact ties by ascending column.
+
+    ``torch.topk`` picks *some* of the entries tied at the k-th value; a stable argsort of the whole
+    row would pick the smallest columns. This gives the stable argsort's first k columns at topk's
+    cost: rows whose k-th value has more copies in the row than among the picked entries are
+    redone by taking every strictly better entry plus the first tied ones, in column order.
+
+    Args:
+        scores: (R, G) finite scores; k: 1 ≤ k ≤ G; larger_first: similarities (True) or distances.
+    Returns:
+        ``(values, columns)``, each (R, k).
+    """
+    v, i = torch.topk(scores, k, dim=1, largest=larger_first)
+    v, i = tie_order(v, i, larger_first)
+    kth = v[:, -1:]
+    redo = ((scores == kth).sum(1) != (v == kth).sum(1)).nonzero().flatten()
+    if len(redo):
+        s, kth = scores[redo], kth[redo]
+        better = s > kth if larger_first else s < kth
+        tied = s == kth
+        chosen = better | (tied & (tied.cumsum(1) <= k - better.sum(1, keepdim=True)))
+        cols = chosen.nonzero()[:, 1].view(len(redo), k)      # exactly k per row, in column order
+        v[redo], i[redo] = tie_order(torch.gather(s, 1, cols), cols, larger_first)
+    return v, i
+
+
+def _scores(q: torch.Tensor, g: torch.Tensor, metric: str, g_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Similarities (cosine, dot) or squared Euclidean distances (Q, G) of one chunk of queries."""
+    s = q @ g.T
+    if metric == "euclidean":
+        g_sq = (g * g).sum(1) if g_sq is None else g_sq
+        s = (q ** 2).sum(1, keepdim=True) + g_sq.unsqueeze(0) - 2 * s
+    return s
+
+
 def _prepare(query, gallery, metric):
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
@@ -44,18 +82,10 @@ def _prepare(query, gallery, metric):
 
 
 def knn_torch(q: torch.Tensor, g: torch.Tensor, k: int, metric: str, chunk_size: int) -> tuple:
-    larger_first = metric != "euclidean"
     g_sq = (g * g).sum(1) if metric == "euclidean" else None
     vals, idxs = [], []
     for start in range(0, len(q), chunk_size):
-        s = q[start:start + chunk_size] @ g.T
-        if metric == "euclidean":
-            s = (q[start:start + chunk_size] ** 2).sum(1, keepdim=True) + g_sq.unsqueeze(0) - 2 * s
-            v, i = torch.topk(-s, k, dim=1)
-            v = -v
-        else:
-            v, i = torch.topk(s, k, dim=1)
-        v, i = tie_order(v, i, larger_first)
+        v, i = top_k_exact(_scores(q[start:start + chunk_size], g, metric, g_sq), k, metric != "euclidean")
         vals.append(v)
         idxs.append(i)
     return torch.cat(vals), torch.cat(idxs)
@@ -65,14 +95,26 @@ def knn_faiss(q: torch.Tensor, g: torch.Tensor, k: int, metric: str, chunk_size:
     import faiss
 
     d = g.shape[1]
+    larger_first = metric != "euclidean"
     index = faiss.IndexFlatL2(d) if metric == "euclidean" else faiss.IndexFlatIP(d)
     if q.device.type == "cuda" and hasattr(faiss, "StandardGpuResources"):
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), q.device.index or 0, index)
     index.add(np.ascontiguousarray(g.cpu().numpy(), dtype=np.float32))
+    # one extra neighbour shows where the k-th value may be tied with items faiss left out
+    extra = 1 if k < len(g) else 0
     vals, idxs = [], []
     for start in range(0, len(q), chunk_size):
-        v, i = index.search(np.ascontiguousarray(q[start:start + chunk_size].cpu().numpy(), dtype=np.float32), k)
-        v, i = tie_order(torch.from_numpy(v), torch.from_numpy(i), metric != "euclidean")
+        chunk = q[start:start + chunk_size]
+        v, i = index.search(np.ascontiguousarray(chunk.cpu().numpy(), dtype=np.float32), k + extra)
+        v, i = torch.from_numpy(v), torch.from_numpy(i)
+        redo = torch.zeros(len(v), dtype=torch.bool)
+        if extra:
+            # faiss's kernels may round tied scores apart by an ulp: treat near-equal as tied
+            redo = (v[:, k] - v[:, k - 1]).abs() <= 1e-6 * v[:, k - 1].abs().clamp_min(1.0)
+        v, i = tie_order(v[:, :k], i[:, :k], larger_first)
+        if redo.any():
+            rows = redo.nonzero().flatten()
+            v[rows], i[rows] = top_k_exact(_scores(chunk[rows].cpu(), g.cpu(), metric), k, larger_first)
         vals.append(v)
         idxs.append(i)
     return torch.cat(vals).to(q.device), torch.cat(idxs).to(q.device)
