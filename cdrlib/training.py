@@ -5,6 +5,11 @@ atomically after every epoch: the modules, the optimiser, any extra state (memor
 current clusters) and the random number generators. Data order is drawn from a generator seeded
 by (seed, epoch), so a resumed run sees the same batches as an uninterrupted one and ends with
 the same weights.
+
+A checkpoint holds only tensors and plain values (generator states as tensors, the run's
+configuration as JSON text), so it loads with ``weights_only=True`` (:mod:`cdrlib.checkpoint_io`);
+it carries a digest of its contents, so a damaged file is refused, and its configuration, so that
+resuming with different settings is refused with the fields that differ.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from .checkpoint_io import CheckpointError, load_state, state_digest
 from .profile import progress
 
 
@@ -35,6 +41,8 @@ class Trainer:
         on_epoch_end: ``f(epoch) -> dict`` (re-clustering, evaluation); its numbers join the history.
         extra_state: name → object with ``state_dict``/``load_state_dict`` (memory banks, …).
         seed: seeds the data order and the generators.
+        config: the run's settings (JSON-serialisable); a checkpoint written with other settings is
+            not resumed (``None``: not checked).
     """
 
     modules: dict
@@ -47,16 +55,20 @@ class Trainer:
     extra_state: dict = field(default_factory=dict)
     seed: int = 0
     history: list = field(default_factory=list)
+    config: dict | None = None
 
     def _state(self, epoch: int) -> dict:
-        return {
+        state = {
             "epoch": epoch,
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizer": self.optimizer.state_dict(),
             "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
             "history": self.history,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng_state(),
+            "config": _config_text(self.config),
         }
+        state["digest"] = state_digest(state)
+        return state
 
     def save(self, epoch: int) -> None:
         path = Path(self.checkpoint)
@@ -65,12 +77,40 @@ class Trainer:
         torch.save(self._state(epoch), tmp)
         os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint behind
 
+    def check_writable(self) -> None:
+        """Fail before the first epoch, not after it, when the checkpoint cannot be written."""
+        if self.checkpoint is None:
+            return
+        path = Path(self.checkpoint)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            probe = path.with_name(path.name + ".probe")
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise CheckpointError(f"cannot write the run checkpoint {path}: {e}; choose a writable folder") from None
+
     def resume(self) -> int:
         """Load the checkpoint if there is one; return the first epoch still to run."""
         if self.checkpoint is None or not Path(self.checkpoint).is_file():
             return 0
+        state = load_state(self.checkpoint, "run checkpoint")
+        if "digest" not in state:
+            raise CheckpointError(f"the checkpoint {self.checkpoint} does not belong to this run (it has no digest: "
+                                  f"another program or an older cdrlib wrote it): delete it to start afresh")
+        if state["digest"] != state_digest({k: v for k, v in state.items() if k != "digest"}):
+            raise CheckpointError(f"the run checkpoint {self.checkpoint} is damaged (its contents do not match "
+                                  f"the digest written with them): delete it to start afresh")
+        if self.config is not None and state.get("config") is not None:
+            saved = json.loads(state["config"])
+            now = json.loads(_config_text(self.config))
+            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            if changed:
+                raise CheckpointError(
+                    f"the run checkpoint {self.checkpoint} was written with other settings: "
+                    + ", ".join(f"{k} = {saved.get(k)!r} there, {now.get(k)!r} now" for k in changed)
+                    + ". Resume with the same settings, or write this run elsewhere.")
         try:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
             for k, m in self.modules.items():
                 m.load_state_dict(state["modules"][k])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -81,13 +121,12 @@ class Trainer:
                 f"the checkpoint {self.checkpoint} does not belong to this run (another model, configuration or "
                 f"a damaged file): delete it to start afresh, or write this run elsewhere. ({str(e)[:200]})") from None
         self.history = state["history"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        set_rng_state(state["rng"])
         return state["epoch"] + 1
 
     def fit(self) -> list[dict]:
         """Run (or continue) to ``epochs``; returns the history, one dict per epoch."""
+        self.check_writable()
         start = self.resume()
         for epoch in range(start, self.epochs):
             for m in self.modules.values():
@@ -100,7 +139,8 @@ class Trainer:
                 n += 1
             row = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}}
             if self.on_epoch_end is not None:
-                row.update(self.on_epoch_end(epoch))
+                # plain floats: the history is saved in checkpoints that load without unpickling objects
+                row.update({k: _plain(v) for k, v in (self.on_epoch_end(epoch) or {}).items()})
             self.history.append(row)
             if self.checkpoint is not None:
                 self.save(epoch)
@@ -113,3 +153,32 @@ class Trainer:
 
     def save_history(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.history, indent=1))
+
+
+def _plain(v):
+    """A NumPy or one-element torch scalar as a Python number (other values unchanged)."""
+    return v.item() if isinstance(v, (np.generic, torch.Tensor)) else v
+
+
+def _config_text(config: dict | None) -> str | None:
+    return None if config is None else json.dumps(config, sort_keys=True, default=str)
+
+
+def rng_state() -> dict:
+    """The torch, NumPy and Python generators' states as tensors and plain values (loadable with
+    ``weights_only=True``; NumPy's and Python's own forms are a tuple with an array and a pickle)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, words, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss_next}}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(w) for w in p["words"].tolist()), p["gauss"]))

@@ -361,7 +361,7 @@ class UCDIR:
             return out
 
         return Trainer(self.modules(), self.optimizer, self.step, self.batches, self.cfg.epochs, checkpoint, end,
-                       self.state(), seed=self.cfg.seed)
+                       self.state(), seed=self.cfg.seed, config=self.config_dict())
 
     def modules(self) -> dict:
         """The trained modules, saved in checkpoints."""

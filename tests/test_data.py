@@ -164,9 +164,26 @@ def server():
                 self.send_error(404)
                 return
             body = payload if state["mode"] != "corrupt" else payload[:-4] + b"XXXX"
+            asked = self.headers.get("Range")
+            state.setdefault("ranges", []).append(asked)
+            if state["mode"] == "ranges" and asked:               # a resumable server, second request
+                first = int(asked.split("=")[1].rstrip("-"))
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {first}-{len(body) - 1}/{len(body)}")
+                self.send_header("Content-Length", str(len(body) - first))
+                self.end_headers()
+                self.wfile.write(body[first:])
+                return
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
+            if state["mode"] == "ranges":
+                self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
+            if state["mode"] == "ranges":
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(2)  # the first transfer breaks half-way
+                return
             if state["mode"] == "cut":
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
@@ -209,6 +226,63 @@ def test_interrupted_download_leaves_nothing(server, tmp_path):
     with pytest.raises(DownloadError, match=r"(?s)(stopped after|could not download).*save it as"):
         download(f"{url}/tiny.zip", dest, sha256=hashlib.sha256(payload).hexdigest())
     assert list(dest.parent.iterdir()) == []
+
+
+def test_a_broken_transfer_resumes_where_the_server_accepts_ranges(server, tmp_path):
+    url, payload, state = server
+    state["mode"] = "ranges"
+    dest = tmp_path / "cache" / "tiny.zip"
+    digest = hashlib.sha256(payload).hexdigest()
+    with pytest.raises(DownloadError, match="kept in tiny.zip.part: run again to resume"):
+        download(f"{url}/tiny.zip", dest, sha256=digest)
+    kept = (tmp_path / "cache" / "tiny.zip.part").stat().st_size
+    assert 0 < kept < len(payload)
+    assert download(f"{url}/tiny.zip", dest, sha256=digest).read_bytes() == payload
+    assert state["ranges"][-1] == f"bytes={kept}-"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["tiny.zip"]
+
+
+def test_without_a_published_digest_the_first_download_is_pinned(server, tmp_path, capsys):
+    url, payload, _ = server
+    dest = tmp_path / "cache" / "tiny.zip"
+    download(f"{url}/tiny.zip", dest)
+    assert "no published sha256 to verify against; pinned" in capsys.readouterr().out
+    pinned = (tmp_path / "cache" / "tiny.zip.sha256").read_text().split()[0]
+    assert pinned == hashlib.sha256(payload).hexdigest()
+    dest.write_bytes(b"garbage")                      # a later use finds another file there
+    with pytest.raises(DownloadError, match="sha256 differs"):
+        download(f"{url}/tiny.zip", dest)
+
+
+def test_an_existing_file_is_verified_before_use(server, tmp_path):
+    url, payload, _ = server
+    dest = tmp_path / "tiny.zip"
+    dest.write_bytes(b"7 bytes")
+    with pytest.raises(DownloadError, match="sha256 differs"):
+        download(f"{url}/tiny.zip", dest, sha256=hashlib.sha256(payload).hexdigest())
+    with pytest.raises(DownloadError, match="has 7 bytes, not the"):
+        download(f"{url}/tiny.zip", dest, size=len(payload))
+
+
+def test_a_zip_bomb_is_refused_and_leaves_nothing(tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("zeros.bin", bytes(20 << 20))      # 20 MB of zeros in a few kB
+    with pytest.raises(DownloadError, match="zip bomb"):
+        extract(bomb, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    with pytest.raises(DownloadError, match="zip bomb"):
+        extract(bomb, tmp_path / "out", max_ratio=1e9, max_bytes=1 << 20)
+
+
+def test_a_member_outside_the_target_is_refused_and_leaves_nothing(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("fine.txt", "ok")
+        z.writestr("../escaped.txt", "no")
+    with pytest.raises(DownloadError, match="outside the target folder"):
+        extract(evil, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
 
 
 def test_http_error_gives_manual_steps(server, tmp_path):

@@ -68,3 +68,74 @@ def test_foreign_checkpoint_is_explained(tmp_path):
                       1, ckpt)
     with pytest.raises(RuntimeError, match="does not belong to this run"):
         trainer.fit()
+
+
+class Payload:
+    """Unpickling this runs code (writes a file): what a crafted checkpoint could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_payload_in_a_checkpoint_does_not_run(tmp_path):
+    from cdrlib.checkpoint_io import CheckpointError, load_state
+    from cdrlib.models.factory import BackboneError, load_backbone
+
+    marker = tmp_path / "payload-ran"
+    ckpt = tmp_path / "evil.pt"
+    torch.save({"epoch": 0, "arch": "resnet", "state_dict": {}, "x": Payload(marker)}, ckpt)
+    model = torch.nn.Linear(2, 1)
+    trainer = Trainer({"model": model}, torch.optim.SGD(model.parameters(), lr=0.1), lambda b, e: {},
+                      lambda e, g: [], 1, ckpt)
+    for load in (lambda: load_state(ckpt), trainer.fit, lambda: load_backbone(ckpt)):
+        with pytest.raises((CheckpointError, BackboneError), match="could run code"):
+            load()
+    assert not marker.exists()
+
+
+def test_a_damaged_checkpoint_is_refused(tmp_path):
+    from cdrlib.checkpoint_io import CheckpointError
+
+    t, _, bank = make(tmp_path / "d.pt")
+    t.fit()
+    raw = bytearray((tmp_path / "d.pt").read_bytes())
+    at = raw.find(bank.keys[3].numpy().tobytes())      # a row of the memory bank, stored as raw float32
+    assert at > 0
+    raw[at + 1] ^= 0x40
+    (tmp_path / "d.pt").write_bytes(bytes(raw))
+    again, _, _ = make(tmp_path / "d.pt")
+    with pytest.raises(CheckpointError, match="damaged|cannot be read"):
+        again.fit()
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    from cdrlib.checkpoint_io import CheckpointError
+
+    t, _, _ = make(tmp_path / "e.pt", stop_after=2)
+    t.config = {"lr": 0.1, "dod": None}
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    again, _, _ = make(tmp_path / "e.pt")
+    again.config = {"lr": 0.03, "dod": "seed"}
+    with pytest.raises(CheckpointError, match=r"dod = None there, 'seed' now, lr = 0.1 there, 0.03 now"):
+        again.fit()
+    same, _, _ = make(tmp_path / "e.pt")
+    same.config = {"lr": 0.1, "dod": None}
+    assert len(same.fit()) == 5
+
+
+def test_an_unwritable_checkpoint_folder_fails_before_training(tmp_path):
+    from cdrlib.checkpoint_io import CheckpointError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    calls = []
+    model = torch.nn.Linear(2, 1)
+    trainer = Trainer({"model": model}, torch.optim.SGD(model.parameters(), lr=0.1),
+                      lambda b, e: calls.append(b) or {}, lambda e, g: [0, 1], 1, blocker / "run.pt")
+    with pytest.raises(CheckpointError, match="cannot write the run checkpoint"):
+        trainer.fit()
+    assert calls == []

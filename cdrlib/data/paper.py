@@ -51,10 +51,10 @@ PAPER_DATASETS = {
                "(optional: <root>/class_subset.txt, one class per line, the classes to keep)",
         folders={d: d for d in ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")},
         files=tuple(
-            (f"http://csr.bu.edu/ftp/visda/2019/multi-source/{'groundtruth/' if d in ('clipart', 'painting') else ''}{d}.zip",
+            (f"https://csr.bu.edu/ftp/visda/2019/multi-source/{'groundtruth/' if d in ('clipart', 'painting') else ''}{d}.zip",
              f"{d}.zip", None, None)
             for d in ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")) + tuple(
-            (f"http://csr.bu.edu/ftp/visda/2019/multi-source/domainnet/txt/{d}_{s}.txt", f"{d}_{s}.txt", None, None)
+            (f"https://csr.bu.edu/ftp/visda/2019/multi-source/domainnet/txt/{d}_{s}.txt", f"{d}_{s}.txt", None, None)
             for d in ("clipart", "infograph", "painting", "quickdraw", "real", "sketch") for s in ("train", "test")),
         split="lists",
         manual="DomainNet: http://ai.bu.edu/M3SDA/ — the six domain zips and their *_train.txt/*_test.txt lists. "

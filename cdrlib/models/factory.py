@@ -2,8 +2,10 @@
 
 Default profile (64-px emoji, CPU): small backbones whose weights ship in ``checkpoints/``, made by
 self-supervised pretraining on the embedded data (:mod:`cdrlib.pretrain`). "Load if present,
-otherwise train": delete a checkpoint and :func:`get_backbone` retrains it with the exact command
-recorded in ``checkpoints/CHECKPOINTS.json``.
+otherwise train": delete a checkpoint and :func:`get_backbone` retrains it with the command in
+:data:`RETRAIN` (written here, in code: a command is never read from a data file and run).
+``checkpoints/CHECKPOINTS.json`` records each checkpoint's path (inside ``checkpoints/``), sha256,
+training time and final numbers; a checkpoint whose sha256 differs is refused unless asked for.
 
 Paper profile (224-px, GPU): DINO ViT-B/16 (timm ``vit_base_patch16_224.dino``) and ResNet-50 with
 MoCo v2 (800 epochs) weights, as UCDIR starts from.
@@ -11,14 +13,13 @@ MoCo v2 (800 epochs) weights, as UCDIR starts from.
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
+from ..checkpoint_io import CheckpointError, load_state
 from ..data.download import file_sha256 as sha256
 from ..profile import REPO_ROOT
 from .resnet import SmallResNet
@@ -33,6 +34,18 @@ ARCHS = {
     "vit": lambda **kw: VisionTransformer(**{"img_size": 64, "patch_size": 8, "dim": 192, "depth": 6,
                                             "heads": 3, "mlp_ratio": 2.0, **kw}),
 }
+
+# The commands that made the shipped checkpoints (arguments of scripts/pretrain_backbone.py, which
+# validates them); --register writes the new checkpoint's sha256 into the registry.
+RETRAIN = {
+    "emoji-resnet": ["--arch", "resnet", "--epochs", "150", "--minutes", "200", "--p-sketch", "0.5",
+                     "--p-outline", "0.3", "--negatives", "in-domain", "--temperature", "0.2", "--eval-every", "10",
+                     "--threads", "1", "--out", "checkpoints/emoji_resnet.pt", "--register", "emoji-resnet"],
+    "emoji-vit": ["--arch", "vit", "--objective", "distill", "--simclr-weight", "0", "--teacher",
+                  "checkpoints/emoji_resnet.pt", "--lr", "5e-4", "--epochs", "45", "--minutes", "120", "--threads", "1",
+                  "--eval-every", "5", "--out", "checkpoints/emoji_vit.pt", "--register", "emoji-vit"],
+}
+PRETRAIN_SCRIPT = "scripts/pretrain_backbone.py"
 
 MOCO_V2_800EP = {
     "url": "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar",
@@ -52,13 +65,23 @@ def build_backbone(arch: str, **kwargs) -> nn.Module:
 
 
 def load_backbone(path: str | Path) -> nn.Module:
-    """A small backbone from a checkpoint written by :func:`cdrlib.pretrain.pretrain` (float32, eval mode)."""
+    """A small backbone from a checkpoint written by :func:`cdrlib.pretrain.pretrain` (float32, eval mode).
+
+    Loaded with ``weights_only=True``: a file holding other Python objects is refused, not unpickled.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise BackboneError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = load_state(path, "backbone checkpoint")
+    except CheckpointError as e:
+        raise BackboneError(str(e)) from None
+    if "arch" not in ckpt or "state_dict" not in ckpt:
+        raise BackboneError(f"{path} is not a backbone checkpoint of cdrlib (no 'arch' and 'state_dict')")
     model = build_backbone(ckpt["arch"], **ckpt.get("arch_kwargs", {}))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+    except RuntimeError as e:
+        raise BackboneError(f"{path} does not fit a {ckpt['arch']} backbone ({str(e).splitlines()[0][:160]}…); "
+                            f"it was written by another version or is damaged") from None
     return model.eval()
 
 
@@ -66,33 +89,52 @@ def registry() -> dict:
     return json.loads(REGISTRY.read_text()) if REGISTRY.is_file() else {}
 
 
-def get_backbone(name: str, retrain: bool = True) -> nn.Module:
+def retrain_command(name: str) -> list[str]:
+    """The argv (after the interpreter) that retrains a shipped backbone."""
+    return [PRETRAIN_SCRIPT, *RETRAIN[name]]
+
+
+def checkpoint_path(entry: dict, name: str) -> Path:
+    """A registry entry's checkpoint, which must lie inside ``checkpoints/`` (no absolute path, no ``..``)."""
+    path = (REPO_ROOT / entry["path"]).resolve()
+    if not path.is_relative_to(CHECKPOINT_DIR.resolve()):
+        raise BackboneError(f"the registry entry {name!r} points outside {CHECKPOINT_DIR} ({entry['path']!r}); "
+                            f"checkpoints are read from that folder only")
+    return path
+
+
+def get_backbone(name: str, retrain: bool = True, allow_mismatch: bool = False) -> nn.Module:
     """A backbone by name.
 
     Args:
         name: ``"emoji-resnet"``, ``"emoji-vit"`` (shipped, default profile), ``"random-resnet"``,
             ``"random-vit"`` (untrained, the ablation baseline), ``"dino-vitb16"``,
             ``"moco-v2-resnet50"`` (paper profile, downloaded).
-        retrain: for a shipped backbone whose checkpoint is missing, run its recorded command
-            (otherwise raise).
+        retrain: for a shipped backbone whose checkpoint is missing, retrain it (the command of
+            :data:`RETRAIN`; otherwise raise).
+        allow_mismatch: use a shipped backbone's checkpoint even when its sha256 differs from the
+            registry's (your own retrained weights; otherwise raise).
     """
     if name.startswith("random-"):
         return build_backbone(name.split("-", 1)[1]).eval()
     if name.startswith("emoji-"):
         entry = registry().get(name)
-        if entry is None:
-            raise BackboneError(f"{name} is not in {REGISTRY}; known: {list(registry())}")
-        path = REPO_ROOT / entry["path"]
+        if entry is None or name not in RETRAIN:
+            raise BackboneError(f"{name} is not a shipped backbone; known: {sorted(set(registry()) & set(RETRAIN))}")
+        path = checkpoint_path(entry, name)
+        command = "python " + " ".join(retrain_command(name))
         if not path.is_file():
             if not retrain:
-                raise BackboneError(f"{path} is missing; retrain it with: {entry['command']}")
-            print(f"{path.name} is missing: retraining with `{entry['command']}` "
-                  f"(about {entry['minutes']} min)", file=sys.stderr)
-            cmd = shlex.split(entry["command"])
-            subprocess.run([sys.executable, *cmd[1:]] if cmd[0] == "python" else cmd, cwd=REPO_ROOT, check=True)
-        elif sha256(path) != entry["sha256"]:
-            print(f"note: {path.name} differs from the shipped checkpoint (sha256 mismatch); using it as it is.",
-                  file=sys.stderr)
+                raise BackboneError(f"{path} is missing; retrain it with: {command}")
+            print(f"{path.name} is missing: retraining with `{command}` (about {entry['minutes']} min)", file=sys.stderr)
+            subprocess.run([sys.executable, *retrain_command(name)], cwd=REPO_ROOT, check=True)
+            if not path.is_file():
+                raise BackboneError(f"retraining {name} wrote no {path}; run `{command}` yourself to see why")
+            entry = registry()[name]
+        if sha256(path) != entry["sha256"] and not allow_mismatch:
+            raise BackboneError(
+                f"{path} differs from the checkpoint the registry records (sha256 mismatch): a damaged or replaced "
+                f"file. Delete it to retrain it with `{command}`, or pass allow_mismatch=True to use it as it is.")
         return load_backbone(path)
     if name == "dino-vitb16":
         return dino_vitb16()
@@ -126,7 +168,10 @@ def moco_v2_resnet50(cache_dir: Path | None = None) -> nn.Module:
     cache_dir = Path(cache_dir or Path.home() / ".cache" / "cdrlib" / "weights")
     path = download(MOCO_V2_800EP["url"], cache_dir / MOCO_V2_800EP["filename"], sha256=None,
                     what="MoCo v2 ResNet-50 weights")
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    try:
+        state = load_state(path, "MoCo v2 weights")["state_dict"]
+    except (CheckpointError, KeyError) as e:
+        raise BackboneError(f"{path} cannot be used as MoCo v2 weights ({e}); delete it and download again") from None
     prefix = "module.encoder_q."
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and ".fc." not in k}
     model = torchvision.models.resnet50()
