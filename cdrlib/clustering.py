@@ -72,6 +72,9 @@ def cluster_purity(assignments, labels) -> float:
         raise ValueError(f"assignments and labels must both be (N,), got {tuple(a.shape)} and {tuple(y.shape)}")
     if len(a) == 0:
         raise ValueError("no points")
+    if int(a.min()) < 0 or int(y.min()) < 0:
+        raise ValueError("cluster ids and class ids must be non-negative (a negative id would wrap around); "
+                         "renumber them from 0")
     counts = torch.zeros(int(a.max()) + 1, int(y.max()) + 1, dtype=torch.int64)
     counts.index_put_((a, y), torch.ones_like(a), accumulate=True)   # (clusters, classes)
     return float(counts.max(1).values.sum()) / len(a)

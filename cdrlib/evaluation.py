@@ -17,6 +17,7 @@ import torch
 
 from .metrics import retrieval_metrics
 from .profile import progress
+from .validation import check_positive_int
 
 PROTOCOL_SPLIT = {"paper": "train", "heldout": "heldout"}
 
@@ -30,6 +31,10 @@ def extract_features(model: Callable, images: torch.Tensor, batch_size: int = 25
     """
     from .data.transforms import normalize
 
+    if not images.is_floating_point():
+        raise TypeError(f"images must be float in [0, 1], got {images.dtype}; for 8-bit images pass "
+                        f"images.float() / 255")
+    check_positive_int(batch_size, "batch_size")
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -75,7 +80,13 @@ def raw_pixel_features(images: torch.Tensor) -> torch.Tensor:
 
 
 def center(features: torch.Tensor) -> torch.Tensor:
-    """Subtract the mean feature (of one domain). Uses no label; removes a domain's common offset."""
+    """Subtract the mean feature (of one domain). Uses no label; removes a domain's common offset.
+
+    A domain of one item would become the zero vector (every score then ties): refused.
+    """
+    if features.dim() != 2 or len(features) < 2:
+        raise ValueError(f"centring needs a domain of at least 2 feature rows (N, D), got shape "
+                         f"{tuple(features.shape)}; pass center_domains=False for a single item")
     return features - features.mean(0, keepdim=True)
 
 
@@ -95,8 +106,12 @@ def cross_domain_table(features: Mapping[str, torch.Tensor], labels: Mapping[str
     """
     import pandas as pd
 
-    feats = {d: center(f) if center_domains else f for d, f in features.items()}
     pairs = list(pairs) if pairs is not None else list(permutations(features, 2))
+    missing = sorted({d for pair in pairs for d in pair if d not in features or d not in labels})
+    if missing:
+        raise KeyError(f"no features or labels for domain(s) {missing}; features have {sorted(features)}, "
+                       f"labels have {sorted(labels)}")
+    feats = {d: center(f) if center_domains else f for d, f in features.items()}
     rows = []
     for qd, gd in pairs:
         m = retrieval_metrics(feats[qd], feats[gd], labels[qd], labels[gd], metric=metric, ks=ks)

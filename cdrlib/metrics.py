@@ -28,7 +28,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .validation import as_tensor, check_features, check_k, check_labels
+from .validation import as_tensor, check_choice, check_features, check_k, check_labels, check_positive_int
+
+METRICS = ("cosine", "dot", "euclidean")
 
 DEFAULT_KS = (1, 5, 10, 15, 50, 100, 200)
 
@@ -152,10 +154,14 @@ def ranks_from_scores(scores: torch.Tensor, relevant: torch.Tensor) -> RelevantR
     equal = torch.searchsorted(srt, rel_scores, right=True) - torch.searchsorted(srt, rel_scores, right=False)
     pad = torch.arange(m, device=scores.device).unsqueeze(0) >= n_rel.unsqueeze(1)
     ranks = above.to(torch.float64)
-    # Exact ties are rare with float features but must still give a deterministic order.
-    for qi, j in (equal > 1).logical_and(~pad).nonzero().tolist():
-        col = int(rel_idx[qi, j])
-        ranks[qi, j] += (scores[qi, :col] == scores[qi, col]).sum().item()
+    # Rows where a relevant item ties with another item (rare with float features; every row of a
+    # collapsed model) take their ranks from a stable sort of the row: one vectorised pass, never a
+    # loop over the tied items.
+    tied = ((equal > 1) & ~pad).any(1).nonzero().flatten()
+    if len(tied):
+        order = torch.argsort(scores[tied], dim=1, descending=True, stable=True)
+        position = torch.empty_like(order).scatter_(1, order, torch.arange(g, device=scores.device).expand_as(order))
+        ranks[tied] = torch.gather(position, 1, rel_idx[tied]).to(torch.float64)
     ranks[pad] = float("inf")
     return RelevantRanks(torch.sort(ranks.cpu(), dim=1).values, n_rel.cpu(), g)
 
@@ -218,6 +224,9 @@ def relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: Callab
         relevance: ``f(query_slice) -> bool (chunk, G)`` (see :func:`label_relevance`).
         metric: ``"cosine"``, ``"dot"`` or ``"euclidean"`` (smaller distance ranks first).
     """
+    check_choice(metric, "metric", METRICS)
+    if chunk_size is not None:
+        check_positive_int(chunk_size, "chunk_size")
     dev = torch.device(device) if device is not None else query.device
     q = _cosine_or_dot(query, metric).to(dev)
     g = _cosine_or_dot(gallery, metric).to(dev)
@@ -278,6 +287,12 @@ def ranking_metrics(ranking, query_labels, gallery_labels, ks: Iterable[int] | N
     ql = check_labels(query_labels, "query_labels", len(ranking))
     if ranking.numel() and (ranking.min() < 0 or ranking.max() >= len(gl)):
         raise ValueError(f"ranking holds indices outside the gallery [0, {len(gl)})")
+    if ranking.shape[1] > 1:
+        srt = torch.sort(ranking, dim=1).values
+        repeated = (srt[:, 1:] == srt[:, :-1]).any(1)
+        if repeated.any():
+            raise ValueError(f"ranking lists a gallery item twice in {int(repeated.sum())} row(s) (first: row "
+                             f"{int(repeated.nonzero()[0])}); each row must rank distinct items")
     rel = ql.unsqueeze(1) == gl.unsqueeze(0)
     return summarize(ranks_from_ranking(ranking, rel), ks)
 

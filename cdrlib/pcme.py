@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .validation import check_positive_int
+
 
 class AttentionPool(nn.Module):
     """One-head attention pooling: weights softmax(w · tanh(W h_t)) over the T local features h_t.
@@ -115,6 +117,8 @@ def soft_contrastive_loss(z_img: torch.Tensor, z_txt: torch.Tensor, matches: tor
     """
     if matches.shape != (z_img.shape[0], z_txt.shape[0]):
         raise ValueError(f"matches must be ({z_img.shape[0]}, {z_txt.shape[0]}), got {tuple(matches.shape)}")
+    if matches.dtype != torch.bool:   # an integer 0/1 tensor would index rows instead of masking pairs
+        raise TypeError(f"matches must be a bool mask, got {matches.dtype}; pass matches.bool()")
     log_p, log_not_p = match_logprob(z_img, z_txt, a, b)
     pos = -log_p[matches].mean() if matches.any() else log_p.new_zeros(())
     neg = -log_not_p[~matches].mean() if (~matches).any() else log_p.new_zeros(())
@@ -150,6 +154,8 @@ def match_scores(mu_q, log_sigma_q, mu_g, log_sigma_g, a, b, n_samples: int = 7,
     Samples are drawn once per item (seeded) and reused for all pairs; the table is built
     ``chunk_size`` queries at a time, so memory is chunk × G × J² (not Q × G × J²).
     """
+    check_positive_int(n_samples, "n_samples")
+    check_positive_int(chunk_size, "chunk_size")
     g = torch.Generator(device=mu_q.device).manual_seed(seed)
     z_q = sample(mu_q, log_sigma_q, n_samples, g)
     z_g = sample(mu_g, log_sigma_g, n_samples, g)

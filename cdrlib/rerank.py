@@ -30,7 +30,7 @@ import torch
 
 from .profile import progress
 from .search import knn_search, top_k_exact
-from .validation import check_features, check_k
+from .validation import check_features, check_k, check_positive_int
 
 VARIANTS = ("official", "paper")
 
@@ -188,6 +188,10 @@ def _merge_row(ps: np.ndarray, moved: np.ndarray) -> np.ndarray:
     idx_u = np.flatnonzero(~moved)                       # already in descending order of ps
     if len(idx_m) == 0:
         return idx_u
+    if np.isin(ps[idx_m], ps[idx_u]).any():
+        # a moved score equals an unmoved one: equal scores must keep their positions' order, which
+        # the merge below does not track; such rows (exact ties) take a stable sort
+        return np.argsort(-ps, kind="stable")
     order_m = idx_m[np.argsort(-ps[idx_m], kind="stable")]
     # where each moved entry goes among the unmoved ones (both descending: search the negations)
     slot = np.searchsorted(-ps[idx_u], -ps[order_m], side="left") + np.arange(len(order_m))
@@ -207,7 +211,7 @@ def _resort_desc(ps: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
     entries need sorting: M log M + G per row instead of G log G. On GPU: a plain sort.
     """
     if ps.device.type != "cpu":
-        return torch.argsort(ps, dim=1, descending=True)
+        return torch.argsort(ps, dim=1, descending=True, stable=True)
     if moved.float().mean() > MERGE_MAX_MOVED:
         # most items moved: one batched sort beats a Python-level merge per row (measured)
         return _argsort_desc(ps)
@@ -299,6 +303,12 @@ def _rerank_chunk(dist: torch.Tensor, nb: GalleryNeighbours, kq: int, beta: floa
             # s was sorted along π before this update; only the items that got a vote moved
             moved = torch.gather(delta > 0, 1, pi)
             pi = torch.gather(pi, 1, _resort_desc(torch.gather(s, 1, pi), moved))
+            # the paper re-sorts the scores from scratch: equal scores go by gallery index, not by
+            # their previous positions (rows with exact ties only)
+            ranked = torch.gather(s, 1, pi)
+            tied = (ranked[:, 1:] == ranked[:, :-1]).any(1).nonzero().flatten()
+            if len(tied):
+                pi[tied] = torch.argsort(s[tied], dim=1, descending=True, stable=True)
     return pi
 
 
@@ -340,8 +350,8 @@ def icfrr(qg=None, gg=None, *, query=None, gallery=None, kg: int = 256, kq: int 
     if (qg is None) == (query is None) or (qg is None) != (gg is None) or (query is None) != (gallery is None):
         raise ValueError("give either qg= and gg= (distances) or query= and gallery= (features)")
     if qg is not None:
-        qg = check_features(qg, "qg")
-        gg = check_features(gg, "gg")
+        qg = check_features(qg, "qg", products=False)
+        gg = check_features(gg, "gg", products=False)
         if gg.shape[0] != gg.shape[1] or gg.shape[0] != qg.shape[1]:
             raise ValueError(f"gg must be (G, G) with G = qg.shape[1] = {qg.shape[1]}, got {tuple(gg.shape)}")
         g = gg.shape[0]
@@ -351,6 +361,7 @@ def icfrr(qg=None, gg=None, *, query=None, gallery=None, kg: int = 256, kq: int 
         g = gallery.shape[0]
     _check(kq, kg, g, beta, n_iter, variant)
     keep = g if keep is None else check_k(keep, g, "keep")
+    check_positive_int(chunk_size, "chunk_size")
     dev = torch.device(device) if device is not None else (qg if qg is not None else query).device
 
     if qg is not None:

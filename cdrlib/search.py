@@ -14,9 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .validation import check_features, check_k
-
-METRICS = ("cosine", "dot", "euclidean")
+from .metrics import METRICS
+from .validation import check_choice, check_features, check_k, check_positive_int
 
 
 def faiss_available() -> bool:
@@ -72,8 +71,7 @@ def _scores(q: torch.Tensor, g: torch.Tensor, metric: str, g_sq: torch.Tensor | 
 
 
 def _prepare(query, gallery, metric):
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
+    check_choice(metric, "metric", METRICS)
     q = check_features(query, "query").float()
     g = check_features(gallery, "gallery", dim=q.shape[1]).float()
     if metric == "cosine":
@@ -140,7 +138,7 @@ def knn_search(query, gallery, k: int, metric: str = "cosine", backend: str = "a
         backend = "faiss" if faiss_available() else "torch"
     if backend not in ("faiss", "torch"):
         raise ValueError(f"backend must be 'faiss', 'torch' or 'auto', not {backend!r}")
-    chunk_size = chunk_size or max(1, min(8192, (1 << 24) // len(g)))
+    chunk_size = max(1, min(8192, (1 << 24) // len(g))) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
     if backend == "faiss":
         return knn_faiss(q, g, k, metric, chunk_size)
     return knn_torch(q, g, k, metric, chunk_size)

@@ -19,9 +19,13 @@ Used by the seed's distance-of-distance formulation (UCDIR chapters).
 """
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import torch
+
+from .validation import as_tensor, check_positive_int
 
 # exp(-80) ≈ 2e-35 and the scalings u, v ≤ e^80 stay far inside float64 (about e^±709); the margin
 # keeps every product u_i K_ij v_j exact to float64 precision
@@ -40,7 +44,8 @@ class SinkhornResult:
 
 
 def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None,
-             eps: float = 0.05, max_iter: int = 1000, tol: float = 1e-6, method: str = "auto") -> SinkhornResult:
+             eps: float = 0.05, max_iter: int = 1000, tol: float = 1e-6, method: str = "auto",
+             warn: bool = True) -> SinkhornResult:
     """Entropic OT plan(s) between a and b under ``cost``.
 
     Args:
@@ -51,22 +56,30 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
         max_iter: iteration cap. tol: stop when ``sum_i abs(P 1 − a)_i < tol`` for every problem of the batch.
         method: ``"log"`` (any ε), ``"scaling"`` (float64; only where the cost spread is at most
             ``SCALING_MAX_SPREAD`` ε) or ``"auto"`` (scaling where it is safe, else log).
+        warn: warn when ``max_iter`` ends before ``tol`` is reached (the plan's marginals are then off
+            by ``err``); callers that use only each row's argmax may turn it off.
     Returns:
         plan, f, g in the cost's dtype; both methods give the same potentials (f absorbs the cost's minimum).
     """
+    cost = as_tensor(cost, "cost")
+    if not cost.is_floating_point():
+        raise TypeError(f"cost must hold floats, got {cost.dtype}")
     if cost.dim() not in (2, 3):
         raise ValueError(f"cost must be (n, m) or (B, n, m), got shape {tuple(cost.shape)}")
     if not torch.isfinite(cost).all():
         raise ValueError("cost holds NaN or infinite values")
-    if eps <= 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    check_positive_int(max_iter, "max_iter")
+    if not (isinstance(tol, (int, float)) and tol >= 0):
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
     if method not in ("auto", "log", "scaling"):
         raise ValueError(f"method must be 'auto', 'log' or 'scaling', got {method!r}")
     single = cost.dim() == 2
     c = cost.unsqueeze(0) if single else cost
     bsz, n, m = c.shape
-    a = torch.full((bsz, n), 1.0 / n, dtype=c.dtype, device=c.device) if a is None else a.to(c).expand(bsz, n)
-    b = torch.full((bsz, m), 1.0 / m, dtype=c.dtype, device=c.device) if b is None else b.to(c).expand(bsz, m)
+    a = torch.full((bsz, n), 1.0 / n, dtype=c.dtype, device=c.device) if a is None else _marginal(a, "a", n, c)
+    b = torch.full((bsz, m), 1.0 / m, dtype=c.dtype, device=c.device) if b is None else _marginal(b, "b", m, c)
     if (a <= 0).any() or (b <= 0).any():
         raise ValueError("marginals must be positive (drop empty bins first)")
     if not torch.allclose(a.sum(-1), b.sum(-1), rtol=1e-5, atol=1e-8):
@@ -79,9 +92,22 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
     solve = scaling_iterations if method == "scaling" or (method == "auto" and safe) else log_domain_iterations
     plan, f, g, it, err = solve(c, a, b, eps, max_iter, tol)
     plan, f, g = plan.to(c.dtype), f.to(c.dtype), g.to(c.dtype)
+    if warn and tol > 0 and err >= tol:
+        warnings.warn(f"Sinkhorn stopped at max_iter={max_iter} with a row-marginal error of {err:.2e} > tol={tol:g}: "
+                      f"raise max_iter or eps, or loosen tol", RuntimeWarning, stacklevel=2)
     if single:
         plan, f, g = plan[0], f[0], g[0]
     return SinkhornResult(plan, f, g, it, err)
+
+
+def _marginal(x, name: str, size: int, c: torch.Tensor) -> torch.Tensor:
+    t = as_tensor(x, name).to(c)
+    if t.shape[-1] != size or t.dim() > 2:
+        raise ValueError(f"{name} must be ({size},) or (B, {size}) for a cost of shape {tuple(c.shape)}, "
+                         f"got {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return t.expand(c.shape[0], size)
 
 
 def _checks(it: int, max_iter: int) -> bool:

@@ -5,6 +5,9 @@ import numpy as np
 import torch
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
@@ -14,8 +17,12 @@ def as_tensor(x, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}") from e
 
 
-def check_features(x, name: str, dim: int | None = None) -> torch.Tensor:
-    """A finite float matrix (N, d) with N ≥ 1."""
+def check_features(x, name: str, dim: int | None = None, products: bool = True) -> torch.Tensor:
+    """A finite float matrix (N, d) with N ≥ 1.
+
+    ``products``: the rows will be multiplied (inner products, squared distances in float32), so
+    values whose products overflow float32 are refused too (not for matrices of distances).
+    """
     t = as_tensor(x, name)
     if not t.is_floating_point():
         raise TypeError(f"{name} must hold floats, got {t.dtype}; convert with .float()")
@@ -27,11 +34,18 @@ def check_features(x, name: str, dim: int | None = None) -> torch.Tensor:
         raise ValueError(f"{name} has dimension {t.shape[1]}, the queries have {dim}")
     # aminmax is one pass without a temporary and propagates NaN; isfinite(t).all() builds a full
     # boolean copy first (seconds for a 20k × 20k distance matrix)
+    if t.requires_grad:
+        t = t.detach()                 # scores need no gradient; faiss and NumPy cannot take one
     lo, hi = torch.aminmax(t)
     if not (torch.isfinite(lo) and torch.isfinite(hi)):
         bad = int((~torch.isfinite(t)).any(1).sum())
         raise ValueError(f"{name} holds NaN or infinite values in {bad} row(s); check the model's output "
                          f"(a diverged loss?) or drop those rows")
+    # scores are computed in float32: an inner product of rows this large would overflow to inf
+    largest = max(abs(float(lo)), abs(float(hi)))
+    if products and largest * largest * t.shape[1] > FLOAT32_MAX / 4:
+        raise ValueError(f"{name} holds values up to {largest:.3g}: their inner products overflow float32 "
+                         f"scores. Rescale the features (e.g. L2-normalise them) first")
     return t
 
 
@@ -45,6 +59,28 @@ def check_labels(x, name: str, n: int | None = None) -> torch.Tensor:
     if n is not None and len(t) != n:
         raise ValueError(f"{name} has {len(t)} entries but there are {n} feature rows")
     return t.long()
+
+
+def check_ids(x, name: str) -> torch.Tensor:
+    """Non-negative integer ids (N,) (cluster assignments, class ids used as indices)."""
+    t = check_labels(x, name)
+    if len(t) and int(t.min()) < 0:
+        raise ValueError(f"{name} must be non-negative ids, got {int(t.min())}; renumber them from 0")
+    return t
+
+
+def check_positive_int(x, name: str) -> int:
+    """A positive integer (chunk sizes, iteration counts)."""
+    if not isinstance(x, (int, np.integer)) or isinstance(x, bool) or x < 1:
+        raise ValueError(f"{name} must be a positive integer, got {x!r}")
+    return int(x)
+
+
+def check_choice(x, name: str, choices) -> str:
+    """One of ``choices``, exactly (``"Cosine"`` is not ``"cosine"``)."""
+    if x not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, not {x!r}")
+    return x
 
 
 def check_k(k: int, size: int, name: str = "k", of: str = "the gallery") -> int:

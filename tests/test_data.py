@@ -127,6 +127,16 @@ def test_paper_loader_on_fake_tree(name, tmp_path):
     assert x.shape == (3, 32, 32) and ds.classes == tuple(classes)
 
 
+@pytest.mark.parametrize("name", [n for n, spec in PAPER_DATASETS.items() if spec.split.startswith("zeroshot")])
+def test_an_unseen_class_list_that_matches_no_folder_is_refused(name, tmp_path):
+    make_tree(name, tmp_path)
+    lst = "testclasses.txt" if PAPER_DATASETS[name].split == "zeroshot_cub" else "zeroshot_test_classes.txt"
+    (tmp_path / lst).write_text("zebra\nZebra \n")          # a name that matches no class folder
+    domain = next(iter(PAPER_DATASETS[name].folders))
+    with pytest.raises(DataError, match="would leak into training"):
+        load_paper_split(name, domain, "train", tmp_path)
+
+
 @pytest.mark.parametrize("name", list(PAPER_DATASETS))
 def test_paper_loader_wrong_root(name, tmp_path):
     domain = next(iter(PAPER_DATASETS[name].folders))

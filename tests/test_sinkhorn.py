@@ -59,8 +59,14 @@ def test_bad_input():
     C, a, b = problem()
     with pytest.raises(ValueError, match="same total mass"):
         sinkhorn(C, a * 2, b)
-    with pytest.raises(ValueError, match="eps must be positive"):
-        sinkhorn(C, eps=0)
+    for eps in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eps must be a positive finite number"):
+            sinkhorn(C, eps=eps)
+    for max_iter in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="max_iter must be a positive integer"):
+            sinkhorn(C, max_iter=max_iter)
+    with pytest.raises(ValueError, match="a must be"):
+        sinkhorn(C, a[:-1], b)
     with pytest.raises(ValueError, match="cost must be"):
         sinkhorn(C[0])
     bad = C.clone()
@@ -107,10 +113,22 @@ def test_scaling_form_in_float32_matches_float64_log_form():
 def test_auto_falls_back_to_the_log_form_where_scaling_would_underflow():
     C, a, b = problem(6, 6, seed=2)
     C = C * 50                                       # a spread of many hundred ε at ε = 0.02
-    res = sinkhorn(C, a, b, eps=0.02, max_iter=3000, method="auto")
+    res = sinkhorn(C, a, b, eps=0.02, max_iter=3000, method="auto", warn=False)
     assert torch.isfinite(res.plan).all()
-    torch.testing.assert_close(res.plan, sinkhorn(C, a, b, eps=0.02, max_iter=3000, method="log").plan)
+    torch.testing.assert_close(res.plan, sinkhorn(C, a, b, eps=0.02, max_iter=3000, method="log", warn=False).plan)
     with pytest.raises(ValueError, match="scaling form would underflow"):
         sinkhorn(C, a, b, eps=0.02, method="scaling")
     with pytest.raises(ValueError, match="method must be"):
         sinkhorn(C, a, b, method="exact")
+
+
+def test_numpy_input_and_a_warning_when_not_converged():
+    C, a, b = problem()
+    with pytest.warns(RuntimeWarning, match="stopped at max_iter=2"):
+        res = sinkhorn(C.numpy(), a.numpy(), b.numpy(), eps=0.05, max_iter=2, tol=1e-12)
+    assert res.iterations == 2 and res.err > 1e-12
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sinkhorn(C, a, b, eps=0.05, max_iter=2, tol=1e-12, warn=False)

@@ -68,7 +68,7 @@ def test_neighbour_lists_equal_a_stable_argsort_with_ties(values, kg_frac):
     assert torch.equal(neighbours_from_distances(gg, kg).index, want)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(data=features, variant=st.sampled_from(["official", "paper"]), n_iter=st.integers(0, 3),
        kq_frac=st.floats(0, 1), kg_frac=st.floats(0, 1))
 def test_sparse_icfrr_equals_the_dense_reference_with_ties(data, variant, n_iter, kq_frac, kg_frac):

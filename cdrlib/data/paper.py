@@ -163,6 +163,11 @@ def load_paper_split(name: str, domain: str, split: str = "train", root: str | P
         if not lst.is_file():
             raise _missing(spec, root, lst.name)
         unseen = set(_read_lines(lst))
+        unknown = sorted(unseen - {c for _, c in items})
+        if unknown:   # an unmatched name would silently move that unseen class into training
+            raise DataError(f"{lst} names {len(unknown)} class(es) with no folder under {root / domain}: "
+                            f"{unknown[:5]}{' …' if len(unknown) > 5 else ''}. The names must match the class "
+                            f"folders exactly; otherwise those unseen classes would leak into training.")
         items = [(p, c) for p, c in items if (c in unseen) == (split == "heldout")]
     elif spec.split == "folders" and split == "heldout":
         items = [(p, c) for i, (p, c) in enumerate(items) if i % 10 in (2, 6, 9)]
