@@ -18,6 +18,7 @@ import torch
 from .evaluation import (RandomFeatures, extract_features, pair_protocols, pair_rows, pivot_results,
                          raw_pixel_features)
 from .clustering import cluster_purity
+from .run_store import RunStore
 from .ucdir_train import UCDIRConfig, cache_view_features, train_and_evaluate
 
 
@@ -30,6 +31,8 @@ class PairBenchmark:
             held-out parts (in memory).
         pairs: the (A, B) domain pairs of the chapter.
         n_views: cached views per training image (view 0 plain, the others augmented).
+        store: a :class:`~cdrlib.run_store.RunStore`: trained runs are loaded from it when stored
+            (with the same settings), otherwise trained and stored. ``None``: every run trains.
 
     Attributes:
         inputs: domain → (N, n_views, D) view features of the training part (what methods train on).
@@ -41,8 +44,8 @@ class PairBenchmark:
     """
 
     def __init__(self, backbone: torch.nn.Module, train_sets: Mapping, held_sets: Mapping,
-                 pairs: Iterable[tuple[str, str]], n_views: int = 8, device="cpu"):
-        self.backbone, self.device = backbone, device
+                 pairs: Iterable[tuple[str, str]], n_views: int = 8, device="cpu", store: RunStore | None = None):
+        self.backbone, self.device, self.store = backbone, device, store
         self.pairs = [tuple(p) for p in pairs]
         self.domains = sorted({d for p in self.pairs for d in p})
         missing = [d for d in self.domains if d not in train_sets or d not in held_sets]
@@ -85,9 +88,10 @@ class PairBenchmark:
         """Train and evaluate ``method`` on each pair with each seed.
 
         Args:
-            train: ``(a, b, seed) → table`` (a :func:`~cdrlib.evaluation.cross_domain_table` per
+            train: ``(a, b, seed, key) → table`` (a :func:`~cdrlib.evaluation.cross_domain_table` per
                 protocol, concatenated), or ``→ (model, history, table)`` as ``train_and_evaluate``
-                returns (model and history are then kept in :attr:`trained`).
+                returns (model and history are then kept in :attr:`trained`); ``key`` names the run
+                in the run store: ``"<method> | <A>–<B> | seed <seed>"``.
             pairs: default all of the chapter's pairs.
         Returns:
             the runs' tables, tagged with ``method``, ``pair`` and ``seed`` (also added to :attr:`runs`).
@@ -95,7 +99,7 @@ class PairBenchmark:
         out = []
         for seed in seeds:
             for a, b in pairs or self.pairs:
-                result = train(a, b, seed)
+                result = train(a, b, seed, f"{method} | {a}–{b} | seed {seed}")
                 if isinstance(result, tuple):
                     model, history, result = result
                     self.trained[(method, f"{a}–{b}", seed)] = (model, history)
@@ -132,12 +136,13 @@ class PairBenchmark:
         The run's table gets a column ``cluster purity``: the mean over both domains of the purity of
         the clusters the last epoch trained with (labels: an analysis, computed after training).
         """
-        def train(a: str, b: str, seed: int):
+        def train(a: str, b: str, seed: int, key: str):
             relabel = relabel_of(a, b, seed) if relabel_of is not None else None
             matching = matching_of(a, b, seed) if matching_of is not None else None
             method, history, table = train_and_evaluate(replace(cfg, seed=seed), (self.inputs[a], self.inputs[b]),
                                                         self.backbone, self.evaluation(a, b), ks=ks,
-                                                        device=self.device, relabel=relabel, matching=matching)
+                                                        device=self.device, relabel=relabel, matching=matching,
+                                                        store=self.store, key=key)
             purity = float("nan")
             if method.clusters.ready:
                 purity = float(np.mean([cluster_purity(method.clusters.get(key)[1].cpu(), self.labels["paper"][d])

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from . import fusion, noise
 from .clustering import kmeans
 from .models.vit import VisionTransformer
-from .ucdir_train import UCDIR, UCDIRConfig, _Views, _world, evaluate_method
+from .run_store import RunStore
+from .ucdir_train import UCDIR, UCDIRConfig, _Views, _world, evaluate_method, fit_or_load
 
 FUSION_MODES = (None, "random", "attention")
 
@@ -225,16 +226,19 @@ class IBNM(UCDIR):
 
 
 def train_and_evaluate(cfg: IBNMConfig, images: tuple, vit: nn.Module, evaluation: dict, features: tuple | None = None,
-                       ks=(10,), device="cpu", checkpoint: str | Path | None = None):
+                       ks=(10,), device="cpu", checkpoint: str | Path | None = None, store: RunStore | None = None,
+                       key: str | None = None):
     """Train IBNM on one pair of domains and evaluate it under each protocol.
 
     Args:
         images: (A, B) training images; features: optional (A, B) cached view features of them
             (frozen backbone); evaluation: see :func:`~cdrlib.ucdir_train.evaluate_method`.
+        checkpoint, store, key: as for :func:`cdrlib.ucdir_train.train_and_evaluate`.
     Returns:
         ``(method, history, table)``.
     """
     features = features or (None, None)
     method = IBNM(cfg, images[0], images[1], vit, features[0], features[1], device=device)
-    history = method.trainer(checkpoint).fit()
+    shapes = [tuple(x.shape) for x in (features if features[0] is not None else images)]
+    history = fit_or_load(method, checkpoint, store, key, shapes)
     return method, history, evaluate_method(method, evaluation, ks, device)

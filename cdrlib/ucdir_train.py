@@ -35,6 +35,7 @@ from . import ucdir
 from .clustering import kmeans
 from .data.transforms import TwoViewAugment, normalize
 from .memory import MemoryBank, momentum_copy, momentum_update
+from .run_store import RunStore
 from .training import Trainer
 
 
@@ -356,6 +357,8 @@ class UCDIR:
     def trainer(self, checkpoint: str | Path | None = None, on_epoch_end=None) -> Trainer:
         def end(epoch):
             out = self.recluster(epoch)
+            if hasattr(self.matching, "agreement"):   # an oracle matching reports its share of right matches
+                out["matching_agreement"] = self.matching.agreement
             if on_epoch_end is not None:
                 out.update(on_epoch_end(epoch) or {})
             return out
@@ -373,6 +376,19 @@ class UCDIR:
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
+
+    def kept_state(self) -> dict:
+        """What a stored run keeps (:class:`~cdrlib.run_store.RunStore`): the trained modules but the
+        key encoder (evaluation reads the query encoder), and the last clusters."""
+        return {"modules": {k: m.state_dict() for k, m in self.modules().items() if k != "key_encoder"},
+                "clusters": self.clusters.state_dict()}
+
+    def load_kept_state(self, state: dict) -> None:
+        """Restore what :meth:`kept_state` returned."""
+        modules = self.modules()
+        for k, sd in state["modules"].items():
+            modules[k].load_state_dict(sd)
+        self.clusters.load_state_dict(state["clusters"])
 
 
 class _Clusters:
@@ -400,7 +416,7 @@ class _Clusters:
 
 def train_and_evaluate(cfg: UCDIRConfig, inputs: tuple, backbone: nn.Module, evaluation: dict,
                        ks=(10,), device="cpu", checkpoint: str | Path | None = None, relabel=None,
-                       matching=None):
+                       matching=None, store: RunStore | None = None, key: str | None = None):
     """Train UCDIR on one pair of domains and evaluate it under each protocol.
 
     Args:
@@ -408,12 +424,25 @@ def train_and_evaluate(cfg: UCDIRConfig, inputs: tuple, backbone: nn.Module, eva
         evaluation: see :func:`evaluate_method`.
         relabel, matching: see :class:`UCDIR` (None: k-means pseudo-labels and Sinkhorn's matching,
             as the paper).
+        checkpoint: a resumable run checkpoint (a long run); or
+        store, key: a chapter's :class:`~cdrlib.run_store.RunStore` and the run's unique name in it
+            (load if stored, otherwise train and store).
     Returns:
         ``(method, history, table)``: the table has the two directions and their mean per protocol.
     """
     method = UCDIR(cfg, inputs[0], inputs[1], backbone, device=device, relabel=relabel, matching=matching)
-    history = method.trainer(checkpoint).fit()
+    history = fit_or_load(method, checkpoint, store, key, [tuple(x.shape) for x in inputs])
     return method, history, evaluate_method(method, evaluation, ks, device)
+
+
+def fit_or_load(method, checkpoint, store: RunStore | None, key: str | None, input_shapes) -> list[dict]:
+    """Train ``method`` (resumable with ``checkpoint``), or through a run store when one is given."""
+    if store is None:
+        return method.trainer(checkpoint).fit()
+    if key is None or checkpoint is not None:
+        raise ValueError("a run store needs the run's key, and no run checkpoint beside it")
+    return store.fit(key, method, {"config": method.config_dict(), "inputs": input_shapes,
+                                   "method": type(method).__name__})
 
 
 def evaluate_method(method: UCDIR, evaluation: dict, ks=(10,), device="cpu"):

@@ -125,7 +125,7 @@ def test_pair_benchmark_tables_and_per_seed():
     torch.testing.assert_close(bench.features["paper"]["a"], bench.inputs["a"][:, 0])
     bench.baselines()
 
-    def fake(a, b, seed):   # a "method" whose table is known: each row's mAP@all is 0.1 × (seed + 1)
+    def fake(a, b, seed, key):   # a "method" whose table is known: each row's mAP@all is 0.1 × (seed + 1)
         return pd.DataFrame([{"protocol": pr, "query": q, "gallery": "x", "mAP@all": 0.1 * (seed + 1)}
                              for pr in ("heldout", "paper") for q in (a, b, "mean")])
 

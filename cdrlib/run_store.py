@@ -1,0 +1,145 @@
+"""A chapter's trained runs kept as small checkpoints: load if present, otherwise train.
+
+A method chapter trains many short runs (methods × pairs × seeds × premise-dial settings). On a
+2-core CPU they take minutes; a reader re-running the chapter, and CI, need only their results. A
+:class:`RunStore` keeps, for each run, what evaluation and the chapter's figures read — the trained
+modules (float16: a UCDIR head is 0.4 MB), the last clusters, the training history — in a folder of
+the repository, with a manifest (``RUNS.json``) that records each file's sha256, the run's settings and
+how long it trained. A stored run is used only when its settings are the ones asked for and its
+sha256 matches; otherwise the run trains and is stored again.
+
+The trained weights are always rounded to float16 before evaluation, also when the run was just
+trained, so the table a chapter shows is the same whether its runs were loaded or trained.
+
+``CDR_RUN_STORE`` chooses the mode: ``use`` (default), ``retrain`` (train every run and store it
+again), ``off`` (train every run, read and write nothing: what ``scripts/measure_variation.py`` does
+to measure training's run-to-run variation).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from .checkpoint_io import CheckpointError, load_state
+from .data.download import file_sha256
+from .profile import REPO_ROOT
+
+MODES = ("use", "retrain", "off")
+
+
+class StorableMethod(Protocol):
+    """What a method gives the store (``UCDIR`` and ``IBNM`` do)."""
+
+    def trainer(self): ...                       # a :class:`~cdrlib.training.Trainer` (no checkpoint)
+    def kept_state(self) -> dict: ...            # tensors evaluation and figures need
+    def load_kept_state(self, state: dict) -> None: ...
+
+
+def _half(x):
+    """Floating tensors (nested in dicts) rounded to float16 storage."""
+    if isinstance(x, dict):
+        return {k: _half(v) for k, v in x.items()}
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x.detach().cpu().half()
+    return x
+
+
+def _float(x):
+    if isinstance(x, dict):
+        return {k: _float(v) for k, v in x.items()}
+    if isinstance(x, torch.Tensor) and x.dtype == torch.float16:
+        return x.float()
+    return x
+
+
+class RunStore:
+    """Stored runs of one chapter in ``folder``.
+
+    Args:
+        folder: e.g. ``book/runs/05_dod_alignment`` (created when the first run is stored).
+        command: how to retrain every stored run (recorded in the manifest, for people).
+        mode: ``"use"``, ``"retrain"`` or ``"off"``; default ``$CDR_RUN_STORE`` or ``"use"``.
+    """
+
+    def __init__(self, folder: str | Path, command: str = "", mode: str | None = None):
+        self.folder = Path(folder)
+        self.command = command
+        self.mode = mode or os.environ.get("CDR_RUN_STORE", "use")
+        if self.mode not in MODES:
+            raise ValueError(f"CDR_RUN_STORE / mode must be one of {MODES}, got {self.mode!r}")
+        self.manifest_file = self.folder / "RUNS.json"
+        self.loaded, self.trained = 0, 0
+
+    def manifest(self) -> dict:
+        if not self.manifest_file.is_file():
+            return {"command": self.command, "runs": {}}
+        return json.loads(self.manifest_file.read_text())
+
+    @staticmethod
+    def file_name(key: str) -> str:
+        """A readable, unique file name for a run key."""
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", key).strip("-")[:80]
+        return f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.pt"
+
+    def fit(self, key: str, method: StorableMethod, settings: dict) -> list[dict]:
+        """Load the run ``key`` into ``method`` if stored with these ``settings``, otherwise train it.
+
+        Args:
+            key: unique within the store (method name, pair, seed).
+            settings: everything that defines the run (JSON-serialisable): configuration, dial
+                setting, input shapes.
+        Returns:
+            the training history (one dict per epoch). Either way ``method`` ends with the stored
+            (float16-rounded) weights.
+        """
+        text = json.dumps(settings, sort_keys=True, default=str)
+        entry = self.manifest()["runs"].get(key)
+        path = self.folder / self.file_name(key)
+        if self.mode == "use" and entry is not None and entry["settings"] == text and path.is_file():
+            if file_sha256(path) != entry["sha256"]:
+                raise CheckpointError(f"the stored run {path} does not match the sha256 in {self.manifest_file}: "
+                                      f"a damaged or replaced file. Delete it (it will train again) or set "
+                                      f"CDR_RUN_STORE=retrain")
+            state = load_state(path, "stored run")
+            method.load_kept_state(_float(state["kept"]))
+            self.loaded += 1
+            return state["history"]
+        t0 = time.time()
+        history = method.trainer().fit()
+        seconds = time.time() - t0
+        kept = _half(method.kept_state())
+        method.load_kept_state(_float(kept))          # evaluate exactly what is stored
+        self.trained += 1
+        if self.mode != "off":
+            self._write(key, path, {"kept": kept, "history": history}, text, seconds)
+        return history
+
+    def _write(self, key: str, path: Path, state: dict, settings: str, seconds: float) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        manifest = self.manifest()
+        manifest["command"] = self.command or manifest.get("command", "")
+        manifest["runs"][key] = {"file": path.name, "sha256": file_sha256(path), "settings": settings,
+                                 "train_seconds": round(seconds, 1)}
+        manifest["runs"] = dict(sorted(manifest["runs"].items()))
+        tmp = self.manifest_file.with_name(self.manifest_file.name + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+        os.replace(tmp, self.manifest_file)
+
+    def summary(self) -> str:
+        """One line for the chapter: how many runs were loaded and trained, and how to retrain them."""
+        if self.mode == "off":
+            return f"{self.trained} runs trained (run store off)"
+        folder = self.folder.resolve()
+        shown = folder.relative_to(REPO_ROOT) if folder.is_relative_to(REPO_ROOT) else folder
+        return (f"{self.loaded} runs loaded from {shown.as_posix()}/, {self.trained} trained and stored; "
+                f"to train every run again: CDR_RUN_STORE=retrain")

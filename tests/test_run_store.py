@@ -1,0 +1,84 @@
+"""The run store: a stored run loads into the same weights and table as the run that trained it."""
+import json
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+import torch
+
+from cdrlib.checkpoint_io import CheckpointError
+from cdrlib.evaluation import pair_protocols
+from cdrlib.models import get_backbone
+from cdrlib.premise import OracleMatching
+from cdrlib.run_store import RunStore
+from cdrlib.ucdir_train import UCDIRConfig, cache_view_features, train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    g = torch.Generator().manual_seed(0)
+    backbone = get_backbone("random-resnet")
+    torch.manual_seed(0)
+    feats = (cache_view_features(backbone, torch.rand(40, 3, 64, 64, generator=g), n_views=3),
+             cache_view_features(backbone, torch.rand(36, 3, 64, 64, generator=g), n_views=3))
+    labels = {"A": torch.arange(40) % 4, "B": torch.arange(36) % 4}
+    plain = {"A": feats[0][:, 0], "B": feats[1][:, 0]}
+    evaluation = pair_protocols("A", "B", (plain, labels), (plain, labels))
+    cfg = replace(UCDIRConfig(), epochs=3, batch_size=8, k=4, warmup_epoch=1, se_epoch=1, dd_epoch=1, dod="seed",
+                  kmeans_nredo=1, proj_hidden=32, proj_dim=8)
+    return cfg, feats, backbone, evaluation
+
+
+def run(tiny, store, key="UCDIR | A–B | seed 0", **changes):
+    cfg, feats, backbone, evaluation = tiny
+    return train_and_evaluate(replace(cfg, **changes), feats, backbone, evaluation, ks=(5,), store=store, key=key,
+                              matching=OracleMatching(cfg.k, 0.5, seed=0))
+
+
+def test_a_stored_run_loads_into_the_same_weights_history_and_table(tiny, tmp_path):
+    store = RunStore(tmp_path / "runs")
+    trained, hist, table = run(tiny, store)
+    assert store.trained == 1 and store.loaded == 0
+    for p in trained.encoder.parameters():          # what is evaluated is what is stored: float16 values
+        assert torch.equal(p, p.half().float())
+    assert "matching_agreement" in hist[-1]
+    again = RunStore(tmp_path / "runs")
+    loaded, hist2, table2 = run(tiny, again)
+    assert again.loaded == 1 and again.trained == 0
+    assert pd.DataFrame(hist2).equals(pd.DataFrame(hist)) and table2.equals(table)   # NaN-aware
+    for p, q in zip(trained.encoder.parameters(), loaded.encoder.parameters()):
+        assert torch.equal(p, q)
+    assert torch.equal(trained.clusters.get("A")[1], loaded.clusters.get("A")[1])
+    manifest = json.loads((tmp_path / "runs" / "RUNS.json").read_text())
+    assert list(manifest["runs"]) == ["UCDIR | A–B | seed 0"]
+
+
+def test_other_settings_train_again(tiny, tmp_path):
+    store = RunStore(tmp_path / "runs")
+    run(tiny, store)
+    run(tiny, store, lr=0.01)
+    assert store.trained == 2 and store.loaded == 0
+
+
+def test_a_replaced_file_is_refused(tiny, tmp_path):
+    store = RunStore(tmp_path / "runs")
+    run(tiny, store)
+    path = tmp_path / "runs" / RunStore.file_name("UCDIR | A–B | seed 0")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        run(tiny, RunStore(tmp_path / "runs"))
+
+
+def test_modes_off_and_retrain(tiny, tmp_path):
+    off = RunStore(tmp_path / "off", mode="off")
+    run(tiny, off)
+    assert not (tmp_path / "off").exists()
+    store = RunStore(tmp_path / "runs")
+    run(tiny, store)
+    retrain = RunStore(tmp_path / "runs", mode="retrain")
+    run(tiny, retrain)
+    assert retrain.trained == 1 and retrain.loaded == 0
+    with pytest.raises(ValueError, match="must be one of"):
+        RunStore(tmp_path, mode="sometimes")
