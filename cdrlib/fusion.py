@@ -109,14 +109,15 @@ def uniform_importance(batch_size: int, num_patches: int, device=None) -> torch.
 
 
 def fuse(vit, x_a: torch.Tensor, x_b: torch.Tensor, mixing: PatchMixing, use_attention: bool = True,
-         importance: tuple[torch.Tensor, torch.Tensor] | None = None):
+         importance: tuple[torch.Tensor, torch.Tensor] | None = None, softmax: bool = True):
     """Mix a batch of A with a batch of B (pairs drawn independently: no cross-domain pairing).
 
     Args:
         vit: a :class:`~cdrlib.models.VisionTransformer`; x_a, x_b: (B, 3, H, W) normalised images.
         mixing: the learnable λ; use_attention: False gives the uniform "random fusion" ablation.
         importance: (s_a, s_b), each (B, n), when already known (a frozen ViT's attention, read
-            once); otherwise read from ``vit`` now.
+            once, or another importance); otherwise read from ``vit`` now.
+        softmax: how attention read now becomes importance (see :func:`cls_patch_attention`).
     Returns:
         dict with ``tokens`` (B, n, D) the mixed patch embeddings (feed to ``vit.forward_tokens``),
         ``lam`` (B, n), ``weights`` (B, 2) = (l_A, l_B), ``s_a``, ``s_b`` (B, n).
@@ -128,8 +129,8 @@ def fuse(vit, x_a: torch.Tensor, x_b: torch.Tensor, mixing: PatchMixing, use_att
         s_a, s_b = importance
     elif use_attention:
         with torch.no_grad():  # the importance is read from the current model, not trained through
-            s_a = cls_patch_attention(vit.attention_maps(x_a))      # A's attention, for A's patches
-            s_b = cls_patch_attention(vit.attention_maps(x_b))
+            s_a = cls_patch_attention(vit.attention_maps(x_a), softmax)      # A's attention, for A's patches
+            s_b = cls_patch_attention(vit.attention_maps(x_b), softmax)
     else:
         s_a = s_b = uniform_importance(b, n, x_a.device)
     lam = mixing(b)

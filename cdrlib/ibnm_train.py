@@ -35,7 +35,7 @@ from .models.vit import VisionTransformer
 from .run_store import RunStore
 from .ucdir_train import UCDIR, UCDIRConfig, _Views, _world, evaluate_method, fit_or_load
 
-FUSION_MODES = (None, "random", "attention")
+FUSION_MODES = (None, "random", "attention", "attention_raw", "ink")
 
 
 @dataclass
@@ -43,7 +43,10 @@ class IBNMConfig(UCDIRConfig):
     """UCDIR's hyper-parameters plus IBNM's; :meth:`frozen` and :meth:`paper` as for UCDIR."""
 
     backbone: str = "emoji-vit"
-    fusion: str | None = "attention"    # None: UCDIR only; "random": uniform importance; "attention"
+    # None: UCDIR only; "random": uniform importance; "attention": the softmax of the CLS attention
+    # (the official code); "attention_raw": the CLS attention before that softmax (the seed's λ′);
+    # "ink": each patch's share of drawn pixels (drawings on white only; no labels — the premise dial)
+    fusion: str | None = "attention"
     noise: bool = True                  # the noise split, relabelling and intra-domain mixup
     fusion_epoch: int = 20              # joint clusters, noise split, fusion and mixup from here on
     fusion_batch: int = 16              # mixed images per step (and mixup images per domain)
@@ -128,7 +131,9 @@ class IBNM(UCDIR):
         self.fusion_weights = fusion.FusionLossWeights(cfg.r_init).to(self.device)
         self.joint = _JointClusters()
         self.importance = {}
-        if frozen and cfg.fusion == "attention":  # the frozen ViT's attention never changes: read it once
+        if cfg.fusion == "ink":
+            self.importance = {d: ink_importance(x, self.vit) for d, x in (("A", images_a), ("B", images_b))}
+        elif frozen and cfg.fusion in ("attention", "attention_raw"):  # a frozen ViT's attention never changes
             self.importance = {d: self._importance(d, torch.arange(len(self.images[d]))) for d in ("A", "B")}
         params = [*self.encoder.parameters(), *self.mixing.parameters(), *self.fusion_weights.parameters()]
         if cfg.optimizer == "adamw":
@@ -144,7 +149,9 @@ class IBNM(UCDIR):
         """s (len(ids), n): each image's own CLS attention over its patches (fusion steps 1–3)."""
         was = self.vit.training
         self.vit.eval()
-        out = torch.cat([fusion.cls_patch_attention(self.vit.attention_maps(self.images[d].plain(ids[i:i + batch_size], self.device)))
+        softmax = self.cfg.fusion != "attention_raw"
+        out = torch.cat([fusion.cls_patch_attention(self.vit.attention_maps(self.images[d].plain(ids[i:i + batch_size], self.device)),
+                                                    softmax=softmax)
                          for i in range(0, len(ids), batch_size)])
         self.vit.train(was)
         return out
@@ -194,7 +201,8 @@ class IBNM(UCDIR):
         if cfg.fusion is not None:
             x_a, x_b = self.images["A"].plain(ia, dev), self.images["B"].plain(ib, dev)
             known = (self.importance["A"][ia].to(dev), self.importance["B"][ib].to(dev)) if self.importance else None
-            mixed = fusion.fuse(self.vit, x_a, x_b, self.mixing, cfg.fusion == "attention", known)
+            mixed = fusion.fuse(self.vit, x_a, x_b, self.mixing, cfg.fusion != "random", known,
+                                softmax=cfg.fusion != "attention_raw")
             lam, weights = mixed["lam"], mixed["weights"]
             f_mix = self._embed_tokens(mixed["tokens"])
             l_feat = fusion.mixed_contrastive_loss(f_mix, k["A"][:fb], k["B"][:fb], y_a, y_b, weights, cfg.temperature)
@@ -223,6 +231,23 @@ class IBNM(UCDIR):
 
     def state(self) -> dict:
         return {**super().state(), "joint": self.joint}
+
+
+def ink_importance(images, vit: VisionTransformer) -> torch.Tensor:
+    """Importance (N, n) from the images alone: each patch's share of drawn pixels, rows summing to 1.
+
+    For drawings on a white background (the embedded emoji) this marks the object's patches without
+    any label or model; a blank image gets uniform importance. Images must be tensors (N, 3, H, W)
+    in [0, 1] whose patch grid is the ViT's.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise ValueError('fusion="ink" reads in-memory images (N, 3, H, W) in [0, 1] of drawings on white')
+    ink = fusion.patch_ink(images, vit.patch_embed.patch_size)
+    if ink.shape[1] != vit.num_patches:
+        raise ValueError(f"images of {tuple(images.shape[-2:])} px give {ink.shape[1]} patches, the ViT has "
+                         f"{vit.num_patches}: give images at the ViT's size")
+    total = ink.sum(1, keepdim=True)
+    return torch.where(total > 0, ink / total.clamp_min(1e-12), torch.full_like(ink, 1.0 / ink.shape[1]))
 
 
 def train_and_evaluate(cfg: IBNMConfig, images: tuple, vit: nn.Module, evaluation: dict, features: tuple | None = None,

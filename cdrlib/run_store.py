@@ -77,6 +77,17 @@ class RunStore:
         self.manifest_file = self.folder / "RUNS.json"
         self.loaded, self.trained = 0, 0
 
+    @classmethod
+    def for_chapter(cls, chapter: str, mode: str | None = None) -> "RunStore":
+        """The store of a chapter of the book: ``book/runs/<chapter>/``."""
+        return cls(REPO_ROOT / "book" / "runs" / chapter,
+                   command=f"CDR_RUN_STORE=retrain python scripts/run_chapters.py {chapter}", mode=mode)
+
+    def train_seconds(self, key: str) -> float:
+        """How long the stored run ``key`` trained (NaN when it is not stored)."""
+        entry = self.manifest()["runs"].get(key)
+        return float("nan") if entry is None else float(entry["train_seconds"])
+
     def manifest(self) -> dict:
         if not self.manifest_file.is_file():
             return {"command": self.command, "runs": {}}

@@ -12,7 +12,14 @@ def as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
     try:
-        return torch.as_tensor(np.asarray(x))
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}") from e
+    if arr.dtype.kind in "USO":
+        raise TypeError(f"{name} holds {arr.dtype} values (names?); give integer ids, e.g. "
+                        f"ids = np.unique(names, return_inverse=True)[1]")
+    try:
+        return torch.as_tensor(arr)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}") from e
 

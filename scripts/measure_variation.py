@@ -20,8 +20,9 @@ Variants (environment of the kernel that runs the chapter):
 * ``avx2-threads1`` — both at once (with ``--cpu N`` two such runs share a 2-core machine without
   slowing each other down).
 
-The committed tables themselves come from some machine; comparing with them counts that machine's
-difference too. A table's tolerance is twice the largest difference seen over all measurements
+Runs a chapter keeps in its run store (``book/runs/``) are trained afresh (``CDR_RUN_STORE=off``):
+what is measured is training's variation, what a reader who retrains meets. The committed tables
+themselves come from some machine; comparing with them counts that machine's difference too. A table's tolerance is twice the largest difference seen over all measurements
 (rounded up to two significant digits, at least 1e-3): twice, because a few code paths are a sample
 of the machines a reader has, not all of them.
 """
@@ -59,7 +60,9 @@ def run_variant(chapter: str, variant: str, results_dir: Path):
 
     Returns ``(seconds, executed notebook)``.
     """
-    env = {**VARIANTS[variant], "CDR_RESULTS_DIR": str(results_dir), "CDR_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
+    # CDR_RUN_STORE=off: every run trains (what is measured) and the chapter's stored runs stay as they are
+    env = {**VARIANTS[variant], "CDR_RESULTS_DIR": str(results_dir), "CDR_PROGRESS": "0", "HF_HUB_OFFLINE": "1",
+           "CDR_RUN_STORE": "off"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)   # the kernel inherits this process's environment
     try:

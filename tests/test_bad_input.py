@@ -91,3 +91,8 @@ def test_match_scores_needs_positive_sample_and_chunk_counts():
     for kw in ({"n_samples": 0}, {"chunk_size": 0}):
         with pytest.raises(ValueError, match="must be a positive integer"):
             match_scores(mu, ls, mu, ls, torch.tensor(1.0), torch.tensor(0.0), **kw)
+
+
+def test_string_labels_are_refused_with_the_mapping_to_ids():
+    with pytest.raises(TypeError, match="give integer ids"):
+        retrieval_metrics(Q, G, np.array(["cat", "dog", "cat", "cow"]), GL)

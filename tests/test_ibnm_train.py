@@ -76,3 +76,33 @@ def test_bad_inputs_are_explained():
         IBNM(cfg, ia, ib, vit, cache_view_features(vit, ia[:10], 4, 32), cache_view_features(vit, ib, 4, 32))
     with pytest.raises(ValueError, match="both domains"):
         IBNM(cfg, ia, ib, vit, cache_view_features(vit, ia, 4, 32), None)
+
+
+def test_ink_importance_by_hand():
+    from cdrlib.ibnm_train import ink_importance
+
+    vit, _, _, _ = _setup()                    # 32 px, patches of 8: a 4 × 4 grid
+    x = torch.ones(2, 3, 32, 32)               # two white images
+    x[0, :, 0:8, 0:4] = 0.0                    # image 0: half of patch 0 drawn
+    x[0, :, 8:16, 24:32] = 0.0                 # and all of patch 7 (row 1, column 3)
+    s = ink_importance(x, vit)
+    want0 = torch.zeros(16)
+    want0[0], want0[7] = 0.5 / 1.5, 1.0 / 1.5
+    assert torch.allclose(s[0], want0) and torch.allclose(s[1], torch.full((16,), 1 / 16))   # blank: uniform
+    with pytest.raises(ValueError, match="the ViT has 16"):
+        ink_importance(torch.ones(1, 3, 64, 64), vit)
+
+
+@pytest.mark.parametrize("mode", ["attention_raw", "ink"])
+def test_other_importances_train(mode):
+    from cdrlib.fusion import cls_patch_attention
+    from cdrlib.data.transforms import normalize
+    from cdrlib.ibnm_train import ink_importance
+
+    method, hist = _run(None, fusion_mode=mode)
+    assert "feat" in hist[-1] and all(v == v for v in hist[-1].values())
+    vit, ia, _, _ = _setup()
+    with torch.no_grad():
+        want = (cls_patch_attention(vit.attention_maps(normalize(ia[:3])), softmax=False) if mode == "attention_raw"
+                else ink_importance(ia[:3], vit))
+    assert torch.allclose(method.importance["A"][:3], want, atol=1e-6)

@@ -82,3 +82,20 @@ def test_modes_off_and_retrain(tiny, tmp_path):
     assert retrain.trained == 1 and retrain.loaded == 0
     with pytest.raises(ValueError, match="must be one of"):
         RunStore(tmp_path, mode="sometimes")
+
+
+def test_the_shipped_run_stores_verify_and_stay_small():
+    """Every stored run of the book matches its manifest; stored runs and backbones together ≤ 30 MB."""
+    from cdrlib.data.download import file_sha256
+    from cdrlib.profile import REPO_ROOT
+
+    total = sum(p.stat().st_size for p in (REPO_ROOT / "checkpoints").glob("*.pt"))
+    for manifest_file in (REPO_ROOT / "book" / "runs").glob("*/RUNS.json"):
+        manifest = json.loads(manifest_file.read_text())
+        files = {p.name for p in manifest_file.parent.glob("*.pt")}
+        assert files == {e["file"] for e in manifest["runs"].values()}, f"{manifest_file}: stray or missing runs"
+        for key, entry in manifest["runs"].items():
+            path = manifest_file.parent / entry["file"]
+            assert file_sha256(path) == entry["sha256"], f"{key}: sha256 differs"
+            total += path.stat().st_size
+    assert total <= 30 * 2**20, f"checkpoints and stored runs take {total / 2**20:.1f} MB (> 30 MB)"
