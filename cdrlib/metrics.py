@@ -228,8 +228,9 @@ def relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: Callab
     if chunk_size is not None:
         check_positive_int(chunk_size, "chunk_size")
     dev = torch.device(device) if device is not None else query.device
-    q = _cosine_or_dot(query, metric).to(dev)
-    g = _cosine_or_dot(gallery, metric).to(dev)
+    dtype = torch.promote_types(query.dtype, gallery.dtype)   # float32 queries and a float64 gallery mix
+    q = _cosine_or_dot(query.to(dtype), metric).to(dev)
+    g = _cosine_or_dot(gallery.to(dtype), metric).to(dev)
     g_sq = (g * g).sum(1) if metric == "euclidean" else None
     step = chunk_size or _chunk_rows(len(g))
     parts = []

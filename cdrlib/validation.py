@@ -15,7 +15,9 @@ def as_tensor(x, name: str) -> torch.Tensor:
         arr = np.asarray(x)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}") from e
-    if arr.dtype.kind in "USO":
+    if arr.dtype.kind == "O":
+        raise TypeError(f"{name} must be a numpy array or a torch tensor of numbers, got {type(x).__name__}")
+    if arr.dtype.kind in "US":
         raise TypeError(f"{name} holds {arr.dtype} values (names?); give integer ids, e.g. "
                         f"ids = np.unique(names, return_inverse=True)[1]")
     try:
@@ -37,6 +39,8 @@ def check_features(x, name: str, dim: int | None = None, products: bool = True) 
         raise ValueError(f"{name} must be a matrix (N, d), got shape {tuple(t.shape)}")
     if t.shape[0] == 0:
         raise ValueError(f"{name} is empty: it needs at least one row")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} has rows of dimension 0: it needs at least one feature per row")
     if dim is not None and t.shape[1] != dim:
         raise ValueError(f"{name} has dimension {t.shape[1]}, the queries have {dim}")
     # aminmax is one pass without a temporary and propagates NaN; isfinite(t).all() builds a full

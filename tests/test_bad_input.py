@@ -96,3 +96,14 @@ def test_match_scores_needs_positive_sample_and_chunk_counts():
 def test_string_labels_are_refused_with_the_mapping_to_ids():
     with pytest.raises(TypeError, match="give integer ids"):
         retrieval_metrics(Q, G, np.array(["cat", "dog", "cat", "cow"]), GL)
+
+
+def test_features_of_dimension_zero_are_refused():
+    with pytest.raises(ValueError, match="dimension 0"):
+        knn_search(torch.zeros(3, 0), torch.zeros(5, 0), 2)
+
+
+def test_mixed_float_types_give_the_same_answer():
+    want = retrieval_metrics(Q.double(), G.double(), QL, GL)
+    got = retrieval_metrics(Q, G.double(), QL, GL)
+    assert got["mAP@all"] == pytest.approx(want["mAP@all"], abs=1e-6)
