@@ -103,6 +103,9 @@ CLAIMS = [
      within_seed_range("UCDIR CW+SE+DoD (code)", "UCDIR CW+SE", "heldout: mean")),
     ("05_dod_alignment", "premise", "right clusters and matching: DoD still adds nothing",
      premise_fails("oracle clusters and matching")),
+    # chapter 06: fusion with an importance that marks the drawing is still level with random fusion
+    ("06_ibnm", "premise", "drawn-pixel importance: fusion still adds nothing", premise_fails("drawn pixels")),
+    ("06_ibnm", "premise", "default attention: fusion adds nothing", premise_fails("default")),
     # chapter 08: re-ranking lowers mAP@all on the default data, and helps with pure neighbour lists
     ("08_icfrr", "sketch_to_colour", "ICFRR (official) lowers the backbone's mAP@all",
      beats("ResNet (self-supervised)", "ResNet (self-supervised) + ICFRR (official)", "mAP@all")),
