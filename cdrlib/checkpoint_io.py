@@ -38,8 +38,8 @@ def load_state(path: str | Path, what: str = "checkpoint") -> dict:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path} ({what}) holds Python objects besides tensors and plain containers; loading it could run "
-            f"code, so cdrlib refuses. If you trust its source, load it yourself with torch.load(..., "
-            f"weights_only=False) and save only its state_dict. ({str(e).splitlines()[0][:200]})") from None
+            f"code, so cdrlib refuses. If you trust its source, unpickle it yourself and save only its "
+            f"state_dict (tensors). ({str(e).splitlines()[0][:200]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} ({what}) cannot be read — a damaged or truncated file? Delete it and "
                               f"write or download it again. ({str(e)[:200]})") from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .validation import check_features, check_k
+from .validation import check_features, check_ids, check_k
 
 
 SMALL_PROBLEM = 5_000_000   # points × clusters below which faiss k-means runs on one thread
@@ -72,9 +72,7 @@ def cluster_purity(assignments, labels) -> float:
         raise ValueError(f"assignments and labels must both be (N,), got {tuple(a.shape)} and {tuple(y.shape)}")
     if len(a) == 0:
         raise ValueError("no points")
-    if int(a.min()) < 0 or int(y.min()) < 0:
-        raise ValueError("cluster ids and class ids must be non-negative (a negative id would wrap around); "
-                         "renumber them from 0")
+    a, y = check_ids(a, "assignments"), check_ids(y, "labels")   # a negative id would wrap around
     counts = torch.zeros(int(a.max()) + 1, int(y.max()) + 1, dtype=torch.int64)
     counts.index_put_((a, y), torch.ones_like(a), accumulate=True)   # (clusters, classes)
     return float(counts.max(1).values.sum()) / len(a)

@@ -44,7 +44,7 @@ class IBNMConfig(UCDIRConfig):
 
     backbone: str = "emoji-vit"
     # None: UCDIR only; "random": uniform importance; "attention": the softmax of the CLS attention
-    # (the official code); "attention_raw": the CLS attention before that softmax (the seed's λ′);
+    # (the official code); "attention_raw": the CLS attention before that softmax (s′);
     # "ink": each patch's share of drawn pixels (drawings on white only; no labels — the premise dial)
     fusion: str | None = "attention"
     noise: bool = True                  # the noise split, relabelling and intra-domain mixup

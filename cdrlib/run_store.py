@@ -42,20 +42,12 @@ class StorableMethod(Protocol):
     def load_kept_state(self, state: dict) -> None: ...
 
 
-def _half(x):
-    """Floating tensors (nested in dicts) rounded to float16 storage."""
+def _cast_floats(x, dtype: torch.dtype):
+    """Floating tensors (nested in dicts) cast to ``dtype`` on the CPU: float16 to store, float32 to use."""
     if isinstance(x, dict):
-        return {k: _half(v) for k, v in x.items()}
+        return {k: _cast_floats(v, dtype) for k, v in x.items()}
     if isinstance(x, torch.Tensor) and x.is_floating_point():
-        return x.detach().cpu().half()
-    return x
-
-
-def _float(x):
-    if isinstance(x, dict):
-        return {k: _float(v) for k, v in x.items()}
-    if isinstance(x, torch.Tensor) and x.dtype == torch.float16:
-        return x.float()
+        return x.detach().cpu().to(dtype)
     return x
 
 
@@ -119,14 +111,14 @@ class RunStore:
                                       f"a damaged or replaced file. Delete it (it will train again) or set "
                                       f"CDR_RUN_STORE=retrain")
             state = load_state(path, "stored run")
-            method.load_kept_state(_float(state["kept"]))
+            method.load_kept_state(_cast_floats(state["kept"], torch.float32))
             self.loaded += 1
             return state["history"]
         t0 = time.time()
         history = method.trainer().fit()
         seconds = time.time() - t0
-        kept = _half(method.kept_state())
-        method.load_kept_state(_float(kept))          # evaluate exactly what is stored
+        kept = _cast_floats(method.kept_state(), torch.float16)
+        method.load_kept_state(_cast_floats(kept, torch.float32))   # evaluate exactly what is stored
         self.trained += 1
         if self.mode != "off":
             self._write(key, path, {"kept": kept, "history": history}, text, seconds)

@@ -3,8 +3,8 @@
 Both backends return the same thing: for every query the k best gallery items, best first, with
 exact ties ordered by gallery index (smaller first) — also at the k-th place, where the smallest
 indices among the tied items are the ones returned (:func:`top_k_exact`) — so results are
-reproducible and equal to a stable sort of each whole row. Queries are
-processed in chunks, so memory stays bounded (a chunk's score table, not Q×G) even for 100k × 100k.
+reproducible and equal to a stable sort of each whole row. Queries are processed in chunks, so
+memory stays bounded (a chunk's score table, not Q×G) even for 100k × 100k.
 
 Similarities: ``"cosine"`` (rows L2-normalised, inner product, larger is better), ``"dot"``, and
 ``"euclidean"`` (squared distance, smaller is better; the returned values are squared distances).

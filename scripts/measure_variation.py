@@ -22,9 +22,10 @@ Variants (environment of the kernel that runs the chapter):
 
 Runs a chapter keeps in its run store (``book/runs/``) are trained afresh (``CDR_RUN_STORE=off``):
 what is measured is training's variation, what a reader who retrains meets. The committed tables
-themselves come from some machine; comparing with them counts that machine's difference too. A table's tolerance is twice the largest difference seen over all measurements
-(rounded up to two significant digits, at least 1e-3): twice, because a few code paths are a sample
-of the machines a reader has, not all of them.
+themselves come from some machine; comparing with them counts that machine's difference too. A
+table's tolerance is twice the largest difference seen over all measurements (rounded up to two
+significant digits, at least 1e-3): twice, because a few code paths are a sample of the machines a
+reader has, not all of them.
 """
 from __future__ import annotations
 
