@@ -1,6 +1,6 @@
 """Cross-domain evaluation: every ordered pair of domains, under either protocol, as a tidy table.
 
-Protocols (METHODS.md §5):
+Protocols (the papers' and the book's held-out one):
 
 * ``"paper"`` — UCDIR/IBNM's: the images the model trained on are also the queries and the gallery.
 * ``"heldout"`` — the honest one: queries and gallery are the held-out emoji (never seen in training).

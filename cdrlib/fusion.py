@@ -1,4 +1,4 @@
-"""IBNM's attention-guided dynamic fusion (METHODS.md §2, steps 1–6).
+"""IBNM's attention-guided dynamic fusion, as in its paper and official code (SIGIR 2024 submission, sigir2024anonymous/IBNM).
 
 * :func:`cls_patch_attention` — the per-patch importance s a ViT's CLS attention gives (steps 1–3);
 * :func:`patch_ink` — what the importance is compared with: how much of each patch is drawn on;
@@ -26,7 +26,7 @@ def cls_patch_attention(attentions: torch.Tensor, softmax: bool = True) -> torch
         attentions: (B, L, H, n+1, n+1) post-softmax attention of L blocks, H heads
             (:meth:`cdrlib.models.VisionTransformer.attention_maps`).
         softmax: apply the softmax over the n patches, as IBNM's official code does; without it
-            the result is the seed's λ' = (1/L) Σ_l mean_h attn_l[CLS, patches].
+            the result is λ' = (1/L) Σ_l mean_h attn_l[CLS, patches].
     Returns:
         (B, n): s' (``softmax=False``) or s = softmax(s') over patches.
     """
@@ -185,7 +185,7 @@ def mixed_label_loss(f_mix: torch.Tensor, centroids: torch.Tensor, y_a: torch.Te
 
 
 class FusionLossWeights(nn.Module):
-    """softplus(r_1) L_feat + softplus(r_2) L_label with r learnable, initialised at −2 (METHODS.md §2).
+    """softplus(r_1) L_feat + softplus(r_2) L_label with r learnable, initialised at −2 as in IBNM's code.
 
     Nothing but the loss itself acts on r, so minimising drives both weights towards 0 — in effect
     a learning rate for the fusion terms that decays with their size (the chapter shows it).

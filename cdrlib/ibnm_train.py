@@ -1,4 +1,4 @@
-"""IBNM training: UCDIR plus attention-guided cross-domain fusion and noise mitigation (METHODS.md §2).
+"""IBNM training: UCDIR plus attention-guided cross-domain fusion and noise mitigation (IBNM, SIGIR 2024 submission, code: sigir2024anonymous/IBNM).
 
 IBNM keeps UCDIR's loop and losses (:class:`~cdrlib.ucdir_train.UCDIR`) and adds, from
 ``fusion_epoch`` on:
@@ -64,7 +64,7 @@ class IBNMConfig(UCDIRConfig):
 
     @staticmethod
     def paper(dataset: str = "office_home", **overrides) -> "IBNMConfig":
-        """METHODS.md §2: AdamW lr 5e-6, wd 0.05, batch 32, 50 epochs (30 for PACS), k 65 / 7, τ 0.01 / 0.1."""
+        """The paper's settings: AdamW lr 5e-6, wd 0.05, batch 32, 50 epochs (30 for PACS), k 65 / 7, τ 0.01 / 0.1."""
         oh = dataset == "office_home"
         base = {**asdict(UCDIRConfig.paper("office_home" if oh else "domainnet")),
                 "backbone": "dino-vitb16", "optimizer": "adamw", "lr": 5e-6, "weight_decay": 0.05, "batch_size": 32,

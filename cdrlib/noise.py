@@ -1,4 +1,4 @@
-"""IBNM's noise mitigation: which pseudo-labels to trust, and what to do with the others (METHODS.md §2).
+"""IBNM's noise mitigation: which pseudo-labels to trust, and what to do with the others (IBNM, SIGIR 2024 submission).
 
 * :func:`prediction_entropy` — H(softmax(cos(f, C)/τ)) per sample: low when a sample sits close to
   one centroid and far from the rest;

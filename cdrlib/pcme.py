@@ -1,4 +1,4 @@
-"""PCME: probabilistic cross-modal embeddings (Chun et al. 2021; METHODS.md §4).
+"""PCME: probabilistic cross-modal embeddings (Chun et al., CVPR 2021, arXiv 2101.05068).
 
 Every image and every caption becomes a Gaussian N(μ, diag(σ²)) in R^D:
 

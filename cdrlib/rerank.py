@@ -1,4 +1,4 @@
-"""ICFRR — iterative cluster-free re-ranking (METHODS.md §6), sparse and exact.
+"""ICFRR — iterative cluster-free re-ranking (Hudson & Smith, arXiv 2303.17703), sparse and exact.
 
 The idea: a query's strong matches vote for the gallery items that *they* rank highly. With
 ``qg`` (Q×G) query–gallery and ``gg`` (G×G) gallery–gallery Euclidean distances:

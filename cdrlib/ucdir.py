@@ -1,4 +1,4 @@
-"""UCDIR's losses (METHODS.md §3): instance-wise, cluster-wise, self-entropy, distance-of-distance.
+"""UCDIR's losses (Hu & Lee, ECCV 2022): instance-wise, cluster-wise, self-entropy, distance-of-distance.
 
 Notation: ``q`` (B, d) are L2-normalised embeddings of the query encoder, ``k`` of the momentum
 (key) encoder, ``bank`` (N, d) the domain's memory bank (one key per image id), ``centroids``
@@ -87,7 +87,7 @@ def dod_loss_code(q_a: torch.Tensor, q_b: torch.Tensor, c_a: torch.Tensor, c_b: 
 
 
 def match_centroids(c_a: torch.Tensor, c_b: torch.Tensor, eps: float = 0.05, max_iter: int = 1000) -> torch.Tensor:
-    """The seed's matching: entropic OT between the centroids (uniform 1/K, cost ‖c_i − c_j‖²),
+    """The centroid form's matching: entropic OT between the centroids (uniform 1/K, cost ‖c_i − c_j‖²),
     then each centroid of A is matched to the centroid of B with the largest plan entry. Returns π (K,)."""
     # only each row's argmax is used: a plan whose marginals are off by 1e-5 gives the same one
     plan = sinkhorn(torch.cdist(c_a, c_b) ** 2, eps=eps, max_iter=max_iter, warn=False).plan
@@ -96,7 +96,7 @@ def match_centroids(c_a: torch.Tensor, c_b: torch.Tensor, eps: float = 0.05, max
 
 def dod_loss_seed(c_a: torch.Tensor, c_b: torch.Tensor, matching: torch.Tensor | None = None,
                   eps: float = 0.05, reduction: str = "sum") -> torch.Tensor:
-    """Distance-of-distance as the seed write-up states it: ``Σ_ij abs(d(c_i^A, c_j^A) − d(c_π(i)^B, c_π(j)^B))``.
+    """Distance-of-distance, the centroid form (``dod="seed"``): ``Σ_ij abs(d(c_i^A, c_j^A) − d(c_π(i)^B, c_π(j)^B))``.
 
     Args:
         c_a, c_b: (K, d) centroids; matching: π (K,), default :func:`match_centroids` (on detached

@@ -1,4 +1,4 @@
-"""UCDIR training: two domains, a memory bank each, momentum keys, k-means every epoch (METHODS.md §3).
+"""UCDIR training: two domains, a memory bank each, momentum keys, k-means every epoch (Hu & Lee, ECCV 2022).
 
 The loss of one step is
 
@@ -79,7 +79,7 @@ class UCDIRConfig:
 
     @staticmethod
     def paper(dataset: str = "office_home") -> "UCDIRConfig":
-        """The papers' settings (METHODS.md §3) for Office-Home or DomainNet."""
+        """The paper's settings for Office-Home or DomainNet."""
         oh = dataset == "office_home"
         return UCDIRConfig(backbone="moco-v2-resnet50", image_size=224, proj_hidden=2048, proj_dim=128, epochs=200,
                            batch_size=64, lr=2e-4, key_momentum=0.999, k=65 if oh else 7, warmup_epoch=20,

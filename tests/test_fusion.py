@@ -65,7 +65,7 @@ def test_each_domain_attention_goes_with_its_own_patches():
     assert torch.allclose(uniform["s_a"], torch.full_like(s_a, 1 / vit.num_patches))
 
 
-# -- the fusion losses (METHODS.md §2, step 7) against loops over the batch
+# -- the fusion losses (IBNM's feature and label losses) against loops over the batch
 
 def _mixed_batch(seed=3, b=6, d=5, k=3):
     g = torch.Generator().manual_seed(seed)

@@ -203,7 +203,7 @@ def test_against_torchmetrics():
 
 
 def test_torchmetrics_pitfall_with_negative_scores():
-    """METHODS.md §5: torchmetrics masks targets with preds > 0, so negative distances give mAP 0."""
+    """torchmetrics masks targets with preds > 0, so negative distances give mAP 0."""
     tm = pytest.importorskip("torchmetrics.functional.retrieval")
     dist = torch.tensor([0.1, 0.5, 0.9])
     relevant = torch.tensor([True, False, True])

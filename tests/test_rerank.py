@@ -13,7 +13,7 @@ def random_problem(q=12, g=40, d=6, seed=0):
 
 
 def loop_reference(qg, gg, kg, kq, beta, n_iter, variant):
-    """Plain Python lists, written from METHODS.md §6 without any vectorisation."""
+    """Plain Python lists, written from the official algorithm's steps without any vectorisation."""
     G = len(gg)
     R = [[0] * G for _ in range(G)]
     for g in range(G):

@@ -8,7 +8,7 @@ Two attention paths compute the same function:
 * the fused path, ``scaled_dot_product_attention``, fast, never forms the (n+1)×(n+1) matrix;
 * the explicit path, ``softmax(Q Kᵀ / √d_head) V``, taken only when attention is requested.
 
-Per block: ``X = X + MSA(LN(X))``, ``X = X + MLP(LN(X))`` (METHODS.md §1).
+Per block: ``X = X + MSA(LN(X))``, ``X = X + MLP(LN(X))`` (Dosovitskiy et al., ICLR 2021).
 """
 from __future__ import annotations
 
