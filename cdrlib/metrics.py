@@ -69,24 +69,54 @@ def _positions(rr: RelevantRanks) -> torch.Tensor:
     return torch.arange(1, rr.ranks.shape[1] + 1, dtype=torch.float64).expand_as(rr.ranks)
 
 
+def _per_query_precision_at_k(rr: RelevantRanks, k: int) -> torch.Tensor:
+    return (rr.ranks < k).sum(1).double() / k
+
+
+def _per_query_recall_at_k(rr: RelevantRanks, k: int) -> torch.Tensor:
+    return torch.where(rr.valid, (rr.ranks[:, 0] < k).double(), torch.nan)
+
+
+def _per_query_capped_hits(rr: RelevantRanks, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    cap = rr.n_rel.clamp(max=k)
+    return (rr.ranks < cap.unsqueeze(1)).sum(1).double(), cap.double()
+
+
+def _per_query_map_at_k_icfrr(rr: RelevantRanks, k: int) -> torch.Tensor:
+    inside = rr.ranks < k
+    found = inside.sum(1)
+    terms = torch.where(inside, _positions(rr) / (rr.ranks + 1), 0.0).sum(1)
+    return torch.where(found > 0, terms / found.clamp(min=1), 0.0)
+
+
+def _per_query_r_precision(rr: RelevantRanks) -> torch.Tensor:
+    hits = (rr.ranks < rr.n_rel.unsqueeze(1)).sum(1).double()
+    return torch.where(rr.valid, hits / rr.n_rel.clamp(min=1), torch.nan)
+
+
+def _per_query_map_at_r(rr: RelevantRanks) -> torch.Tensor:
+    inside = rr.ranks < rr.n_rel.unsqueeze(1)
+    terms = torch.where(inside, _positions(rr) / (rr.ranks + 1), 0.0).sum(1)
+    return torch.where(rr.valid, terms / rr.n_rel.clamp(min=1), torch.nan)
+
+
 def precision_at_k(rr: RelevantRanks, k: int) -> float:
     """Mean over queries of (relevant items in the top k) / k."""
     check_k(k, rr.gallery_size)
-    return ((rr.ranks < k).sum(1).double() / k).mean().item()
+    return _per_query_precision_at_k(rr, k).mean().item()
 
 
 def precision_at_k_capped(rr: RelevantRanks, k: int) -> float:
     """The UCDIR/IBNM code's P@K: Σ_q hits in top min(k, n_rel) / Σ_q min(k, n_rel)."""
     check_k(k, rr.gallery_size)
-    cap = rr.n_rel.clamp(max=k)
-    hits = (rr.ranks < cap.unsqueeze(1)).sum(1)
-    return (hits.sum().double() / cap.sum().clamp(min=1).double()).item()
+    hits, cap = _per_query_capped_hits(rr, k)
+    return (hits.sum() / cap.sum().clamp(min=1)).item()
 
 
 def recall_at_k(rr: RelevantRanks, k: int) -> float:
     """Fraction of queries (with a relevant item) that find one in the top k."""
     check_k(k, rr.gallery_size)
-    return (rr.ranks[rr.valid, :1] < k).double().mean().item()
+    return torch.nanmean(_per_query_recall_at_k(rr, k)).item()
 
 
 def average_precision(rr: RelevantRanks) -> torch.Tensor:
@@ -104,24 +134,66 @@ def mean_average_precision(rr: RelevantRanks) -> float:
 def map_at_k_icfrr(rr: RelevantRanks, k: int) -> float:
     """mAP@K as ICFRR computes it: AP of the top-k list over the positives found in it (0 if none)."""
     check_k(k, rr.gallery_size)
-    inside = rr.ranks < k
-    found = inside.sum(1)
-    terms = torch.where(inside, _positions(rr) / (rr.ranks + 1), 0.0).sum(1)
-    return torch.where(found > 0, terms / found.clamp(min=1), 0.0).mean().item()
+    return _per_query_map_at_k_icfrr(rr, k).mean().item()
 
 
 def r_precision(rr: RelevantRanks) -> float:
     """Mean over queries of precision in the top R, R = n_rel."""
-    r = rr.n_rel.unsqueeze(1)
-    hits = (rr.ranks < r).sum(1).double()
-    return (hits[rr.valid] / rr.n_rel[rr.valid]).mean().item()
+    return torch.nanmean(_per_query_r_precision(rr)).item()
 
 
 def map_at_r(rr: RelevantRanks) -> float:
     """mAP@R (Musgrave et al.): (1/R) Σ_{i: rank_i < R} i / (rank_i + 1), averaged over queries."""
-    inside = rr.ranks < rr.n_rel.unsqueeze(1)
-    terms = torch.where(inside, _positions(rr) / (rr.ranks + 1), 0.0).sum(1)
-    return (terms[rr.valid] / rr.n_rel[rr.valid]).mean().item()
+    return torch.nanmean(_per_query_map_at_r(rr)).item()
+
+
+class MetricSums:
+    """Every metric of :func:`summarize`, accumulated one chunk of queries at a time.
+
+    A chunk's :class:`RelevantRanks` is reduced to a few numbers per query (its AP, its hits in the
+    top K, …) and then dropped, so memory is O(Q) per metric plus one chunk's ranks — never the
+    (Q, max n_rel) table of all queries, which with few classes is as large as the Q×G scores.
+    """
+
+    def __init__(self, gallery_size: int, ks: Iterable[int] | None = None):
+        self.gallery_size = gallery_size
+        self.ks = ([k for k in DEFAULT_KS if k <= gallery_size] if ks is None
+                   else [check_k(k, gallery_size) for k in ks])
+        self.parts: dict[str, list[torch.Tensor]] = {}
+
+    def _keep(self, name: str, values: torch.Tensor) -> None:
+        self.parts.setdefault(name, []).append(values)
+
+    def add(self, rr: RelevantRanks) -> None:
+        """Reduce one chunk of queries (their ranks against the whole gallery)."""
+        if rr.gallery_size != self.gallery_size:
+            raise ValueError(f"a chunk ranked {rr.gallery_size} items, the gallery has {self.gallery_size}")
+        self._keep("mAP@all", average_precision(rr))
+        self._keep("mAP@R", _per_query_map_at_r(rr))
+        self._keep("R-Precision", _per_query_r_precision(rr))
+        for k in self.ks:
+            self._keep(f"P@{k}", _per_query_precision_at_k(rr, k))
+            hits, cap = _per_query_capped_hits(rr, k)
+            self._keep(f"P@{k}(capped) hits", hits)
+            self._keep(f"P@{k}(capped) cap", cap)
+            self._keep(f"mAP@{k}(icfrr)", _per_query_map_at_k_icfrr(rr, k))
+            self._keep(f"R@{k}", _per_query_recall_at_k(rr, k))
+        self._keep("without relevant", (~rr.valid).double())
+
+    def result(self) -> dict[str, float]:
+        """The flat dict of :func:`summarize`."""
+        v = {name: torch.cat(parts) for name, parts in self.parts.items()}
+        mean = lambda name: v[name].mean().item()          # over every query
+        over_valid = lambda name: torch.nanmean(v[name]).item()   # over queries with a relevant item
+        out = {"mAP@all": over_valid("mAP@all"), "mAP@R": over_valid("mAP@R"),
+               "R-Precision": over_valid("R-Precision")}
+        for k in self.ks:
+            out[f"P@{k}"] = mean(f"P@{k}")
+            out[f"P@{k}(capped)"] = (v[f"P@{k}(capped) hits"].sum() / v[f"P@{k}(capped) cap"].sum().clamp(min=1)).item()
+            out[f"mAP@{k}(icfrr)"] = mean(f"mAP@{k}(icfrr)")
+            out[f"R@{k}"] = over_valid(f"R@{k}")
+        out["n_queries_without_relevant"] = int(v["without relevant"].sum())
+        return out
 
 
 # ---------------------------------------------------------------- from scores to RelevantRanks
@@ -206,8 +278,9 @@ def hamming_relevance(query_tags: torch.Tensor, gallery_tags: torch.Tensor, zeta
 
 # ---------------------------------------------------------------- drivers
 
-def _chunk_rows(n_gallery: int, budget: int = 1 << 24) -> int:
-    """Queries per chunk so that a chunk's score table stays near ``budget`` entries (64 MB in float32)."""
+def _chunk_rows(n_gallery: int, budget: int = 1 << 22) -> int:
+    """Queries per chunk so that a chunk's score table stays near ``budget`` entries (16 MB in float32;
+    ranking it takes about 15 such tables of temporaries, so a chunk peaks near 250 MB)."""
     return max(1, min(4096, budget // max(n_gallery, 1)))
 
 
@@ -215,14 +288,16 @@ def _cosine_or_dot(a: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.nn.functional.normalize(a, dim=1) if metric == "cosine" else a
 
 
-def relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: Callable, metric: str = "cosine",
-                   chunk_size: int | None = None, device: torch.device | str | None = None) -> RelevantRanks:
-    """Score the gallery for every query (chunk by chunk) and collect the relevant ranks.
+def iter_relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: Callable, metric: str = "cosine",
+                        chunk_size: int | None = None, device: torch.device | str | None = None):
+    """Score the gallery one chunk of queries at a time and yield each chunk's :class:`RelevantRanks`.
 
     Args:
         query: float (Q, d); gallery: float (G, d).
         relevance: ``f(query_slice) -> bool (chunk, G)`` (see :func:`label_relevance`).
         metric: ``"cosine"``, ``"dot"`` or ``"euclidean"`` (smaller distance ranks first).
+        chunk_size: queries per chunk; default about 2^22 / G (a 16 MB float32 score table).
+    Memory: one chunk's scores, relevance and ranks, each at most chunk × G entries.
     """
     check_choice(metric, "metric", METRICS)
     if chunk_size is not None:
@@ -233,14 +308,22 @@ def relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: Callab
     g = _cosine_or_dot(gallery.to(dtype), metric).to(dev)
     g_sq = (g * g).sum(1) if metric == "euclidean" else None
     step = chunk_size or _chunk_rows(len(g))
-    parts = []
     for start in range(0, len(q), step):
         sl = slice(start, min(start + step, len(q)))
         s = q[sl] @ g.T
         if metric == "euclidean":  # −||q − g||² ranks like the distance, up to the constant ||q||²
             s = 2 * s - g_sq.unsqueeze(0)
-        parts.append(ranks_from_scores(s, relevance(sl).to(dev)))
-    return RelevantRanks.cat(parts)
+        yield ranks_from_scores(s, relevance(sl).to(dev))
+
+
+def relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: Callable, metric: str = "cosine",
+                   chunk_size: int | None = None, device: torch.device | str | None = None) -> RelevantRanks:
+    """The relevant ranks of every query, (Q, max n_rel): :func:`iter_relevant_ranks` concatenated.
+
+    For metrics over a large gallery with few classes use :func:`retrieval_metrics` (or
+    :class:`MetricSums`), which keeps only a few numbers per query instead of this table.
+    """
+    return RelevantRanks.cat(list(iter_relevant_ranks(query, gallery, relevance, metric, chunk_size, device)))
 
 
 def summarize(rr: RelevantRanks, ks: Iterable[int] | None = None) -> dict[str, float]:
@@ -248,17 +331,11 @@ def summarize(rr: RelevantRanks, ks: Iterable[int] | None = None) -> dict[str, f
 
     ``ks=None`` takes the values of ``DEFAULT_KS`` that fit the gallery; a K given explicitly must
     fit (a ``ValueError`` otherwise). Keys: ``mAP@all``, ``mAP@R``, ``R-Precision``,
-    ``P@K``, ``P@K(capped)``, ``mAP@K(icfrr)``, ``R@K``.
+    ``P@K``, ``P@K(capped)``, ``mAP@K(icfrr)``, ``R@K``, ``n_queries_without_relevant``.
     """
-    out = {"mAP@all": mean_average_precision(rr), "mAP@R": map_at_r(rr), "R-Precision": r_precision(rr)}
-    ks = [k for k in DEFAULT_KS if k <= rr.gallery_size] if ks is None else [check_k(k, rr.gallery_size) for k in ks]
-    for k in ks:
-        out[f"P@{k}"] = precision_at_k(rr, k)
-        out[f"P@{k}(capped)"] = precision_at_k_capped(rr, k)
-        out[f"mAP@{k}(icfrr)"] = map_at_k_icfrr(rr, k)
-        out[f"R@{k}"] = recall_at_k(rr, k)
-    out["n_queries_without_relevant"] = int((~rr.valid).sum())
-    return out
+    sums = MetricSums(rr.gallery_size, ks)
+    sums.add(rr)
+    return sums.result()
 
 
 def retrieval_metrics(query, gallery, query_labels, gallery_labels, metric: str = "cosine",
@@ -270,13 +347,18 @@ def retrieval_metrics(query, gallery, query_labels, gallery_labels, metric: str 
         query: (Q, d) features; gallery: (G, d) features (numpy or torch, float, finite).
         query_labels: (Q,) ints; gallery_labels: (G,) ints.
         metric: ``"cosine"`` (default), ``"dot"`` or ``"euclidean"``.
+    Memory: one chunk of queries at a time (about 2^22 / G queries, ``chunk_size`` to change it):
+    its scores and relevance (chunk × G) and a few numbers per query, whatever the number of
+    relevant items per query.
     """
     query = check_features(query, "query")
     gallery = check_features(gallery, "gallery", dim=query.shape[1])
     ql = check_labels(query_labels, "query_labels", len(query))
     gl = check_labels(gallery_labels, "gallery_labels", len(gallery))
-    rr = relevant_ranks(query, gallery, label_relevance(ql, gl), metric, chunk_size, device)
-    return summarize(rr, ks)
+    sums = MetricSums(len(gallery), ks)
+    for rr in iter_relevant_ranks(query, gallery, label_relevance(ql, gl), metric, chunk_size, device):
+        sums.add(rr)
+    return sums.result()
 
 
 def ranking_metrics(ranking, query_labels, gallery_labels, ks: Iterable[int] | None = None) -> dict[str, float]:
@@ -294,8 +376,12 @@ def ranking_metrics(ranking, query_labels, gallery_labels, ks: Iterable[int] | N
         if repeated.any():
             raise ValueError(f"ranking lists a gallery item twice in {int(repeated.sum())} row(s) (first: row "
                              f"{int(repeated.nonzero()[0])}); each row must rank distinct items")
-    rel = ql.unsqueeze(1) == gl.unsqueeze(0)
-    return summarize(ranks_from_ranking(ranking, rel), ks)
+    sums = MetricSums(len(gl), ks)
+    step = _chunk_rows(len(gl))
+    for start in range(0, len(ranking), step):   # one chunk of queries at a time: no Q × G relevance table
+        sl = slice(start, start + step)
+        sums.add(ranks_from_ranking(ranking[sl], label_relevance(ql, gl)(sl)))
+    return sums.result()
 
 
 def pmrp(query, gallery, query_tags, gallery_tags, zetas: Sequence[int] = (0, 1, 2), metric: str = "cosine",
@@ -317,7 +403,8 @@ def pmrp(query, gallery, query_tags, gallery_tags, zetas: Sequence[int] = (0, 1,
                          f"({len(query)}, V) and ({len(gallery)}, V)")
     out = {}
     for z in zetas:
-        rr = relevant_ranks(query, gallery, hamming_relevance(qt, gt, z), metric, chunk_size)
-        out[f"PMRP@{z}"] = r_precision(rr)
+        per_query = [_per_query_r_precision(rr) for rr in
+                     iter_relevant_ranks(query, gallery, hamming_relevance(qt, gt, z), metric, chunk_size)]
+        out[f"PMRP@{z}"] = torch.nanmean(torch.cat(per_query)).item()
     out["PMRP"] = float(np.mean([out[f"PMRP@{z}"] for z in zetas]))
     return out

@@ -12,7 +12,8 @@ Every image and every caption becomes a Gaussian N(μ, diag(σ²)) in R^D:
   the true logistic sigmoid (the official code's "sigmoid" is sigmoid(2x));
 * :func:`soft_contrastive_loss` — −log p for matching pairs, −log(1 − p) otherwise, over all
   N×N image–caption pairs of a batch (the two kinds averaged separately); :func:`kl_to_standard_normal` — the regulariser;
-* :func:`match_scores` — a query × gallery table of match probabilities, chunked (retrieval);
+* :func:`match_scores` — a query × gallery table of match probabilities, chunked (retrieval), from
+  :func:`match_log_p` (log p alone);
 * :func:`contrastive_loss` — the deterministic baseline's loss on μ alone.
 """
 from __future__ import annotations
@@ -105,6 +106,12 @@ def match_logprob(z_x: torch.Tensor, z_y: torch.Tensor, a, b) -> tuple[torch.Ten
     return log_p, log_not_p
 
 
+def match_log_p(z_x: torch.Tensor, z_y: torch.Tensor, a, b) -> torch.Tensor:
+    """log p alone, (N, M), for retrieval: the first half of :func:`match_logprob` at about half its cost."""
+    logits = (-a * _pair_distances(z_x, z_y) + b).flatten(2)                 # (N, M, J·J')
+    return torch.logsumexp(F.logsigmoid(logits), dim=2) - math.log(logits.shape[-1])
+
+
 def soft_contrastive_loss(z_img: torch.Tensor, z_txt: torch.Tensor, matches: torch.Tensor, a, b) -> torch.Tensor:
     """−log p over the matching pairs plus −log(1 − p) over the others, each averaged, over all
     N×M image–caption pairs of a batch.
@@ -148,16 +155,22 @@ def contrastive_loss(mu_img: torch.Tensor, mu_txt: torch.Tensor, matches: torch.
 
 @torch.no_grad()
 def match_scores(mu_q, log_sigma_q, mu_g, log_sigma_g, a, b, n_samples: int = 7, chunk_size: int = 256,
-                 seed: int = 0) -> torch.Tensor:
+                 seed: int = 0, budget: int = 1 << 24) -> torch.Tensor:
     """The match probability of every query with every gallery item, (Q, G), larger is better.
 
-    Samples are drawn once per item (seeded) and reused for all pairs; the table is built
-    ``chunk_size`` queries at a time, so memory is chunk × G × J² (not Q × G × J²).
+    Samples are drawn once per item (seeded) and reused for all pairs. Memory: the (Q, G) result
+    plus at most about ``budget`` sample-pair distances at a time (``chunk_size`` queries against
+    as many gallery items as fit, J² distances per pair), whatever the gallery's size.
     """
     check_positive_int(n_samples, "n_samples")
     check_positive_int(chunk_size, "chunk_size")
+    check_positive_int(budget, "budget")
     g = torch.Generator(device=mu_q.device).manual_seed(seed)
     z_q = sample(mu_q, log_sigma_q, n_samples, g)
     z_g = sample(mu_g, log_sigma_g, n_samples, g)
-    return torch.cat([match_logprob(z_q[i:i + chunk_size], z_g, a, b)[0].exp()
-                      for i in range(0, len(z_q), chunk_size)])
+    out = torch.empty(len(z_q), len(z_g), dtype=z_q.dtype, device=z_q.device)
+    g_step = max(1, budget // (min(chunk_size, max(len(z_q), 1)) * n_samples ** 2))
+    for i in range(0, len(z_q), chunk_size):
+        for j in range(0, len(z_g), g_step):
+            out[i:i + chunk_size, j:j + g_step] = match_log_p(z_q[i:i + chunk_size], z_g[j:j + g_step], a, b).exp()
+    return out

@@ -8,14 +8,18 @@
   the deterministic baseline with the same encoders;
 * :func:`train` — batches of images, each with one of its emoji's captions drawn at random;
   a caption *matches* every image of the batch whose emoji has that caption (so "face" drawn for
-  one face matches every face in the batch);
+  one face matches every face in the batch); :func:`train_or_load` keeps runs in a run store;
+* :func:`specific_captions`, :func:`general_captions` — the captions restricted to those that fit
+  few (or many) emoji: the premise dial on how one-to-many the training captions are;
 * :func:`evaluate` — image→text and text→image: R@1/5/10 (relevant = the same emoji),
   R-Precision (relevant = the same class) and PMRP (relevant = tag vectors within Hamming ζ).
 """
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -23,9 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import pcme
-from .metrics import (RelevantRanks, hamming_relevance, label_relevance, r_precision, ranks_from_scores,
-                      recall_at_k)
+from .metrics import MetricSums, hamming_relevance, label_relevance, ranks_from_scores
+from .run_store import RunStore
 from .text import BiGRUText, Vocabulary
+from .validation import check_choice
 
 
 @dataclass
@@ -39,6 +44,7 @@ class PCMEConfig:
     kl_weight: float = 1e-3       # CUB's
     temperature: float = 0.1      # the deterministic baseline's InfoNCE
     probabilistic: bool = True
+    positives: str = "caption"    # "caption": every image the caption fits; "pair": only its own image (COCO's)
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
@@ -148,6 +154,16 @@ class ImageTextData:
             out[i] = v
         return out
 
+    def with_captions(self, captions: dict) -> "ImageTextData":
+        """The same images with other captions (emoji → list of captions, every emoji of the split)."""
+        if set(captions) != set(self.captions):
+            raise ValueError("captions must give a list for every emoji of the split, and no other emoji")
+        return ImageTextData(self.pooled, self.tokens, self.image_emoji, captions, self.labels, self.tags)
+
+    def caption_fits(self) -> Counter:
+        """caption → the number of emoji of this split it fits (one-to-many when above 1)."""
+        return Counter(c for cs in self.caption_sets.values() for c in cs)
+
     def matches(self, image_emoji: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """bool (len(image_emoji), len(texts)): which caption fits which image."""
         return torch.tensor([[t in self.caption_sets[int(e)] for t in texts] for e in image_emoji])
@@ -177,8 +193,8 @@ class PCME(nn.Module):
         self.text_encoder = BiGRUText(len(vocab), cfg.embed_dim, cfg.gru_hidden)
         self.text_head = pcme.GaussianHead(self.text_encoder.num_features, self.text_encoder.num_features, cfg.dim,
                                            cfg.probabilistic)
-        self.a = nn.Parameter(torch.tensor(cfg.a_init))
-        self.b = nn.Parameter(torch.tensor(cfg.b_init))
+        self.a = nn.Parameter(torch.tensor(float(cfg.a_init)))
+        self.b = nn.Parameter(torch.tensor(float(cfg.b_init)))
 
     def embed_images(self, pooled, tokens):
         """(B, d_pooled), (B, T, d_local) → (μ, log σ or None), each (B, D)."""
@@ -211,6 +227,7 @@ def train(cfg: PCMEConfig, data: ImageTextData, device="cpu", vocab: Vocabulary 
     """
     from .profile import progress
 
+    check_choice(cfg.positives, "PCMEConfig.positives", ("caption", "pair"))
     torch.manual_seed(cfg.seed)
     vocab = vocab or Vocabulary.build(data.texts)
     model = PCME(cfg, vocab, data.pooled.shape[1], data.tokens.shape[2]).to(device)
@@ -228,7 +245,8 @@ def train(cfg: PCMEConfig, data: ImageTextData, device="cpu", vocab: Vocabulary 
             emoji = data.image_emoji[ids]
             texts = [data.captions[int(e)][int(torch.randint(len(data.captions[int(e)]), (1,), generator=gen))]
                      for e in emoji]
-            matches = data.matches(emoji, texts).to(device)
+            matches = (data.matches(emoji, texts) if cfg.positives == "caption"
+                       else torch.eye(len(ids), dtype=torch.bool)).to(device)
             img = model.embed_images(data.pooled[ids].to(device), data.tokens[ids].to(device))
             loss, parts = model.loss(img, model.embed_texts(texts), matches)
             opt.zero_grad(set_to_none=True)
@@ -240,6 +258,89 @@ def train(cfg: PCMEConfig, data: ImageTextData, device="cpu", vocab: Vocabulary 
         history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                         **{k: v / steps for k, v in sums.items()}})
     return model.eval(), history
+
+
+def specific_captions(data: ImageTextData, max_fits: int | None) -> ImageTextData:
+    """Training captions restricted to those that fit at most ``max_fits`` emoji of the split.
+
+    An emoji left with none keeps its most specific caption (fewest emoji; the first such in its
+    list), so every image still has one. ``max_fits=None`` keeps every caption. No class label is
+    read: only which captions the emoji carry.
+    """
+    return _captions_where(data, max_fits, lambda n, bound: n <= bound, min, "max_fits")
+
+
+def general_captions(data: ImageTextData, min_fits: int | None) -> ImageTextData:
+    """Training captions restricted to those that fit at least ``min_fits`` emoji of the split.
+
+    The other end of the dial from :func:`specific_captions`: an emoji left with none keeps its most
+    general caption (most emoji; the first such in its list). ``min_fits=None`` keeps every caption.
+    """
+    return _captions_where(data, min_fits, lambda n, bound: n >= bound, max, "min_fits")
+
+
+def _captions_where(data: ImageTextData, bound, keep, fallback, name: str) -> ImageTextData:
+    if bound is None:
+        return data
+    if not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {bound!r}")
+    fits = data.caption_fits()
+    kept = {e: [c for c in caps if keep(fits[c], bound)] or [fallback(caps, key=lambda c: fits[c])]
+            for e, caps in data.captions.items()}
+    return data.with_captions(kept)
+
+
+def mean_caption_fits(data: ImageTextData) -> float:
+    """How one-to-many the training signal is: the mean, over the (emoji, caption) items training
+    draws from, of the number of emoji the caption fits (1.0: every caption names one emoji)."""
+    fits = data.caption_fits()
+    return float(np.mean([fits[c] for c in data.texts]))
+
+
+class PCMERun:
+    """One training run of :func:`train` in the form a :class:`~cdrlib.run_store.RunStore` takes.
+
+    ``model`` is set once the run is trained or loaded.
+    """
+
+    def __init__(self, cfg: PCMEConfig, data: ImageTextData, device="cpu"):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.vocab = Vocabulary.build(data.texts)
+        self.model: PCME | None = None
+
+    def trainer(self):
+        return self                                   # the store calls trainer().fit()
+
+    def fit(self) -> list[dict]:
+        self.model, history = train(self.cfg, self.data, device=self.device, vocab=self.vocab)
+        return history
+
+    def kept_state(self) -> dict:
+        return {"model": self.model.state_dict()}
+
+    def load_kept_state(self, state: dict) -> None:
+        model = PCME(self.cfg, self.vocab, self.data.pooled.shape[1], self.data.tokens.shape[2])
+        model.load_state_dict(state["model"])
+        self.model = model.to(self.device).eval()
+
+
+def train_or_load(cfg: PCMEConfig, data: ImageTextData, store: RunStore | None = None, key: str | None = None,
+                  device="cpu"):
+    """:func:`train`, or the run ``key`` of ``store`` when it is stored with the same settings.
+
+    Returns ``(model, history)``; with a store the weights are the stored float16 ones (also right
+    after training), so a chapter shows the same table whether its runs were loaded or trained.
+    """
+    if store is None:
+        return train(cfg, data, device=device)
+    if key is None:
+        raise ValueError("a run store needs the run's key")
+    run = PCMERun(cfg, data, device)
+    settings = {"config": asdict(cfg), "images": list(data.pooled.shape), "tokens": list(data.tokens.shape),
+                "texts": len(data.texts), "vocabulary": len(run.vocab),
+                "captions": hashlib.sha256("\n".join(data.texts).encode()).hexdigest()[:16]}
+    history = store.fit(key, run, settings)
+    return run.model, history
 
 
 @torch.no_grad()
@@ -287,17 +388,19 @@ def evaluate(scores: torch.Tensor, data: ImageTextData, ks=(1, 5, 10), zetas=(0,
                                   ("text→image", scores.t(), data.text_emoji, data.image_emoji)):
         row = {"direction": name}
 
-        def ranks(relevance):  # chunks of 1024 queries: relevance tables stay small
-            return RelevantRanks.cat([ranks_from_scores(s[i:i + 1024], relevance(slice(i, i + 1024)))
-                                      for i in range(0, len(s), 1024)])
+        def metrics(relevance, ks=()):  # 1024 queries at a time: a few numbers per query are kept
+            sums = MetricSums(s.shape[1], ks)
+            for i in range(0, len(s), 1024):
+                sums.add(ranks_from_scores(s[i:i + 1024], relevance(slice(i, i + 1024))))
+            return sums.result()
 
-        rr = ranks(label_relevance(q_emo, g_emo))          # the same emoji
+        same_emoji = metrics(label_relevance(q_emo, g_emo), ks)
         for k in ks:
-            row[f"R@{k}"] = recall_at_k(rr, k)
-        row["R-Precision"] = r_precision(ranks(label_relevance(lab(q_emo), lab(g_emo))))
+            row[f"R@{k}"] = same_emoji[f"R@{k}"]
+        row["R-Precision"] = metrics(label_relevance(lab(q_emo), lab(g_emo)))["R-Precision"]
         qt, gt = tag(q_emo), tag(g_emo)
         for z in zetas:
-            row[f"PMRP@{z}"] = r_precision(ranks(hamming_relevance(qt, gt, z)))
+            row[f"PMRP@{z}"] = metrics(hamming_relevance(qt, gt, z))["R-Precision"]
         row["PMRP"] = float(np.mean([row[f"PMRP@{z}"] for z in zetas]))
         rows.append(row)
     return rows

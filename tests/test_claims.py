@@ -87,6 +87,32 @@ def premise_holds(regime: str):
     return check
 
 
+def premise_row(payload: dict, regime: str, metric: str) -> dict:
+    rows = [r for r in payload["records"] if r["regime"] == regime and r["metric"] == metric]
+    assert len(rows) == 1, f"{payload['chapter']}:premise has {len(rows)} rows for {regime!r} in {metric}"
+    return rows[0]
+
+
+def premise_below(regime: str, metric: str):
+    """Claim: at ``regime`` the method is *below* its ablation (by more than the tolerance when committed)."""
+    def check(payload, margin):
+        r = premise_row(payload, regime, metric)
+        if margin is None:
+            margin = tolerance(payload, rows=[regime])
+        assert r["gain"] < -margin, f"regime {regime!r} no longer shows the method below its ablation: {r}"
+    return check
+
+
+def gain_grows(low: str, high: str, metric: str):
+    """Claim: the gain over the ablation is larger at regime ``high`` than at ``low``."""
+    def check(payload, margin):
+        a, b = premise_row(payload, low, metric), premise_row(payload, high, metric)
+        if margin is None:
+            margin = tolerance(payload, rows=[low, high])
+        assert b["gain"] - a["gain"] > margin, f"gain at {high!r} ({b['gain']:.4f}) is not above {low!r} ({a['gain']:.4f})"
+    return check
+
+
 CLAIMS = [
     # chapter 04: the cluster-wise loss beats its ablation; no head beats the frozen backbone
     ("04_cluster_contrastive", "map_all", "CW beats IW", beats("UCDIR CW", "UCDIR IW", "heldout: mean")),
@@ -106,6 +132,14 @@ CLAIMS = [
     # chapter 06: fusion with an importance that marks the drawing is still level with random fusion
     ("06_ibnm", "premise", "drawn-pixel importance: fusion still adds nothing", premise_fails("drawn pixels")),
     ("06_ibnm", "premise", "default attention: fusion adds nothing", premise_fails("default")),
+    # chapter 07: PCME stays below its deterministic twin; the gap narrows as the captions get more one-to-many
+    ("07_pcme", "retrieval", "the deterministic model beats PCME",
+     beats("deterministic", "PCME (J=7): match probability", "image→text: R@10")),
+    ("07_pcme", "premise", "default captions: PCME below the deterministic model",
+     premise_below("default", "PMRP")),
+    ("07_pcme", "premise", "general captions: PCME still below", premise_below("captions fitting ≥ 10 emoji", "PMRP")),
+    ("07_pcme", "premise", "general captions: the gap narrows",
+     gain_grows("default", "captions fitting ≥ 10 emoji", "PMRP")),
     # chapter 08: re-ranking lowers mAP@all on the default data, and helps with pure neighbour lists
     ("08_icfrr", "sketch_to_colour", "ICFRR (official) lowers the backbone's mAP@all",
      beats("ResNet (self-supervised)", "ResNet (self-supervised) + ICFRR (official)", "mAP@all")),

@@ -118,3 +118,16 @@ def test_vocabulary_and_bigru():
     # padding does not change a caption's encoding
     p1, _ = enc(*vocab.encode(["face"]))
     assert torch.allclose(p1[0], enc(*vocab.encode(["face", "red apple"]))[0][0], atol=1e-6)
+
+
+def test_match_scores_do_not_depend_on_how_they_are_chunked():
+    g = torch.Generator().manual_seed(7)
+    mq, mg = torch.randn(9, 4, generator=g), torch.randn(13, 4, generator=g)
+    lq, lg = torch.randn(9, 4, generator=g) - 2, torch.randn(13, 4, generator=g) - 2
+    whole = pcme.match_scores(mq, lq, mg, lg, 5.0, 3.0, n_samples=3, chunk_size=9, budget=1 << 20)
+    for chunk, budget in ((2, 9), (4, 50), (9, 1)):
+        part = pcme.match_scores(mq, lq, mg, lg, 5.0, 3.0, n_samples=3, chunk_size=chunk, budget=budget)
+        # equal up to the distance kernel's rounding (torch.cdist picks its algorithm by size)
+        assert torch.allclose(part, whole, rtol=1e-5, atol=1e-12)
+    with pytest.raises(ValueError, match="budget"):
+        pcme.match_scores(mq, lq, mg, lg, 5.0, 3.0, budget=0)

@@ -4,7 +4,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cdrlib.pcme_train import ImageTextData, PCMEConfig, evaluate, raw_pixel_scores, score_tables, train
+from cdrlib.pcme_train import (ImageTextData, PCMEConfig, evaluate, general_captions, mean_caption_fits,
+                               raw_pixel_scores, score_tables, specific_captions, train, train_or_load)
+from cdrlib.run_store import RunStore
 
 
 def _data(n_emoji=12, seed=0):
@@ -108,3 +110,53 @@ def test_cub_command_on_a_fake_tree(tmp_path):
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {r["model"] for r in res["metrics"]} == {"deterministic", "PCME"}
     assert all(0 <= r["R@1"] <= 1 and 0 <= r["PMRP"] <= 1 for r in res["metrics"])
+
+
+def test_specific_captions_against_a_loop():
+    d = _data(n_emoji=6)
+    d = d.with_captions({e: [f"item{e}", "face" if e % 2 else "animal", "thing"] for e in range(6)})
+    fits = {}
+    for caps in d.captions.values():           # the slow count: how many emoji each caption fits
+        for c in set(caps):
+            fits[c] = fits.get(c, 0) + 1
+    for bound in (1, 3, 5, 6, 7):
+        specific, general = specific_captions(d, bound), general_captions(d, bound)
+        for e, caps in d.captions.items():
+            most_specific = min(caps, key=lambda c: fits[c])
+            most_general = max(caps, key=lambda c: fits[c])
+            assert specific.captions[e] == ([c for c in caps if fits[c] <= bound] or [most_specific])
+            assert general.captions[e] == ([c for c in caps if fits[c] >= bound] or [most_general])
+    assert general_captions(d, 4).captions[0] == ["thing"] and general_captions(d, 3).captions[1] == ["face", "thing"]
+    assert specific_captions(d, 2).captions[1] == ["item1"]
+    assert fits == {**{f"item{e}": 1 for e in range(6)}, "face": 3, "animal": 3, "thing": 6}
+    assert mean_caption_fits(specific_captions(d, 1)) == 1.0
+    assert mean_caption_fits(d) == pytest.approx((6 * 1 + 6 * 3 + 6 * 6) / 18)
+    assert specific_captions(d, None) is d
+    with pytest.raises(ValueError, match="max_fits"):
+        specific_captions(d, 0)
+    with pytest.raises(ValueError, match="min_fits"):
+        general_captions(d, True)
+    with pytest.raises(ValueError, match="every emoji"):
+        d.with_captions({0: ["x"]})
+
+
+def test_pair_positives_and_bad_choice():
+    d = _data()
+    cfg = replace(PCMEConfig(), dim=4, epochs=1, batch_size=8, embed_dim=8, gru_hidden=4, positives="pair")
+    assert len(train(cfg, d)[1]) == 1
+    with pytest.raises(ValueError, match="positives"):
+        train(replace(cfg, positives="pairs"), d)
+
+
+def test_a_stored_pcme_run_scores_like_the_trained_one(tmp_path):
+    d = _data()
+    cfg = replace(PCMEConfig(), dim=4, epochs=2, batch_size=8, embed_dim=8, gru_hidden=4, a_init=5)
+    store = RunStore(tmp_path / "runs", mode="use")
+    m1, h1 = train_or_load(cfg, d, store, "pcme | seed 0")
+    m2, h2 = train_or_load(cfg, d, store, "pcme | seed 0")
+    assert (store.trained, store.loaded) == (1, 1) and h1 == h2
+    assert torch.equal(score_tables(m1, d), score_tables(m2, d))
+    train_or_load(replace(cfg, epochs=3), d, store, "pcme | seed 0")          # other settings: trains again
+    assert store.trained == 2
+    with pytest.raises(ValueError, match="key"):
+        train_or_load(cfg, d, store)
