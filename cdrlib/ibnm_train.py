@@ -33,7 +33,8 @@ from . import fusion, noise
 from .clustering import kmeans
 from .models.vit import VisionTransformer
 from .run_store import RunStore
-from .ucdir_train import UCDIR, UCDIRConfig, _Views, _world, evaluate_method, fit_or_load
+from .ucdir_train import (UCDIR, TrainingViews, UCDIRConfig, evaluate_method, fit_or_load,
+                          rank_and_world_size)
 
 FUSION_MODES = (None, "random", "attention", "attention_raw", "ink")
 
@@ -110,14 +111,15 @@ class IBNM(UCDIR):
         if not isinstance(vit, VisionTransformer):
             raise TypeError(f"IBNM mixes ViT patch tokens and reads ViT attention: give a "
                             f"cdrlib VisionTransformer (emoji-vit, dino-vitb16), not {type(vit).__name__}")
-        if _world()[1] > 1:
+        if rank_and_world_size()[1] > 1:
             raise RuntimeError("IBNM trains on one process (its fusion step runs outside the DDP wrapper)")
         if (features_a is None) != (features_b is None):
             raise ValueError("give cached features for both domains or for neither")
         frozen = features_a is not None
         super().__init__(cfg, features_a if frozen else images_a, features_b if frozen else images_b, vit, device)
         # fusion and mixup need the images; when the backbone trains they are UCDIR's own inputs
-        self.images = ({"A": _Views(images_a, cfg.image_size), "B": _Views(images_b, cfg.image_size)}
+        self.images = ({"A": TrainingViews(images_a, cfg.image_size),
+                        "B": TrainingViews(images_b, cfg.image_size)}
                        if frozen else self.views)
         for d, feats in (("A", features_a), ("B", features_b)):
             if frozen and len(feats) != len(self.images[d]):

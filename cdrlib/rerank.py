@@ -226,7 +226,7 @@ def _resort_desc(ps: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-class _Voter:
+class Voter:
     """Δ for a chunk of queries, kept up to date across iterations.
 
     The first call sums the KQ sparse weight rows of every query's top items; later calls only add
@@ -276,16 +276,16 @@ class _Voter:
         return self.sums(top).to(self.nb.weight.dtype) * (self.scale / self.kq)
 
 
-def _delta(top: torch.Tensor, nb: GalleryNeighbours, kq: int) -> torch.Tensor:
+def vote_delta(top: torch.Tensor, nb: GalleryNeighbours, kq: int) -> torch.Tensor:
     """Δ for a chunk: (C, KQ) top items → (C, G) mean of their sparse weight rows (the chapter's view)."""
-    return _Voter(nb, top.shape[0], kq)(top)
+    return Voter(nb, top.shape[0], kq)(top)
 
 
 def _rerank_chunk(dist: torch.Tensor, nb: GalleryNeighbours, kq: int, beta: float, n_iter: int,
                   variant: str) -> torch.Tensor:
     """Re-rank one chunk of queries from their distances (C, G); returns the final π (C, G)."""
     pi = _argsort_desc(-dist)
-    vote = _Voter(nb, dist.shape[0], kq)
+    vote = Voter(nb, dist.shape[0], kq)
     if variant == "official":
         v = torch.gather(-dist, 1, pi)                         # sorted original scores, never updated
         for _ in range(n_iter):

@@ -137,7 +137,7 @@ def cache_view_features(backbone: nn.Module, images: torch.Tensor, n_views: int 
     return torch.cat(out)
 
 
-class _Views:
+class TrainingViews:
     """How a domain's images become inputs of the encoder (see the module docstring)."""
 
     def __init__(self, images, image_size: int, workers: int = 8):
@@ -175,14 +175,15 @@ class _Views:
         return x[:, 0].to(device) if self.cached else normalize(x.to(device))
 
 
-def _world() -> tuple[int, int]:
+def rank_and_world_size() -> tuple[int, int]:
+    """``(rank, world size)`` of a distributed run, ``(0, 1)`` without one."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def _gather(t: torch.Tensor) -> torch.Tensor:
-    rank, world = _world()
+    rank, world = rank_and_world_size()
     if world == 1:
         return t
     parts = [torch.empty_like(t) for _ in range(world)]
@@ -210,7 +211,7 @@ class UCDIR:
                  relabel=None, matching=None):
         self.cfg, self.device = cfg, torch.device(device)
         self.relabel, self.matching = relabel, matching   # the premise dials' hooks (see above)
-        self.views = {"A": _Views(images_a, cfg.image_size), "B": _Views(images_b, cfg.image_size)}
+        self.views = {"A": TrainingViews(images_a, cfg.image_size), "B": TrainingViews(images_b, cfg.image_size)}
         if self.views["A"].cached != self.views["B"].cached:
             raise ValueError("give both domains as images or both as cached view features")
         self.frozen_backbone = None
@@ -224,7 +225,7 @@ class UCDIR:
                       for i, (d, v) in enumerate(self.views.items())}
         self.clusters = _Clusters()
         self.model = self.encoder
-        if _world()[1] > 1:
+        if rank_and_world_size()[1] > 1:
             self.model = nn.parallel.DistributedDataParallel(self.encoder)
         self.optimizer = torch.optim.SGD(self.encoder.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
@@ -240,7 +241,7 @@ class UCDIR:
     # -- data
     def batches(self, epoch: int, gen: torch.Generator):
         """Index batches (ids_A, ids_B), drawn independently per domain; each process takes its share."""
-        rank, world = _world()
+        rank, world = rank_and_world_size()
         na, nb = len(self.views["A"]), len(self.views["B"])
         steps = max(na, nb) // self.cfg.batch_size
         bs = self.cfg.batch_size
