@@ -75,8 +75,13 @@ class GaussianHead(nn.Module):
 
 
 def sample(mu: torch.Tensor, log_sigma: torch.Tensor, n_samples: int, generator: torch.Generator | None = None):
-    """z = μ + σ ε, ε ~ N(0, I): (B, D) twice → (B, J, D). J = 1 with σ = 0 gives μ itself."""
-    eps = torch.randn((mu.shape[0], n_samples, mu.shape[1]), generator=generator, device=mu.device, dtype=mu.dtype)
+    """z = μ + σ ε, ε ~ N(0, I): (B, D) twice → (B, J, D). J = 1 with σ = 0 gives μ itself.
+
+    ε is drawn on the generator's device (a CPU generator gives the same ε for CPU and GPU tensors).
+    """
+    where = generator.device if generator is not None else mu.device
+    eps = torch.randn((mu.shape[0], n_samples, mu.shape[1]), generator=generator, device=where,
+                      dtype=mu.dtype).to(mu.device)
     return mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * eps
 
 
@@ -158,14 +163,14 @@ def match_scores(mu_q, log_sigma_q, mu_g, log_sigma_g, a, b, n_samples: int = 7,
                  seed: int = 0, budget: int = 1 << 24) -> torch.Tensor:
     """The match probability of every query with every gallery item, (Q, G), larger is better.
 
-    Samples are drawn once per item (seeded) and reused for all pairs. Memory: the (Q, G) result
+    Samples are drawn once per item (seeded, by a CPU generator) and reused for all pairs. Memory: the (Q, G) result
     plus at most about ``budget`` sample-pair distances at a time (``chunk_size`` queries against
     as many gallery items as fit, J² distances per pair), whatever the gallery's size.
     """
     check_positive_int(n_samples, "n_samples")
     check_positive_int(chunk_size, "chunk_size")
     check_positive_int(budget, "budget")
-    g = torch.Generator(device=mu_q.device).manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)   # on the CPU: the same samples, so the same table, on any device
     z_q = sample(mu_q, log_sigma_q, n_samples, g)
     z_g = sample(mu_g, log_sigma_g, n_samples, g)
     out = torch.empty(len(z_q), len(z_g), dtype=z_q.dtype, device=z_q.device)
