@@ -115,11 +115,16 @@ def dod_loss_seed(c_a: torch.Tensor, c_b: torch.Tensor, matching: torch.Tensor |
 
 
 def _pairwise_distances(c: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances (K, K) between rows, with a finite gradient on the diagonal."""
+    """Euclidean distances (K, K) between rows, with a finite gradient everywhere.
+
+    sqrt's gradient is infinite at 0: on the diagonal, and wherever two rows coincide — two empty
+    clusters, or a head that has collapsed its centroids (a tiny run on another torch version
+    turned that into NaN weights). Squared distances are floored at 1e-12 (a distance of 1e-6).
+    """
     sq = (c * c).sum(1)
-    d2 = (sq.view(-1, 1) + sq.view(1, -1) - 2 * c @ c.T).clamp(min=0)
+    d2 = (sq.view(-1, 1) + sq.view(1, -1) - 2 * c @ c.T).clamp(min=1e-12)
     eye = torch.eye(len(c), dtype=torch.bool, device=c.device)
-    return torch.where(eye, torch.zeros_like(d2), (d2 + eye.to(d2)).sqrt())
+    return torch.where(eye, torch.zeros_like(d2), d2.sqrt())
 
 
 def batch_centroids(bank: torch.Tensor, bank_labels: torch.Tensor, ids: torch.Tensor, q: torch.Tensor,

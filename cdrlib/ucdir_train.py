@@ -226,7 +226,11 @@ class UCDIR:
         self.clusters = _Clusters()
         self.model = self.encoder
         if rank_and_world_size()[1] > 1:
-            self.model = nn.parallel.DistributedDataParallel(self.encoder)
+            # The encoder runs twice a step (domain A, then B). With DDP's default buffer broadcast
+            # before every forward, the second forward overwrites BatchNorm buffers that the first
+            # one's graph saved (an in-place error on rank 1 under torch 2.11); each process keeps its
+            # own statistics instead, and the checkpoint and evaluation take rank 0's.
+            self.model = nn.parallel.DistributedDataParallel(self.encoder, broadcast_buffers=False)
         self.optimizer = torch.optim.SGD(self.encoder.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
 

@@ -64,8 +64,17 @@ def main() -> None:
     rank = dist.get_rank() if dist.is_initialized() else 0
     device = pick_device()
     if dist.is_initialized() and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+        if per_node > torch.cuda.device_count():
+            if args.backend != "gloo":
+                raise SystemExit(f"{per_node} processes per node but {torch.cuda.device_count()} GPU(s): start at "
+                                 f"most one process per GPU (torchrun --nproc-per-node), or use --backend gloo on the CPU")
+            device = torch.device("cpu")   # gloo with more processes than GPUs: every process on the CPU
+            if rank == 0:
+                print(f"[train] {per_node} processes, {torch.cuda.device_count()} GPU(s): gloo runs them on the CPU")
+        else:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
 
     paper = args.dataset != "emoji"
     ibnm = args.method == "ibnm"

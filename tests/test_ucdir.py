@@ -121,3 +121,12 @@ def test_batch_centroids_against_loop():
     # with the queries equal to their bank entries, these are the bank's own centroids
     same = ucdir.batch_centroids(bank, labels, ids, bank[ids], k=4)
     assert torch.allclose(same, F.normalize(torch.stack([bank[labels == c].sum(0) for c in range(4)]), dim=1))
+
+
+def test_dod_seed_gradient_is_finite_when_centroids_coincide():
+    # two coincident centroids (a collapsed head, or two empty clusters): sqrt at 0 must not give NaN
+    c_a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    c_b = torch.tensor([[0.0, 1.0], [0.6, 0.8], [0.6, 0.8]], dtype=torch.float64, requires_grad=True)
+    loss = ucdir.dod_loss_seed(c_a, c_b, matching=torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert torch.isfinite(c_a.grad).all() and torch.isfinite(c_b.grad).all()
