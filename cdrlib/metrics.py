@@ -22,6 +22,9 @@ means (``RelevantRanks.valid``), and counted in ``n_queries_without_relevant``.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -284,6 +287,29 @@ def _chunk_rows(n_gallery: int, budget: int = 1 << 22) -> int:
     return max(1, min(4096, budget // max(n_gallery, 1)))
 
 
+def _glibc_malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):   # not glibc (musl): nothing to call
+        return None
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def _return_freed_memory() -> None:
+    """Give the memory a finished chunk freed back to the system.
+
+    glibc keeps freed heap memory for reuse, and the chunks' differently sized temporaries fragment
+    it: at Q = G = 20k with 7 classes the process grew to 1.9 GB although one chunk needs about
+    0.2 GB; trimming after each chunk kept it at 0.7 GB (import included) for the same run time.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def _cosine_or_dot(a: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.nn.functional.normalize(a, dim=1) if metric == "cosine" else a
 
@@ -314,6 +340,8 @@ def iter_relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: C
         if metric == "euclidean":  # −||q − g||² ranks like the distance, up to the constant ||q||²
             s = 2 * s - g_sq.unsqueeze(0)
         yield ranks_from_scores(s, relevance(sl).to(dev))
+        del s
+        _return_freed_memory()
 
 
 def relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: Callable, metric: str = "cosine",
@@ -381,6 +409,7 @@ def ranking_metrics(ranking, query_labels, gallery_labels, ks: Iterable[int] | N
     for start in range(0, len(ranking), step):   # one chunk of queries at a time: no Q × G relevance table
         sl = slice(start, start + step)
         sums.add(ranks_from_ranking(ranking[sl], label_relevance(ql, gl)(sl)))
+        _return_freed_memory()
     return sums.result()
 
 
