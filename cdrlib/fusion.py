@@ -1,4 +1,6 @@
-"""IBNM's attention-guided dynamic fusion, as in its paper and official code (SIGIR 2024 submission, sigir2024anonymous/IBNM).
+"""IBNM's attention-guided dynamic fusion, as in its paper and official code.
+
+IBNM: an anonymous SIGIR 2024 submission; its code is the GitHub repository sigir2024anonymous/IBNM.
 
 * :func:`cls_patch_attention` — the per-patch importance s a ViT's CLS attention gives (steps 1–3);
 * :func:`patch_ink` — what the importance is compared with: how much of each patch is drawn on;

@@ -1,4 +1,6 @@
-"""IBNM training: UCDIR plus attention-guided cross-domain fusion and noise mitigation (IBNM, SIGIR 2024 submission, code: sigir2024anonymous/IBNM).
+"""IBNM training: UCDIR plus attention-guided cross-domain fusion and noise mitigation.
+
+IBNM: an anonymous SIGIR 2024 submission; its code is the GitHub repository sigir2024anonymous/IBNM.
 
 IBNM keeps UCDIR's loop and losses (:class:`~cdrlib.ucdir_train.UCDIR`) and adds, from
 ``fusion_epoch`` on:

@@ -163,9 +163,9 @@ def match_scores(mu_q, log_sigma_q, mu_g, log_sigma_g, a, b, n_samples: int = 7,
                  seed: int = 0, budget: int = 1 << 24) -> torch.Tensor:
     """The match probability of every query with every gallery item, (Q, G), larger is better.
 
-    Samples are drawn once per item (seeded, by a CPU generator) and reused for all pairs. Memory: the (Q, G) result
-    plus at most about ``budget`` sample-pair distances at a time (``chunk_size`` queries against
-    as many gallery items as fit, J² distances per pair), whatever the gallery's size.
+    Samples are drawn once per item (seeded, by a CPU generator) and reused for all pairs. Memory:
+    the (Q, G) result plus at most about ``budget`` sample-pair distances at a time (``chunk_size``
+    queries against as many gallery items as fit, J² distances per pair), whatever the gallery's size.
     """
     check_positive_int(n_samples, "n_samples")
     check_positive_int(chunk_size, "chunk_size")

@@ -55,7 +55,8 @@ class PCMEConfig:
 
     @staticmethod
     def paper() -> "PCMEConfig":
-        """CUB, as in the official configuration: a = b = 5, KL weight 1e-3, J = 7; D = 512, bi-GRU 512 (GloVe-sized words)."""
+        """CUB, as in the official configuration: a = b = 5, KL weight 1e-3, J = 7; D = 512, bi-GRU 512
+        (GloVe-sized words)."""
         return PCMEConfig(dim=512, epochs=50, batch_size=128, lr=2e-4, embed_dim=300, gru_hidden=512)
 
 

@@ -96,7 +96,8 @@ def match_centroids(c_a: torch.Tensor, c_b: torch.Tensor, eps: float = 0.05, max
 
 def dod_loss_seed(c_a: torch.Tensor, c_b: torch.Tensor, matching: torch.Tensor | None = None,
                   eps: float = 0.05, reduction: str = "sum") -> torch.Tensor:
-    """Distance-of-distance, the centroid form (``dod="seed"``): ``Σ_ij abs(d(c_i^A, c_j^A) − d(c_π(i)^B, c_π(j)^B))``.
+    """Distance-of-distance, the centroid form (``dod="seed"``):
+    ``Σ_ij abs(d(c_i^A, c_j^A) − d(c_π(i)^B, c_π(j)^B))``.
 
     Args:
         c_a, c_b: (K, d) centroids; matching: π (K,), default :func:`match_centroids` (on detached

@@ -67,8 +67,9 @@ def main() -> None:
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
         if per_node > torch.cuda.device_count():
             if args.backend != "gloo":
-                raise SystemExit(f"{per_node} processes per node but {torch.cuda.device_count()} GPU(s): start at "
-                                 f"most one process per GPU (torchrun --nproc-per-node), or use --backend gloo on the CPU")
+                raise SystemExit(f"{per_node} processes per node but {torch.cuda.device_count()} GPU(s): start "
+                                 f"at most one process per GPU (torchrun --nproc-per-node), or use --backend gloo "
+                                 f"on the CPU")
             device = torch.device("cpu")   # gloo with more processes than GPUs: every process on the CPU
             if rank == 0:
                 print(f"[train] {per_node} processes, {torch.cuda.device_count()} GPU(s): gloo runs them on the CPU")

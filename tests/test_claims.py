@@ -109,7 +109,8 @@ def gain_grows(low: str, high: str, metric: str):
         a, b = premise_row(payload, low, metric), premise_row(payload, high, metric)
         if margin is None:
             margin = tolerance(payload, rows=[low, high])
-        assert b["gain"] - a["gain"] > margin, f"gain at {high!r} ({b['gain']:.4f}) is not above {low!r} ({a['gain']:.4f})"
+        assert b["gain"] - a["gain"] > margin, \
+            f"gain at {high!r} ({b['gain']:.4f}) is not above {low!r} ({a['gain']:.4f})"
     return check
 
 
@@ -137,7 +138,8 @@ CLAIMS = [
      beats("deterministic", "PCME (J=7): match probability", "image→text: R@10")),
     ("07_pcme", "premise", "default captions: PCME below the deterministic model",
      premise_below("default", "PMRP")),
-    ("07_pcme", "premise", "general captions: PCME still below", premise_below("captions fitting ≥ 10 emoji", "PMRP")),
+    ("07_pcme", "premise", "general captions: PCME still below",
+     premise_below("captions fitting ≥ 10 emoji", "PMRP")),
     ("07_pcme", "premise", "general captions: the gap narrows",
      gain_grows("default", "captions fitting ≥ 10 emoji", "PMRP")),
     # chapter 08: re-ranking lowers mAP@all on the default data, and helps with pure neighbour lists
