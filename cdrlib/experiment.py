@@ -1,6 +1,7 @@
 """The chapters' experiment harness: one frozen backbone, a few domain pairs, baselines, runs over seeds.
 
-Chapters 04–06 and their premise dials run the same experiment with different methods: cache the
+Chapters 04–06, their premise dials and the closing page's comparison run the same experiment with
+different methods: cache the
 backbone's features of several views of every training image (the methods' inputs, since on a CPU
 only a head trains), evaluate every run under both protocols on both directions of each pair, put
 chance, raw pixels and the backbone's own features beside it, and pivot the runs into one table.
@@ -17,7 +18,9 @@ import torch
 
 from .evaluation import (RandomFeatures, extract_features, pair_protocols, pair_rows, pivot_results,
                          raw_pixel_features)
+from . import ibnm_train
 from .clustering import cluster_purity
+from .ibnm_train import IBNMConfig
 from .run_store import RunStore
 from .ucdir_train import UCDIRConfig, cache_view_features, train_and_evaluate
 
@@ -51,10 +54,11 @@ class PairBenchmark:
         missing = [d for d in self.domains if d not in train_sets or d not in held_sets]
         if missing:
             raise ValueError(f"no training or held-out set for domain(s) {missing}")
-        self.inputs = {d: cache_view_features(backbone, train_sets[d].tensor(), n_views=n_views, device=device)
-                       for d in self.domains}
         self.images = {"heldout": {d: held_sets[d].tensor() for d in self.domains},
                        "paper": {d: train_sets[d].tensor() for d in self.domains}}
+        # the views are augmented at the images' own size
+        self.inputs = {d: cache_view_features(backbone, x, n_views=n_views, image_size=x.shape[-1], device=device)
+                       for d, x in self.images["paper"].items()}
         self.features = {"heldout": {d: extract_features(backbone, x, device=device)
                                      for d, x in self.images["heldout"].items()},
                          "paper": {d: self.inputs[d][:, 0] for d in self.domains}}   # view 0: the plain image
@@ -150,3 +154,24 @@ class PairBenchmark:
             return method, history, table.assign(**{"cluster purity": purity})
 
         return train
+
+    def ibnm(self, cfg: IBNMConfig, ks=(10,)) -> Callable:
+        """A ``train`` for :meth:`run`: IBNM on the cached views (the backbone must be a cdrlib ViT),
+        ``cfg`` with the run's seed. ``fusion=None, noise=False`` trains UCDIR through the same code."""
+        def train(a: str, b: str, seed: int, key: str):
+            return ibnm_train.train_and_evaluate(replace(cfg, seed=seed),
+                                                 (self.images["paper"][a], self.images["paper"][b]), self.backbone,
+                                                 self.evaluation(a, b), features=(self.inputs[a], self.inputs[b]),
+                                                 ks=ks, device=self.device, store=self.store, key=key)
+
+        return train
+
+    def embeddings(self, method: str, a: str, b: str, seed: int = 0, protocol: str = "heldout") -> dict:
+        """Domain → (N, proj_dim) embeddings, by a run :meth:`run` trained, of the pair's evaluation images
+        under ``protocol`` (before the per-domain centring that evaluation applies)."""
+        run = self.trained.get((method, f"{a}–{b}", seed))
+        if run is None:
+            raise KeyError(f"no trained run of {method!r} on {a}–{b} with seed {seed}; "
+                           f"trained: {sorted(self.trained)}")
+        features, _ = self.evaluation(a, b)[protocol]
+        return {d: run[0].embed(f, self.device) for d, f in features.items()}

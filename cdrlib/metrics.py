@@ -281,7 +281,7 @@ def hamming_relevance(query_tags: torch.Tensor, gallery_tags: torch.Tensor, zeta
 
 # ---------------------------------------------------------------- drivers
 
-def _chunk_rows(n_gallery: int, budget: int = 1 << 22) -> int:
+def chunk_rows(n_gallery: int, budget: int = 1 << 22) -> int:
     """Queries per chunk so that a chunk's score table stays near ``budget`` entries (16 MB in float32;
     ranking it takes about 15 such tables of temporaries, so a chunk peaks near 250 MB)."""
     return max(1, min(4096, budget // max(n_gallery, 1)))
@@ -299,7 +299,7 @@ def _glibc_malloc_trim():
 _MALLOC_TRIM = _glibc_malloc_trim()
 
 
-def _return_freed_memory() -> None:
+def return_freed_memory() -> None:
     """Give the memory a finished chunk freed back to the system.
 
     glibc keeps freed heap memory for reuse, and the chunks' differently sized temporaries fragment
@@ -333,7 +333,7 @@ def iter_relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: C
     q = _cosine_or_dot(query.to(dtype), metric).to(dev)
     g = _cosine_or_dot(gallery.to(dtype), metric).to(dev)
     g_sq = (g * g).sum(1) if metric == "euclidean" else None
-    step = chunk_size or _chunk_rows(len(g))
+    step = chunk_size or chunk_rows(len(g))
     for start in range(0, len(q), step):
         sl = slice(start, min(start + step, len(q)))
         s = q[sl] @ g.T
@@ -341,7 +341,7 @@ def iter_relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: C
             s = 2 * s - g_sq.unsqueeze(0)
         yield ranks_from_scores(s, relevance(sl).to(dev))
         del s
-        _return_freed_memory()
+        return_freed_memory()
 
 
 def relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: Callable, metric: str = "cosine",
@@ -405,11 +405,11 @@ def ranking_metrics(ranking, query_labels, gallery_labels, ks: Iterable[int] | N
             raise ValueError(f"ranking lists a gallery item twice in {int(repeated.sum())} row(s) (first: row "
                              f"{int(repeated.nonzero()[0])}); each row must rank distinct items")
     sums = MetricSums(len(gl), ks)
-    step = _chunk_rows(len(gl))
+    step = chunk_rows(len(gl))
     for start in range(0, len(ranking), step):   # one chunk of queries at a time: no Q × G relevance table
         sl = slice(start, start + step)
         sums.add(ranks_from_ranking(ranking[sl], label_relevance(ql, gl)(sl)))
-        _return_freed_memory()
+        return_freed_memory()
     return sums.result()
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .metrics import METRICS
-from .validation import check_choice, check_features, check_k, check_positive_int
+from .metrics import (METRICS, MetricSums, chunk_rows, label_relevance, ranks_from_scores,
+                      return_freed_memory)
+from .validation import check_choice, check_features, check_k, check_labels, check_positive_int
 
 
 def faiss_available() -> bool:
@@ -142,3 +143,48 @@ def knn_search(query, gallery, k: int, metric: str = "cosine", backend: str = "a
     if backend == "faiss":
         return knn_faiss(q, g, k, metric, chunk_size)
     return knn_torch(q, g, k, metric, chunk_size)
+
+
+def search_and_evaluate(query, gallery, k: int, query_labels, gallery_labels, metric: str = "cosine",
+                        ks=None, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The k nearest gallery items of every query and every label-based metric, from one pass.
+
+    :func:`knn_search` followed by :func:`cdrlib.metrics.retrieval_metrics` computes the Q × G
+    scores twice — the matrix product is most of the search's time. Here each chunk of queries is
+    scored once, and its scores give both the top k (exactly as the torch backend of
+    :func:`knn_search` returns them) and the ranks of the relevant items (the metrics of
+    ``retrieval_metrics`` for cosine and dot; for Euclidean the ranks come from the squared
+    distances, so exact ties may fall differently in the last bit).
+
+    Args:
+        query: float (Q, d); gallery: float (G, d); k: 1 ≤ k ≤ G.
+        query_labels: (Q,) ints; gallery_labels: (G,) ints (relevance = same class).
+        metric: ``"cosine"``, ``"dot"`` or ``"euclidean"``. ks: the K of the @K metrics
+            (default: those of ``DEFAULT_KS`` that fit the gallery).
+        chunk_size: queries per chunk; default about 2^22 / G (a 16 MB float32 score table).
+    Returns:
+        ``(values, indices, metrics)``: (Q, k) each as :func:`knn_search` returns them, and the
+        dict of :func:`cdrlib.metrics.summarize`.
+    Memory: one chunk's scores and relevance (chunk × G), the (Q, k) results and a few numbers
+    per query.
+    """
+    q, g = _prepare(query, gallery, metric)
+    k = check_k(k, len(g))
+    ql = check_labels(query_labels, "query_labels", len(q))
+    gl = check_labels(gallery_labels, "gallery_labels", len(g))
+    step = chunk_rows(len(g)) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
+    relevance = label_relevance(ql.to(q.device), gl.to(q.device))
+    larger_first = metric != "euclidean"
+    g_sq = (g * g).sum(1) if metric == "euclidean" else None
+    sums = MetricSums(len(g), ks)
+    vals, idxs = [], []
+    for start in range(0, len(q), step):
+        sl = slice(start, min(start + step, len(q)))
+        s = _scores(q[sl], g, metric, g_sq)
+        v, i = top_k_exact(s, k, larger_first)
+        vals.append(v)
+        idxs.append(i)
+        sums.add(ranks_from_scores(s if larger_first else -s, relevance(sl)))
+        del s
+        return_freed_memory()
+    return torch.cat(vals), torch.cat(idxs), sums.result()

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -34,7 +35,9 @@ import torch.nn.functional as F
 from . import ucdir
 from .clustering import kmeans
 from .data.transforms import TwoViewAugment, normalize
+from .evaluation import cross_domain_table, extract_features
 from .memory import MemoryBank, momentum_copy, momentum_update
+from .profile import progress
 from .run_store import RunStore
 from .training import Trainer
 
@@ -118,8 +121,6 @@ def cache_view_features(backbone: nn.Module, images: torch.Tensor, n_views: int 
 
     View 0 is the un-augmented image, views 1.. are :class:`TwoViewAugment` draws (seeded).
     """
-    from .profile import progress
-
     if n_views < 3:
         raise ValueError(f"n_views must be at least 3 (the plain view and two augmented ones), got {n_views}")
     gen_state = torch.get_rng_state()
@@ -277,6 +278,16 @@ class UCDIR:
         if self.frozen_backbone is None:
             return self.encoder
         return nn.Sequential(self.frozen_backbone, self.encoder)
+
+    def embed(self, x: torch.Tensor, device=None) -> torch.Tensor:
+        """Retrieval embeddings (N, proj_dim) of images (N, 3, H, W) in [0, 1] — or, with a frozen
+        backbone, of its features (N, D) (the head only)."""
+        device = self.device if device is None else device
+        if x.dim() == 2:
+            if self.frozen_backbone is None:
+                raise ValueError("features (N, D) can be embedded only when the backbone is frozen")
+            return extract_features(self.encoder, x, device=device, transform=lambda t: t)
+        return extract_features(self.retrieval_model(), x, device=device)
 
     def recluster(self, epoch: int) -> dict:
         """k-means per domain on the key encoder's plain-view embeddings (from the warm-up epoch on).
@@ -461,17 +472,7 @@ def evaluate_method(method: UCDIR, evaluation: dict, ks=(10,), device="cpu"):
     Returns:
         a table (:func:`~cdrlib.evaluation.cross_domain_table`) per protocol, concatenated.
     """
-    import pandas as pd
-
-    from .evaluation import cross_domain_table, extract_features
-
-    def embed(x):
-        if x.dim() == 2:  # frozen-backbone features: the head only
-            if method.frozen_backbone is None:
-                raise ValueError("features (N, D) can be evaluated only when the backbone is frozen")
-            return extract_features(method.encoder, x, device=device, transform=lambda t: t)
-        return extract_features(method.retrieval_model(), x, device=device)
-
-    tables = [cross_domain_table({d: embed(x) for d, x in images.items()}, labels, ks=ks, protocol=protocol)
+    tables = [cross_domain_table({d: method.embed(x, device) for d, x in images.items()}, labels, ks=ks,
+                                 protocol=protocol)
               for protocol, (images, labels) in evaluation.items()]
     return pd.concat(tables, ignore_index=True)

@@ -114,6 +114,27 @@ def gain_grows(low: str, high: str, metric: str):
     return check
 
 
+def level_within_seed_spread(a: str, b: str, column: str, spread_column: str, spread_of=()):
+    """Claim: ``a`` and ``b`` differ by less than the largest range over seeds of the methods ``spread_of``
+    (a column of the same table)."""
+    def check(payload, margin):
+        x, y = row(payload, a)[column], row(payload, b)[column]
+        spread = max(row(payload, m)[spread_column] for m in spread_of)
+        assert abs(x - y) < spread, f"{a} ({x:.4f}) and {b} ({y:.4f}) differ by more than a seed range {spread:.4f}"
+    return check
+
+
+def gain_within_spread(method: str, gain_column: str, spread_column: str):
+    """Claim: ``method``'s gain does not clear 3 × its range over seeds."""
+    def check(payload, margin):
+        r = row(payload, method)
+        assert r[gain_column] <= 3 * r[spread_column], \
+            f"{method}: the gain {r[gain_column]:.4f} clears 3 × its spread {r[spread_column]:.4f}"
+    return check
+
+
+TRAINED_HEADS = ("UCDIR CW+SE", "UCDIR CW+SE+DoD (centroid form)", "IBNM (attention fusion, noise split)")
+
 CLAIMS = [
     # chapter 04: the cluster-wise loss beats its ablation; no head beats the frozen backbone
     ("04_cluster_contrastive", "map_all", "CW beats IW", beats("UCDIR CW", "UCDIR IW", "heldout: mean")),
@@ -146,6 +167,13 @@ CLAIMS = [
     ("08_icfrr", "sketch_to_colour", "ICFRR (official) lowers the backbone's mAP@all",
      beats("ResNet (self-supervised)", "ResNet (self-supervised) + ICFRR (official)", "mAP@all")),
     ("08_icfrr", "premise", "pure neighbour lists: ICFRR clears its ablation", premise_holds("oracle neighbours α=0.5")),
+    # closing page: on one pair and one backbone every trained head is level with the features it starts
+    # from, and re-ranking on top of each gains no more than 3 × its spread over seeds
+    *[("09_when_methods_help", "comparison", f"{m} level with the ViT features",
+       level_within_seed_spread(m, "ViT features (no training)", "mAP@all", "spread over seeds", TRAINED_HEADS))
+      for m in TRAINED_HEADS],
+    *[("09_when_methods_help", "comparison", f"ICFRR on {m}: no gain beyond 3 × spread",
+       gain_within_spread(m, "ICFRR gain", "ICFRR gain spread")) for m in TRAINED_HEADS],
 ]
 
 

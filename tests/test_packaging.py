@@ -1,4 +1,5 @@
 """pyproject.toml and environment.yml name the same dependencies; the book's files are consistent."""
+import json
 import re
 from pathlib import Path
 
@@ -65,3 +66,16 @@ def test_config_renders_what_was_committed():
     assert cfg["launch_buttons"]["colab_url"].startswith("https://colab.research.google.com")
     assert cfg["html"]["use_repository_button"] is True
     assert (ROOT / cfg["bibtex_bibfiles"][0]).is_file()
+
+
+def test_every_chapter_starts_with_the_same_colab_setup_cell():
+    """The rocket button opens one notebook alone: its first code cell must install cdrlib when it is missing."""
+    firsts = {}
+    for nb in sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        first = next(c for c in cells if c["cell_type"] == "code")
+        firsts[nb.name] = "".join(first["source"])
+    repo = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    for name, source in firsts.items():
+        assert 'find_spec("cdrlib") is None' in source and repo in source, f"{name}: no setup cell first"
+    assert len(set(firsts.values())) == 1, "the chapters' setup cells differ: keep them identical"

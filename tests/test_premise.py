@@ -10,6 +10,8 @@ import torch
 
 from cdrlib.clustering import cluster_purity
 from cdrlib.experiment import PairBenchmark
+from cdrlib.ibnm_train import IBNMConfig
+from cdrlib.models.vit import VisionTransformer
 from cdrlib.premise import (ClassMixedClusters, OracleMatching, holds, match_clusters_to_classes,
                             premise_record)
 from cdrlib.ucdir_train import UCDIR, UCDIRConfig
@@ -142,3 +144,39 @@ def test_pair_benchmark_tables_and_per_seed():
 def test_pair_benchmark_names_a_missing_domain():
     with pytest.raises(ValueError, match=r"domain\(s\) \['z'\]"):
         _tiny_bench(pairs=(("a", "z"),))
+
+
+def test_pair_benchmark_embeddings_are_the_runs_own():
+    bench = _tiny_bench()
+
+    class Doubling:   # a trained "method" whose embedding is known
+        def embed(self, x, device=None):
+            return 2 * x
+
+    def fake(a, b, seed, key):
+        table = pd.DataFrame([{"protocol": "heldout", "query": "mean", "gallery": "x", "mAP@all": 0.0}])
+        return Doubling(), [], table
+
+    bench.run("fake", fake)
+    emb = bench.embeddings("fake", "a", "b")
+    torch.testing.assert_close(emb["a"], 2 * bench.features["heldout"]["a"])
+    torch.testing.assert_close(bench.embeddings("fake", "a", "b", protocol="paper")["b"], 2 * bench.inputs["b"][:, 0])
+    with pytest.raises(KeyError, match="no trained run of 'fake' on a–b with seed 1"):
+        bench.embeddings("fake", "a", "b", seed=1)
+
+
+def test_pair_benchmark_trains_ibnm_and_ucdir_through_one_harness():
+    g = torch.Generator().manual_seed(0)
+    sets = {part: {d: _Sets(images=torch.rand(n, 3, 32, 32, generator=g), labels=np.arange(n) % 4) for d in "ab"}
+            for part, n in (("train", 24), ("held", 12))}
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, dim=32, depth=2, heads=2).eval()
+    bench = PairBenchmark(vit, sets["train"], sets["held"], [("a", "b")], n_views=3)
+    cfg = IBNMConfig.frozen(epochs=2, warmup_epoch=1, se_epoch=1, fusion_epoch=1, batch_size=8, k=4, image_size=32,
+                            proj_hidden=16, proj_dim=8, kmeans_nredo=1)
+    bench.run("IBNM", bench.ibnm(cfg))
+    bench.run("UCDIR", bench.ibnm(replace(cfg, fusion=None, noise=False)))
+    model, history = bench.trained[("IBNM", "a–b", 0)]
+    assert "feat" in history[-1] and "feat" not in bench.trained[("UCDIR", "a–b", 0)][1][-1]
+    assert bench.embeddings("IBNM", "a", "b")["a"].shape == (12, 8)
+    assert set(bench.table()["method"]) == {"IBNM", "UCDIR"}

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from cdrlib.search import faiss_available, knn_search
+from cdrlib.metrics import retrieval_metrics
+from cdrlib.search import faiss_available, knn_search, search_and_evaluate
 
 BACKENDS = ["torch"] + (["faiss"] if faiss_available() else [])
 
@@ -67,3 +68,34 @@ def test_bad_input():
     bad[2, 1] = float("nan")
     with pytest.raises(ValueError, match="gallery holds NaN"):
         knn_search(q, bad, 2)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot"])
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_search_and_evaluate_equals_search_then_metrics(metric, chunk_size):
+    g = torch.Generator().manual_seed(3)
+    q, gal = torch.randn(40, 8, generator=g), torch.randn(120, 8, generator=g)
+    gal[50] = gal[10]                     # exact ties: every query scores items 10 and 50 the same
+    gal[90] = 2 * gal[10] if metric == "cosine" else gal[90]   # a cosine tie at another length
+    ql, gl = torch.randint(0, 5, (40,), generator=g), torch.randint(0, 5, (120,), generator=g)
+    gl[50] = gl[10]
+    v, i, m = search_and_evaluate(q, gal, 15, ql, gl, metric=metric, ks=(1, 10), chunk_size=chunk_size)
+    v_ref, i_ref = knn_search(q, gal, 15, metric=metric, backend="torch")
+    assert torch.equal(i, i_ref) and torch.equal(v, v_ref)
+    assert m == retrieval_metrics(q, gal, ql, gl, metric=metric, ks=(1, 10))
+
+
+def test_search_and_evaluate_euclidean_matches_brute_force():
+    g = torch.Generator().manual_seed(4)
+    q, gal = torch.randn(20, 6, generator=g, dtype=torch.float64), torch.randn(90, 6, generator=g, dtype=torch.float64)
+    ql, gl = torch.randint(0, 4, (20,), generator=g), torch.randint(0, 4, (90,), generator=g)
+    _, i, m = search_and_evaluate(q, gal, 5, ql, gl, metric="euclidean", ks=(5,))
+    assert torch.equal(i, brute_force(q.float().double(), gal.float().double(), 5, "euclidean"))
+    ref = retrieval_metrics(q, gal, ql, gl, metric="euclidean", ks=(5,))
+    assert m["mAP@all"] == pytest.approx(ref["mAP@all"], abs=1e-9)
+
+
+def test_search_and_evaluate_explains_bad_labels():
+    q, gal = torch.randn(4, 3), torch.randn(6, 3)
+    with pytest.raises(ValueError, match="gallery_labels"):
+        search_and_evaluate(q, gal, 2, torch.zeros(4, dtype=torch.long), torch.zeros(5, dtype=torch.long))
