@@ -209,24 +209,39 @@ def _sorted_ascending(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores, dim=1).values
 
 
+def _relevant_columns(relevant: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The relevant columns of each row, packed left: ``(columns (Q, M), n_rel (Q,))``, M = max n_rel
+    (at least 1); entries past a row's n_rel are 0. One pass over the mask (no sort, no top-k)."""
+    q = relevant.shape[0]
+    n_rel = relevant.sum(1)
+    m = max(int(n_rel.max()) if q else 0, 1)
+    rows, cols = relevant.nonzero(as_tuple=True)             # row-major: each row's columns ascending
+    start = torch.cumsum(n_rel, 0) - n_rel
+    packed = torch.zeros(q, m, dtype=torch.int64, device=relevant.device)
+    packed[rows, torch.arange(len(rows), device=relevant.device) - start[rows]] = cols
+    return packed, n_rel
+
+
 def ranks_from_scores(scores: torch.Tensor, relevant: torch.Tensor) -> RelevantRanks:
     """Ranks of the relevant items when each row of ``scores`` is sorted descending.
 
     Args:
         scores: float (Q, G), larger is better.
-        relevant: bool (Q, G).
+        relevant: bool (Q, G), or the relevant columns already packed, ``(columns (Q, M), n_rel (Q,))``
+            with entries past a row's n_rel ignored (what :func:`label_columns` gives, without a
+            Q × G mask).
     Ties: an item ranks after every item with a larger score, and after items with an equal score
     and a smaller gallery index.
     """
     q, g = scores.shape
-    n_rel = relevant.sum(1)
-    m = max(int(n_rel.max()) if q else 0, 1)
-    neg_inf = torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device)
-    rel_scores, rel_idx = torch.topk(torch.where(relevant, scores, neg_inf), m, dim=1)
+    rel_idx, n_rel = relevant if isinstance(relevant, tuple) else _relevant_columns(relevant)
+    m = rel_idx.shape[1]
+    rel_scores = torch.gather(scores, 1, rel_idx)           # padding entries read column 0: masked below
     srt = _sorted_ascending(scores).contiguous()
     rel_scores = rel_scores.contiguous()
-    above = g - torch.searchsorted(srt, rel_scores, right=True)
-    equal = torch.searchsorted(srt, rel_scores, right=True) - torch.searchsorted(srt, rel_scores, right=False)
+    at_or_below = torch.searchsorted(srt, rel_scores, right=True)
+    above = g - at_or_below
+    equal = at_or_below - torch.searchsorted(srt, rel_scores, right=False)
     pad = torch.arange(m, device=scores.device).unsqueeze(0) >= n_rel.unsqueeze(1)
     ranks = above.to(torch.float64)
     # Rows where a relevant item ties with another item (rare with float features; every row of a
@@ -264,6 +279,26 @@ def ranks_from_ranking(ranking: torch.Tensor, relevant: torch.Tensor) -> Relevan
 def label_relevance(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> Callable:
     """Relevance = same class. Returns ``f(query_slice) -> bool (chunk, G)``."""
     return lambda sl: query_labels[sl].unsqueeze(1) == gallery_labels.unsqueeze(0)
+
+
+def label_columns(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> Callable:
+    """Relevance = same class, as packed columns: ``f(query_slice) -> (columns (chunk, M), n_rel (chunk,))``.
+
+    The gallery is grouped by class once (a (classes, M) table of its indices, M the largest class),
+    so a chunk's relevant columns are one row lookup per query — no (chunk, G) mask to build and
+    scan. A query whose class the gallery lacks gets n_rel = 0.
+    """
+    both, inverse = torch.unique(torch.cat([query_labels.reshape(-1), gallery_labels.reshape(-1)]),
+                                 return_inverse=True)
+    q_ids, g_ids = inverse[:len(query_labels)], inverse[len(query_labels):]
+    counts = torch.bincount(g_ids, minlength=len(both))
+    m = max(int(counts.max()) if len(counts) else 0, 1)
+    order = torch.argsort(g_ids, stable=True)                 # by class, indices ascending within one
+    start = torch.cumsum(counts, 0) - counts
+    table = torch.zeros(len(both), m, dtype=torch.int64, device=gallery_labels.device)
+    sorted_ids = g_ids[order]
+    table[sorted_ids, torch.arange(len(order), device=order.device) - start[sorted_ids]] = order
+    return lambda sl: (table[q_ids[sl]], counts[q_ids[sl]])
 
 
 def hamming_relevance(query_tags: torch.Tensor, gallery_tags: torch.Tensor, zeta: int) -> Callable:
@@ -320,7 +355,8 @@ def iter_relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: C
 
     Args:
         query: float (Q, d); gallery: float (G, d).
-        relevance: ``f(query_slice) -> bool (chunk, G)`` (see :func:`label_relevance`).
+        relevance: ``f(query_slice) -> bool (chunk, G)`` (see :func:`label_relevance`), or packed
+            columns ``(columns, n_rel)`` (see :func:`label_columns`).
         metric: ``"cosine"``, ``"dot"`` or ``"euclidean"`` (smaller distance ranks first).
         chunk_size: queries per chunk; default about 2^22 / G (a 16 MB float32 score table).
     Memory: one chunk's scores, relevance and ranks, each at most chunk × G entries.
@@ -339,7 +375,8 @@ def iter_relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: C
         s = q[sl] @ g.T
         if metric == "euclidean":  # −||q − g||² ranks like the distance, up to the constant ||q||²
             s = 2 * s - g_sq.unsqueeze(0)
-        yield ranks_from_scores(s, relevance(sl).to(dev))
+        rel = relevance(sl)
+        yield ranks_from_scores(s, tuple(x.to(dev) for x in rel) if isinstance(rel, tuple) else rel.to(dev))
         del s
         return_freed_memory()
 
@@ -384,7 +421,7 @@ def retrieval_metrics(query, gallery, query_labels, gallery_labels, metric: str 
     ql = check_labels(query_labels, "query_labels", len(query))
     gl = check_labels(gallery_labels, "gallery_labels", len(gallery))
     sums = MetricSums(len(gallery), ks)
-    for rr in iter_relevant_ranks(query, gallery, label_relevance(ql, gl), metric, chunk_size, device):
+    for rr in iter_relevant_ranks(query, gallery, label_columns(ql, gl), metric, chunk_size, device):
         sums.add(rr)
     return sums.result()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .metrics import (METRICS, MetricSums, chunk_rows, label_relevance, ranks_from_scores,
+from .metrics import (METRICS, MetricSums, chunk_rows, label_columns, ranks_from_scores,
                       return_freed_memory)
 from .validation import check_choice, check_features, check_k, check_labels, check_positive_int
 
@@ -173,7 +173,7 @@ def search_and_evaluate(query, gallery, k: int, query_labels, gallery_labels, me
     ql = check_labels(query_labels, "query_labels", len(q))
     gl = check_labels(gallery_labels, "gallery_labels", len(g))
     step = chunk_rows(len(g)) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
-    relevance = label_relevance(ql.to(q.device), gl.to(q.device))
+    relevance = label_columns(ql.to(q.device), gl.to(q.device))
     larger_first = metric != "euclidean"
     g_sq = (g * g).sum(1) if metric == "euclidean" else None
     sums = MetricSums(len(g), ks)

@@ -322,3 +322,18 @@ def test_memory_of_match_scores_stays_bounded():
              "lq, lg = torch.full((256, 16), -3.0), torch.full((20000, 16), -3.0)")
     grown = _peak_increase_mb(setup, "pcme.match_scores(mq, lq, mg, lg, 5.0, 5.0, n_samples=7)")
     assert grown < 800, f"peak memory grew by {grown:.0f} MB"   # measured: 229 MB (one chunk: 2.9 GB)
+
+
+def test_label_columns_pack_exactly_the_mask_and_give_the_same_ranks():
+    g = torch.Generator().manual_seed(11)
+    ql = torch.tensor([0, 3, 1, 7, 3, 0])                 # class 7 is not in the gallery
+    gl = torch.randint(0, 4, (40,), generator=g)
+    scores = torch.randint(0, 5, (6, 40), generator=g).double()   # many exact ties
+    mask = M.label_relevance(ql, gl)(slice(None))
+    cols, n_rel = M.label_columns(ql, gl)(slice(None))
+    assert torch.equal(n_rel, mask.sum(1))
+    for row in range(6):   # each row's first n_rel columns are its relevant columns, ascending
+        assert cols[row, :n_rel[row]].tolist() == mask[row].nonzero().flatten().tolist()
+    by_mask, by_cols = M.ranks_from_scores(scores, mask), M.ranks_from_scores(scores, (cols, n_rel))
+    assert torch.equal(by_mask.ranks, by_cols.ranks) and torch.equal(by_mask.n_rel, by_cols.n_rel)
+    assert n_rel[3] == 0 and not by_cols.valid[3]

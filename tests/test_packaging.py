@@ -79,3 +79,15 @@ def test_every_chapter_starts_with_the_same_colab_setup_cell():
     for name, source in firsts.items():
         assert 'find_spec("cdrlib") is None' in source and repo in source, f"{name}: no setup cell first"
     assert len(set(firsts.values())) == 1, "the chapters' setup cells differ: keep them identical"
+
+
+def test_every_figure_has_a_caption():
+    """A cell that draws a figure carries its caption in the MyST-NB cell metadata."""
+    missing = []
+    for nb in sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            draws = any("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+            figure = cell.get("metadata", {}).get("mystnb", {}).get("figure", {})
+            if draws and not figure.get("caption"):
+                missing.append(f"{nb.name}: {''.join(cell['source'])[:60]!r}")
+    assert not missing, "figures without a caption:\n" + "\n".join(missing)
