@@ -13,11 +13,14 @@ from itertools import permutations
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 
+from .data.emoji import load_emoji_domains
+from .data.transforms import normalize, to_float
 from .metrics import ranking_metrics, retrieval_metrics
+from .progress import progress
 from .rerank import icfrr
-from .profile import progress
 from .validation import check_positive_int
 
 PROTOCOL_SPLIT = {"paper": "train", "heldout": "heldout"}
@@ -30,8 +33,6 @@ def extract_features(model: Callable, images: torch.Tensor, batch_size: int = 25
 
     ``transform`` (default: the evaluation normalisation) is applied per batch.
     """
-    from .data.transforms import normalize
-
     if not images.is_floating_point():
         raise TypeError(f"images must be float in [0, 1], got {images.dtype}; for 8-bit images pass "
                         f"images.float() / 255")
@@ -75,8 +76,6 @@ class RandomFeatures(torch.nn.Module):
 
 def raw_pixel_features(images: torch.Tensor) -> torch.Tensor:
     """The raw-pixel baseline: float images (N, 3, H, W) in [0, 1], normalised and flattened."""
-    from .data.transforms import normalize
-
     return normalize(images).flatten(1)
 
 
@@ -105,8 +104,6 @@ def cross_domain_table(features: Mapping[str, torch.Tensor], labels: Mapping[str
     Returns:
         a pandas DataFrame, one row per pair and a final ``mean`` row.
     """
-    import pandas as pd
-
     pairs = list(pairs) if pairs is not None else list(permutations(features, 2))
     missing = sorted({d for pair in pairs for d in pair if d not in features or d not in labels})
     if missing:
@@ -142,8 +139,6 @@ def icfrr_cross_domain_table(features: Mapping[str, torch.Tensor], labels: Mappi
         a pandas DataFrame with columns ``query``, ``gallery``, ``KG``, ``mAP@all``,
         ``mAP@all + ICFRR`` and ``ICFRR gain``, one row per pair and a final ``mean`` row.
     """
-    import pandas as pd
-
     pairs = list(pairs) if pairs is not None else list(permutations(features, 2))
     missing = sorted({d for pair in pairs for d in pair if d not in features or d not in labels})
     if missing:
@@ -173,9 +168,6 @@ def evaluate_backbone(model: Callable | None, protocol: str = "heldout", dataset
 
     ``model=None`` evaluates raw pixels (the flattened, normalised image).
     """
-    from .data.emoji import load_emoji_domains
-    from .data.transforms import to_float
-
     if protocol not in PROTOCOL_SPLIT:
         raise ValueError(f"protocol must be one of {list(PROTOCOL_SPLIT)}, not {protocol!r}")
     if dataset != "emoji":
@@ -232,8 +224,6 @@ def pivot_results(tables, value: str = "mAP@all"):
         a DataFrame with the method as a column and columns ``"heldout: sketch–twemoji"``, …,
         ``"heldout: mean"``, ``"paper: …"``.
     """
-    import pandas as pd
-
     every = pd.concat(list(tables), ignore_index=True)
     means = every[every["query"] == "mean"]
     table = means.pivot_table(index="method", columns=["protocol", "pair"], values=value, sort=False)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .search import knn_search
 from .validation import check_features, check_labels
 
 
@@ -66,8 +67,6 @@ def relabel_noisy(features: torch.Tensor, labels: torch.Tensor, clean: torch.Ten
     Returns:
         (N,) labels: unchanged for clean samples (and for all when none is clean).
     """
-    from .search import knn_search
-
     f = check_features(features, "features")
     labels = check_labels(labels, "labels", len(f))
     clean = torch.as_tensor(clean, dtype=torch.bool)

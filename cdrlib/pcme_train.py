@@ -27,7 +27,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import pcme
+from .data import get_dataset
+from .data.emoji import load_emoji_domains
+from .data.errors import DataError
+from .data.paper import dataset_root
+from .data.transforms import normalize, to_float
+from .evaluation import raw_pixel_features
 from .metrics import MetricSums, hamming_relevance, label_relevance, ranks_from_scores
+from .progress import progress
 from .run_store import RunStore
 from .text import BiGRUText, Vocabulary
 from .validation import check_choice
@@ -81,9 +88,6 @@ class ImageTextData:
     @classmethod
     def from_emoji(cls, vit: nn.Module, split: str, device="cpu", batch_size: int = 256) -> "ImageTextData":
         """Every domain's images of the split, through the frozen ViT once."""
-        from .data.emoji import load_emoji_domains
-        from .data.transforms import normalize, to_float
-
         ds = load_emoji_domains()
         idx = ds.indices(split)
         pooled, tokens, emoji = [], [], []
@@ -110,10 +114,6 @@ class ImageTextData:
         otherwise its class one-hot (then PMRP@0 is R-Precision by class). The patch tokens are
         average-pooled to ``local_grid`` × ``local_grid`` positions to keep the cache in memory (ViT-B/16: 196 → 49).
         """
-        from .data import get_dataset
-        from .data.errors import DataError
-        from .data.paper import dataset_root
-
         ds = get_dataset("cub", "image", split, root=root, image_size=vit.patch_embed.img_size)
         base = dataset_root("cub", root)
         captions = {}
@@ -226,8 +226,6 @@ def train(cfg: PCMEConfig, data: ImageTextData, device="cpu", vocab: Vocabulary 
 
     No class labels are read: the supervision is which captions belong to which emoji.
     """
-    from .profile import progress
-
     check_choice(cfg.positives, "PCMEConfig.positives", ("caption", "pair"))
     torch.manual_seed(cfg.seed)
     vocab = vocab or Vocabulary.build(data.texts)
@@ -418,8 +416,6 @@ def raw_pixel_scores(query_images: torch.Tensor, train_images: torch.Tensor, tra
     Returns:
         (Q, len(texts)).
     """
-    from .evaluation import raw_pixel_features
-
     q = F.normalize(raw_pixel_features(query_images), dim=1)
     g = F.normalize(raw_pixel_features(train_images), dim=1)
     sim = q @ g.t()

@@ -34,8 +34,11 @@ import torch.nn.functional as F
 
 from .contrastive import nt_xent_loss
 from .data.emoji import load_emoji_domains
-from .data.transforms import TwoViewAugment, to_float
-from .profile import progress, seed_everything
+from .data.transforms import TwoViewAugment, normalize, to_float
+from .evaluation import evaluate_backbone
+from .models.factory import build_backbone, load_backbone
+from .profile import seed_everything
+from .progress import progress
 
 
 @dataclass
@@ -74,8 +77,6 @@ class ProjectionHead(nn.Module):
 
 
 def _mean_map(model, device) -> dict:
-    from .evaluation import evaluate_backbone
-
     out = {}
     for protocol in ("heldout", "paper"):
         df = evaluate_backbone(model, protocol=protocol, device=device, ks=(10,))
@@ -87,8 +88,6 @@ def _mean_map(model, device) -> dict:
 
 def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
     """Train, evaluate every ``eval_every`` epochs, save the backbone (fp16) and the curve."""
-    from .models.factory import build_backbone, load_backbone
-
     if cfg.negatives not in ("all", "in-domain"):
         raise ValueError(f"negatives must be 'all' or 'in-domain', not {cfg.negatives!r}")
     if cfg.threads:
@@ -111,8 +110,6 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
         # the student's feature lives in the teacher's space: its linear map is part of the model
         cfg.arch_kwargs = {**cfg.arch_kwargs, "out_dim": teacher.num_features}
         with torch.no_grad():  # the teacher's mean feature over the training images (no labels)
-            from .data.transforms import normalize
-
             t_mean = torch.cat([teacher(normalize(images[i:i + 512]).to(device))
                                 for i in range(0, len(images), 512)]).mean(0, keepdim=True)
     model = build_backbone(cfg.arch, **cfg.arch_kwargs).to(device)

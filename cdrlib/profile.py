@@ -1,4 +1,4 @@
-"""The run profile, the device, seeding and progress bars: the first code cell of every chapter.
+"""The run profile, the device and seeding: the first code cell of every chapter.
 
 Two profiles share one text (the BoTorch ``SMOKE_TEST`` idea, turned the other way round):
 
@@ -24,8 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.paper import data_home, load_paper_split
+from .paths import REPO_ROOT, default_results_dir
+from .progress import progress
+
 PROFILES = ("default", "paper")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["PROFILES", "REPO_ROOT", "Profile", "default_results_dir", "pick_device", "profile_name", "progress",
+           "seed_everything", "setup"]   # REPO_ROOT, default_results_dir and progress are re-exported for chapters
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,6 @@ class Profile:
         The default profile reads the embedded data, which ships with the repository.
         """
         if self.is_paper:
-            from .data.paper import load_paper_split
-
             for d in domains:
                 load_paper_split(dataset, d, "all", self.data_root / dataset)
 
@@ -104,39 +107,4 @@ def setup(seed: int = 0, profile: str | None = None) -> Profile:
     device = pick_device() if name == "paper" else pick_device(os.environ.get("CDR_DEVICE", "cpu"))
     if name == "paper" and device.type != "cuda":
         print("note: the paper profile runs without a GPU here; expect hours, not minutes.", file=sys.stderr)
-    from .data.paper import data_home  # here, not at the top: the data package imports this module
-
     return Profile(name=name, device=device, seed=seed, data_root=data_home(), results_dir=default_results_dir())
-
-
-def default_results_dir() -> Path:
-    """Where chapters save results tables: ``CDR_RESULTS_DIR``, else ``book/results`` in the repository."""
-    return Path(os.environ.get("CDR_RESULTS_DIR", REPO_ROOT / "book" / "results")).expanduser()
-
-
-def progress(iterable=None, **kwargs):
-    """A tqdm progress bar that stays silent when nobody is watching (CI, nbval, logs).
-
-    Set ``CDR_PROGRESS=1`` to force bars on, ``0`` to force them off.
-    """
-    from tqdm.auto import tqdm
-
-    forced = os.environ.get("CDR_PROGRESS")
-    if forced is not None:
-        disable = forced == "0"
-    else:
-        disable = bool(os.environ.get("CI")) or not (sys.stderr.isatty() or _in_notebook())
-        disable = disable or bool(os.environ.get("CDR_NO_PROGRESS"))
-    kwargs.setdefault("disable", disable)
-    kwargs.setdefault("leave", False)
-    return tqdm(iterable, **kwargs)
-
-
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-        return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
-    except ImportError:  # pragma: no cover - IPython is a dependency of the book only
-        return False

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .profile import progress
+from .progress import progress
 from .search import knn_search, top_k_exact
 from .validation import check_features, check_k, check_positive_int
 

@@ -17,6 +17,8 @@ import json
 import math
 from pathlib import Path
 
+from .paths import REPO_ROOT, default_results_dir
+
 METADATA_KEY = "cdrlib_results"
 # per trained table: the measured run-to-run differences and the tolerance derived from them
 # (written by scripts/measure_variation.py)
@@ -49,8 +51,6 @@ def measured_tolerance(chapter: str, table: str, rows=None, root: str | Path | N
     Returns ``(tolerance, entry)``; ``entry`` is None (and the tolerance the fallback, 1e-3) when the
     table has not been measured yet.
     """
-    from .profile import REPO_ROOT
-
     path = Path(root or REPO_ROOT) / VARIATION_FILE
     record = json.loads(path.read_text()) if path.is_file() else {}
     entry = record.get(f"{chapter}__{table}")
@@ -125,8 +125,6 @@ def save_results(df, chapter: str, table: str = "results", atol: float | str = 1
     Returns:
         the path of the JSON file.
     """
-    from .profile import default_results_dir
-
     results_dir = Path(results_dir) if results_dir is not None else default_results_dir()
     results_dir.mkdir(parents=True, exist_ok=True)
     note = None

@@ -29,7 +29,7 @@ import torch
 
 from .checkpoint_io import CheckpointError, load_state
 from .data.download import file_sha256
-from .profile import REPO_ROOT
+from .paths import REPO_ROOT
 
 MODES = ("use", "retrain", "off")
 

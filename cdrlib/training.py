@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from .checkpoint_io import CheckpointError, load_state, state_digest
-from .profile import progress
+from .progress import progress
 
 
 @dataclass
@@ -147,8 +148,6 @@ class Trainer:
         return self.history
 
     def history_table(self):
-        import pandas as pd
-
         return pd.DataFrame(self.history)
 
     def save_history(self, path: str | Path) -> None:

@@ -37,7 +37,7 @@ from .clustering import kmeans
 from .data.transforms import TwoViewAugment, normalize
 from .evaluation import cross_domain_table, extract_features
 from .memory import MemoryBank, momentum_copy, momentum_update
-from .profile import progress
+from .progress import progress
 from .run_store import RunStore
 from .training import Trainer
 
@@ -75,10 +75,11 @@ class UCDIRConfig:
     seed: int = 0
 
     @staticmethod
-    def frozen() -> "UCDIRConfig":
+    def frozen(**overrides) -> "UCDIRConfig":
         """The chapters' CPU setting: the head trains on cached views of the frozen backbone, so epochs
-        are cheap; the schedule keeps the papers' proportions (clusters from 10%, SE and DoD from 50%)."""
-        return UCDIRConfig(epochs=30, warmup_epoch=3, se_epoch=15, dd_epoch=15)
+        are cheap; the schedule keeps the papers' proportions (clusters from 10%, SE and DoD from 50%).
+        ``overrides`` change any field (``k=`` the number of classes of one's own data)."""
+        return UCDIRConfig(**{"epochs": 30, "warmup_epoch": 3, "se_epoch": 15, "dd_epoch": 15, **overrides})
 
     @staticmethod
     def paper(dataset: str = "office_home") -> "UCDIRConfig":

@@ -24,7 +24,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from ..profile import progress
+from ..progress import progress
 from .errors import DataError
 
 # extraction limits: the papers' largest archive (DomainNet's real.zip) unpacks to about 6 GB at a

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..profile import REPO_ROOT
+from ..paths import REPO_ROOT
 from .download import file_sha256
 from .errors import DataError
 

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..checkpoint_io import CheckpointError, load_state
 from ..data.download import file_sha256 as sha256
-from ..profile import REPO_ROOT
+from ..paths import REPO_ROOT
 from .resnet import SmallResNet
 from .vit import VisionTransformer
 

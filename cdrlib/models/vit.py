@@ -87,7 +87,8 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(f"expected {self.img_size}×{self.img_size} images, got {tuple(x.shape[-2:])}")
+            raise ValueError(f"expected {self.img_size}×{self.img_size} images, got {tuple(x.shape[-2:])}: load "
+                             f"them at this size (image_size={self.img_size} in get_dataset or load_folder_domains)")
         return self.proj(x).flatten(2).transpose(1, 2)
 
 

@@ -1,0 +1,102 @@
+"""Your own images: one class vocabulary across domains, a real held-out part, images read as drawn."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from cdrlib.data import DataError, load_folder_domains
+from cdrlib.data.folders import read_image
+from cdrlib.evaluation import icfrr_cross_domain_table
+from cdrlib.experiment import PairBenchmark
+from cdrlib.models import get_backbone
+from cdrlib.ucdir_train import UCDIRConfig
+
+
+def save(path, array, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode).save(path)
+
+
+def tree(root, classes_of, n=5, size=16):
+    """root/<domain>/<class>/<i>.png with a flat colour of its own per (class, i)."""
+    for d, classes in classes_of.items():
+        for c in classes:
+            for i in range(n):
+                colour = np.array([20 * i, ord(c[0]), 7], np.uint8)
+                save(root / d / c / f"{i}.png", np.tile(colour, (size, size, 1)))
+    return root
+
+
+def test_one_class_vocabulary_across_domains_and_missing_classes_reported(tmp_path):
+    tree(tmp_path, {"photo": ["apple", "bird", "cat"], "sketch": ["bird", "cat"]})
+    (tmp_path / "sketch" / "apple").mkdir()                  # an empty class folder: missing, not renumbered
+    with pytest.warns(UserWarning, match=r"sketch: \['apple'\]"):
+        data = load_folder_domains(tmp_path, image_size=8)
+    assert data.classes == ("apple", "bird", "cat") and data.missing == {"sketch": ["apple"]}
+    bird = data.classes.index("bird")
+    for d in ("photo", "sketch"):
+        for part in (data.train, data.heldout):
+            assert part[d].classes == data.classes
+    sketch_labels = np.concatenate([data.train["sketch"].labels, data.heldout["sketch"].labels])
+    assert sorted(set(sketch_labels.tolist())) == [bird, data.classes.index("cat")]
+    assert "missing ['apple']" in data.summary()
+
+
+def test_heldout_is_disjoint_seeded_and_per_class(tmp_path):
+    tree(tmp_path, {"a": ["x", "y"], "b": ["x", "y"]}, n=10)
+    first = load_folder_domains(tmp_path, image_size=8, heldout_fraction=0.3, seed=1)
+    again = load_folder_domains(tmp_path, image_size=8, heldout_fraction=0.3, seed=1)
+    other = load_folder_domains(tmp_path, image_size=8, heldout_fraction=0.3, seed=2)
+    for d in ("a", "b"):
+        assert np.bincount(first.heldout[d].labels).tolist() == [3, 3]     # 30 % of each class
+        assert np.bincount(first.train[d].labels).tolist() == [7, 7]
+        held = {im.tobytes() for im in first.heldout[d].images}
+        assert not held & {im.tobytes() for im in first.train[d].images}   # held out means not trained on
+        assert np.array_equal(first.heldout[d].images, again.heldout[d].images)
+    assert not all(np.array_equal(first.heldout[d].images, other.heldout[d].images) for d in ("a", "b"))
+
+
+def test_transparency_on_white_16_bit_scaled_palette_and_webp(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)                            # one opaque red pixel, the rest transparent
+    save(tmp_path / "rgba.png", rgba, "RGBA")
+    img = read_image(tmp_path / "rgba.png", 4)
+    assert img[0, 0].tolist() == [255, 0, 0] and img[3, 3].tolist() == [255, 255, 255]
+    Image.fromarray(np.full((4, 4), 32768, np.uint16)).save(tmp_path / "grey16.png")
+    assert abs(int(read_image(tmp_path / "grey16.png", 4)[0, 0, 0]) - 128) <= 1   # half of 16 bits: half of 8
+    Image.fromarray(np.full((4, 4, 3), 200, np.uint8)).convert("P").save(tmp_path / "pal.gif")
+    assert read_image(tmp_path / "pal.gif", 4).shape == (4, 4, 3)
+    Image.fromarray(np.full((4, 4, 3), 90, np.uint8)).save(tmp_path / "x.webp", lossless=True)
+    assert read_image(tmp_path / "x.webp", 4)[1, 1].tolist() == [90, 90, 90]
+
+
+def test_bad_trees_and_files_are_named(tmp_path):
+    with pytest.raises(DataError, match="no folder"):
+        load_folder_domains(tmp_path / "nothing")
+    tree(tmp_path, {"only": ["x"]})
+    with pytest.raises(DataError, match="at least two"):
+        load_folder_domains(tmp_path)
+    tree(tmp_path, {"second": ["x"]})
+    (tmp_path / "second" / "x" / "notes.txt").write_text("not an image")
+    (tmp_path / "second" / "x" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        load_folder_domains(tmp_path, image_size=8)
+    (tmp_path / "second" / "x" / "broken.png").unlink()
+    data = load_folder_domains(tmp_path, image_size=8)
+    assert [p.name for p in data.skipped] == ["notes.txt"]
+
+
+def test_a_folder_tree_through_the_readme_path(tmp_path):
+    """The README's path for one's own images: load, baselines, UCDIR's head, ICFRR on top."""
+    tree(tmp_path, {"photo": ["apple", "bird", "cat"], "sketch": ["apple", "bird", "cat"]}, n=12, size=64)
+    data = load_folder_domains(tmp_path, image_size=64)
+    pair = ("photo", "sketch")
+    bench = PairBenchmark(get_backbone("emoji-resnet"), data.train, data.heldout, [pair], n_views=3)
+    bench.baselines()
+    cfg = UCDIRConfig.frozen(k=len(data.classes), epochs=2, warmup_epoch=1, se_epoch=1, batch_size=8, kmeans_nredo=1)
+    bench.run("UCDIR CW+SE", bench.ucdir(cfg))
+    table = bench.table()
+    assert set(table["method"]) == {"chance", "raw pixels", "backbone features", "UCDIR CW+SE"}
+    _, labels = bench.evaluation(*pair)["heldout"]
+    reranked = icfrr_cross_domain_table(bench.embeddings("UCDIR CW+SE", *pair), labels)
+    assert list(reranked["query"]) == ["photo", "sketch", "mean"]
+    assert reranked["mAP@all + ICFRR"].between(0, 1).all()
