@@ -4,7 +4,8 @@ Notation: ``q`` (B, d) are L2-normalised embeddings of the query encoder, ``k`` 
 (key) encoder, ``bank`` (N, d) the domain's memory bank (one key per image id), ``centroids``
 (K, d) the domain's L2-normalised k-means centroids, ``T`` a temperature.
 
-The training loop, memory banks and clustering that feed these are not in the library yet.
+The training loop, memory banks and clustering that feed these are :mod:`cdrlib.ucdir_train`;
+the book's notation page writes every loss out.
 """
 from __future__ import annotations
 
