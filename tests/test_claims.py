@@ -196,3 +196,15 @@ def test_claim_holds_in_the_rerun(chapter, table, claim, check):
         pytest.skip("run through scripts/test.sh, which re-runs the chapters first")
     extra = [rerun_payload(chapter, "seed_spread")] if getattr(check, "needs_spread", False) else []
     check(rerun_payload(chapter, table), 0.0, *extra)
+
+
+def test_unseen_backbone_claims_hold_in_the_committed_results():
+    """Chapter 04 and the closing page: on the unseen backbone CW+SE clears 3 × its spread over the
+    features it starts from, while neither head clears it over IW (scripts/unseen_backbone.py)."""
+    results = json.loads((ROOT / "benchmarks" / "results" / "unseen_backbone.json").read_text())
+    by_pair = {(r["method"], r["ablation"]): r for r in results["records"]}
+    assert holds(by_pair[("UCDIR CW+SE", "backbone features (no UCDIR)")])
+    assert not holds(by_pair[("UCDIR CW", "UCDIR IW")]) and not holds(by_pair[("UCDIR CW+SE", "UCDIR IW")])
+    means = {m: sum(v.values()) / len(v) for m, v in results["per_seed"].items()}
+    backbone = next(r for r in results["table_seed0"] if r["method"] == "backbone features (no UCDIR)")
+    assert min(means.values()) > backbone["heldout: mean"]          # every head passes the backbone

