@@ -90,6 +90,24 @@ def center(features: torch.Tensor) -> torch.Tensor:
     return features - features.mean(0, keepdim=True)
 
 
+def _ordered_pairs(features: Mapping, labels: Mapping, pairs) -> list[tuple[str, str]]:
+    """The (query, gallery) domain pairs of a table (default: every ordered pair), each domain checked."""
+    pairs = list(pairs) if pairs is not None else list(permutations(features, 2))
+    missing = sorted({d for pair in pairs for d in pair if d not in features or d not in labels})
+    if missing:
+        raise KeyError(f"no features or labels for domain(s) {missing}; features have {sorted(features)}, "
+                       f"labels have {sorted(labels)}")
+    return pairs
+
+
+def _with_mean_row(rows: list[dict], tags: Mapping) -> pd.DataFrame:
+    """One row per pair, then a ``mean`` row averaging every numeric column over the pairs."""
+    df = pd.DataFrame(rows)
+    mean = {**tags, "query": "mean", "gallery": f"{len(rows)} pairs",
+            **df.drop(columns=[*tags, "query", "gallery"]).mean().to_dict()}
+    return pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
+
+
 def cross_domain_table(features: Mapping[str, torch.Tensor], labels: Mapping[str, np.ndarray],
                        pairs: Iterable[tuple[str, str]] | None = None, ks: Iterable[int] = (1, 5, 10, 15, 50),
                        metric: str = "cosine", center_domains: bool = True, **tags):
@@ -104,21 +122,14 @@ def cross_domain_table(features: Mapping[str, torch.Tensor], labels: Mapping[str
     Returns:
         a pandas DataFrame, one row per pair and a final ``mean`` row.
     """
-    pairs = list(pairs) if pairs is not None else list(permutations(features, 2))
-    missing = sorted({d for pair in pairs for d in pair if d not in features or d not in labels})
-    if missing:
-        raise KeyError(f"no features or labels for domain(s) {missing}; features have {sorted(features)}, "
-                       f"labels have {sorted(labels)}")
+    pairs = _ordered_pairs(features, labels, pairs)
     feats = {d: center(f) if center_domains else f for d, f in features.items()}
     rows = []
     for qd, gd in pairs:
         m = retrieval_metrics(feats[qd], feats[gd], labels[qd], labels[gd], metric=metric, ks=ks)
         m.pop("n_queries_without_relevant")
         rows.append({**tags, "query": qd, "gallery": gd, **m})
-    df = pd.DataFrame(rows)
-    mean = {**tags, "query": "mean", "gallery": f"{len(pairs)} pairs",
-            **df.drop(columns=[*tags, "query", "gallery"]).mean().to_dict()}
-    return pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
+    return _with_mean_row(rows, tags)
 
 
 def icfrr_cross_domain_table(features: Mapping[str, torch.Tensor], labels: Mapping[str, np.ndarray],
@@ -139,11 +150,7 @@ def icfrr_cross_domain_table(features: Mapping[str, torch.Tensor], labels: Mappi
         a pandas DataFrame with columns ``query``, ``gallery``, ``KG``, ``mAP@all``,
         ``mAP@all + ICFRR`` and ``ICFRR gain``, one row per pair and a final ``mean`` row.
     """
-    pairs = list(pairs) if pairs is not None else list(permutations(features, 2))
-    missing = sorted({d for pair in pairs for d in pair if d not in features or d not in labels})
-    if missing:
-        raise KeyError(f"no features or labels for domain(s) {missing}; features have {sorted(features)}, "
-                       f"labels have {sorted(labels)}")
+    pairs = _ordered_pairs(features, labels, pairs)
     rows = []
     for qd, gd in pairs:
         q, g = center(features[qd]), center(features[gd])
@@ -156,10 +163,7 @@ def icfrr_cross_domain_table(features: Mapping[str, torch.Tensor], labels: Mappi
         m1 = ranking_metrics(after, labels[qd], labels[gd])["mAP@all"]
         rows.append({**tags, "query": qd, "gallery": gd, "KG": k_g, "mAP@all": m0, "mAP@all + ICFRR": m1,
                      "ICFRR gain": m1 - m0})
-    df = pd.DataFrame(rows)
-    mean = {**tags, "query": "mean", "gallery": f"{len(pairs)} pairs",
-            **df.drop(columns=[*tags, "query", "gallery"]).mean().to_dict()}
-    return pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
+    return _with_mean_row(rows, tags)
 
 
 def evaluate_backbone(model: Callable | None, protocol: str = "heldout", dataset: str = "emoji",

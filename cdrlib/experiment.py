@@ -1,9 +1,8 @@
 """The chapters' experiment harness: one frozen backbone, a few domain pairs, baselines, runs over seeds.
 
 Chapters 04–06, their premise dials and the closing page's comparison run the same experiment with
-different methods: cache the
-backbone's features of several views of every training image (the methods' inputs, since on a CPU
-only a head trains), evaluate every run under both protocols on both directions of each pair, put
+different methods: cache the backbone's features of several views of every training image (the
+methods' inputs, since on a CPU only a head trains), evaluate every run under both protocols on both directions of each pair, put
 chance, raw pixels and the backbone's own features beside it, and pivot the runs into one table.
 :class:`PairBenchmark` holds all of that once per chapter.
 """
@@ -16,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .evaluation import (RandomFeatures, extract_features, pair_protocols, pair_rows, pivot_results,
-                         raw_pixel_features)
 from . import ibnm_train
 from .clustering import cluster_purity
+from .evaluation import (RandomFeatures, extract_features, pair_protocols, pair_rows, pivot_results,
+                         raw_pixel_features)
 from .ibnm_train import IBNMConfig
 from .run_store import RunStore
 from .ucdir_train import UCDIRConfig, cache_view_features, train_and_evaluate

@@ -209,17 +209,24 @@ def _sorted_ascending(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores, dim=1).values
 
 
+def _pack_rows(rows: torch.Tensor, values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Values grouped by row, packed left: (len(counts), max(counts, 1)) int64, 0 past a row's count.
+
+    ``rows`` (L,) must be sorted (row-major order); ``counts`` (R,) is how many entries each row has.
+    """
+    m = max(int(counts.max()) if len(counts) else 0, 1)
+    start = torch.cumsum(counts, 0) - counts
+    packed = torch.zeros(len(counts), m, dtype=torch.int64, device=values.device)
+    packed[rows, torch.arange(len(rows), device=values.device) - start[rows]] = values
+    return packed
+
+
 def _relevant_columns(relevant: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The relevant columns of each row, packed left: ``(columns (Q, M), n_rel (Q,))``, M = max n_rel
     (at least 1); entries past a row's n_rel are 0. One pass over the mask (no sort, no top-k)."""
-    q = relevant.shape[0]
     n_rel = relevant.sum(1)
-    m = max(int(n_rel.max()) if q else 0, 1)
     rows, cols = relevant.nonzero(as_tuple=True)             # row-major: each row's columns ascending
-    start = torch.cumsum(n_rel, 0) - n_rel
-    packed = torch.zeros(q, m, dtype=torch.int64, device=relevant.device)
-    packed[rows, torch.arange(len(rows), device=relevant.device) - start[rows]] = cols
-    return packed, n_rel
+    return _pack_rows(rows, cols, n_rel), n_rel
 
 
 def ranks_from_scores(scores: torch.Tensor, relevant: torch.Tensor) -> RelevantRanks:
@@ -292,12 +299,8 @@ def label_columns(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> C
                                  return_inverse=True)
     q_ids, g_ids = inverse[:len(query_labels)], inverse[len(query_labels):]
     counts = torch.bincount(g_ids, minlength=len(both))
-    m = max(int(counts.max()) if len(counts) else 0, 1)
     order = torch.argsort(g_ids, stable=True)                 # by class, indices ascending within one
-    start = torch.cumsum(counts, 0) - counts
-    table = torch.zeros(len(both), m, dtype=torch.int64, device=gallery_labels.device)
-    sorted_ids = g_ids[order]
-    table[sorted_ids, torch.arange(len(order), device=order.device) - start[sorted_ids]] = order
+    table = _pack_rows(g_ids[order], order, counts)
     return lambda sl: (table[q_ids[sl]], counts[q_ids[sl]])
 
 
