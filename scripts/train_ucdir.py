@@ -1,5 +1,16 @@
 """Train UCDIR (or IBNM, built on it) on two domains and evaluate cross-domain retrieval; one process or many (torchrun).
 
+Your own images (a folder per domain, a folder per class; or a CSV list ``path,domain,class[,split]``):
+
+    python scripts/train_ucdir.py --root my_images --domains photo sketch --out runs/mine
+    python scripts/train_ucdir.py --list my_images.csv --domains photo sketch --out runs/mine
+
+On a CPU this picks the chapters' setting (the frozen backbone, UCDIR's head on cached views,
+``UCDIRConfig.frozen``: a few minutes); on a GPU the paper's (the whole network fine-tuned,
+``UCDIRConfig.paper``). It says which it picked; ``--setting cpu|gpu`` chooses.
+
+The embedded data and the paper datasets:
+
     python scripts/train_ucdir.py --domains twemoji sketch                    # embedded data, whole backbone
     python scripts/train_ucdir.py --domains twemoji sketch --cached-views 8   # the chapters' CPU setting
     python scripts/train_ucdir.py --tiny --domains noto sketch --out /tmp/u     # seconds: the CI check
@@ -18,8 +29,10 @@ IBNM (one process; a ViT backbone; ``--fusion random`` is the ablation):
 
 The data must be in place (``python -c "import cdrlib.data as d; d.prepare('office_home')"`` says
 how), and the backbone's weights are downloaded and verified on first use. The run is checkpointed
-every epoch to <out>/checkpoint<rank>.pt and resumes from it when restarted. Results (the history
-and the final retrieval metrics under both protocols) go to <out>/results.json.
+every epoch to <out>/checkpoint<rank>.pt and resumes from it when restarted; one line per epoch
+reports the losses, the time so far and the time left. Results go to <out>/results.json: the
+settings, the history, the retrieval metrics under both protocols (held-out images; the training
+images, as the papers evaluate) and the held-out mAP@all before and after ICFRR re-ranking.
 """
 from __future__ import annotations
 
@@ -27,27 +40,44 @@ import argparse
 import json
 import os
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cdrlib.data import get_dataset  # noqa: E402
-from cdrlib.evaluation import cross_domain_table, dataset_features  # noqa: E402
-from cdrlib.models import get_backbone  # noqa: E402
-from cdrlib.profile import pick_device, seed_everything  # noqa: E402
+from cdrlib.data import DataError, DomainDataset, get_dataset, load_folder_domains, load_list_domains  # noqa: E402
+from cdrlib.data.paper import DOMAINS  # noqa: E402
+from cdrlib.evaluation import cross_domain_table, dataset_features, icfrr_cross_domain_table  # noqa: E402
 from cdrlib.ibnm_train import IBNM, IBNMConfig  # noqa: E402
+from cdrlib.models import get_backbone, input_size  # noqa: E402
+from cdrlib.profile import pick_device, seed_everything  # noqa: E402
 from cdrlib.ucdir_train import UCDIR, UCDIRConfig, cache_view_features  # noqa: E402
 
+DATASETS = tuple(DOMAINS)   # "emoji" and the paper datasets
+CPU_BACKBONE, GPU_BACKBONE = {"ucdir": "emoji-resnet", "ibnm": "emoji-vit"}, {"ucdir": "moco-v2-resnet50",
+                                                                              "ibnm": "dino-vitb16"}
 
-def main() -> None:
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="emoji", help="emoji (embedded), office_home or domainnet")
+    ap.add_argument("--dataset", default="emoji", help=f"one of {', '.join(DATASETS)}")
+    ap.add_argument("--root", type=Path, help="your own images: ROOT/<domain>/<class>/<image>")
+    ap.add_argument("--list", type=Path, help="your own images: a CSV file with columns path,domain,class[,split]")
+    ap.add_argument("--heldout-fraction", type=float, default=0.3,
+                    help="own images: the share of each class held out for evaluation (default 0.3)")
+    ap.add_argument("--bad-files", choices=["raise", "skip"], default="raise",
+                    help="own images: stop on unreadable files (listing them all) or leave them out")
+    ap.add_argument("--setting", choices=["auto", "cpu", "gpu"], default="auto",
+                    help="own images: cpu = the frozen backbone and cached views (the chapters'), gpu = the "
+                         "paper's; auto picks by the device")
     ap.add_argument("--domains", nargs=2, default=["twemoji", "sketch"])
-    ap.add_argument("--backbone", help="default: emoji-resnet (emoji), moco-v2-resnet50 (paper datasets)")
+    ap.add_argument("--backbone", help="default: emoji-resnet / emoji-vit on a CPU, moco-v2-resnet50 / dino-vitb16 "
+                                       "with the paper's settings")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--dod", choices=["code", "seed"])
     ap.add_argument("--method", choices=["ucdir", "ibnm"], default="ucdir")
@@ -57,8 +87,115 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a few images, 2 epochs, random backbone: a smoke run")
     ap.add_argument("--backend", default="gloo", help="torch.distributed backend under torchrun")
     ap.add_argument("--out", type=Path, default=Path("runs/ucdir"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.root is not None and args.list is not None:
+        ap.error("give --root or --list, not both")
+    args.own = args.root is not None or args.list is not None
+    if not args.own and args.dataset not in DATASETS:
+        ap.error(f"unknown dataset {args.dataset!r}: one of {', '.join(DATASETS)}, or --root / --list for your "
+                 f"own images")
+    if args.epochs is not None and args.epochs < 1:
+        ap.error(f"--epochs must be at least 1, got {args.epochs}")
+    return args
 
+
+def say(*parts) -> None:
+    """One line of the run's log, flushed (progress bars are off outside a terminal)."""
+    print("[train]", *parts, flush=True)
+
+
+def own_data(args, backbone_name: str):
+    """Training and evaluation sets of one's own images, at the backbone's input size."""
+    size = input_size(backbone_name) if not backbone_name.startswith("random-") else 64
+    kw = dict(image_size=size, heldout_fraction=args.heldout_fraction, bad_files=args.bad_files)
+    data = (load_folder_domains(args.root, domains=list(args.domains), **kw) if args.root is not None
+            else load_list_domains(args.list, **kw))
+    absent = [d for d in args.domains if d not in data.train]
+    if absent:
+        raise SystemExit(f"no domain {absent} in the list: it has {data.domains}")
+    say(data.summary().replace("\n", "\n[train] "))
+    for d in args.domains:
+        if len(data.heldout[d]) == 0:
+            raise SystemExit(f"domain {d!r} has no held-out image (classes of one image stay in training): add "
+                             f"images, or raise --heldout-fraction")
+    return data, [data.train[d] for d in args.domains], [data.heldout[d] for d in args.domains]
+
+
+def choose_config(args, device: torch.device):
+    """The run's settings and what to tell the user about them; refuses settings that disable the method."""
+    ibnm = args.method == "ibnm"
+    paper = not args.own and args.dataset != "emoji"
+    note = None
+    if args.own:
+        gpu = args.setting == "gpu" or (args.setting == "auto" and device.type == "cuda")
+        backbone = args.backbone or (GPU_BACKBONE if gpu else CPU_BACKBONE)[args.method]
+        if gpu:
+            cfg = IBNMConfig.paper("office_home") if ibnm else UCDIRConfig.paper("office_home")
+            note = (f"the paper's setting (Office-Home's hyper-parameters; the whole {backbone} fine-tuned, "
+                    f"{cfg.epochs} epochs)")
+        else:
+            args.cached_views = args.cached_views or 8
+            cfg = IBNMConfig.frozen() if ibnm else UCDIRConfig.frozen()
+            note = (f"the CPU setting (the frozen {backbone}, UCDIR's head on {args.cached_views} cached views of "
+                    f"each image, {cfg.epochs} epochs; --setting gpu for the paper's)")
+    elif ibnm:
+        cfg = IBNMConfig.paper(args.dataset) if paper else IBNMConfig.frozen() if args.cached_views else IBNMConfig()
+        backbone = args.backbone or cfg.backbone
+    else:
+        cfg = UCDIRConfig.paper(args.dataset) if paper else UCDIRConfig()
+        backbone = args.backbone or cfg.backbone
+    if ibnm:
+        cfg = replace(cfg, fusion=None if args.fusion == "none" else args.fusion)
+    cfg = replace(cfg, backbone=backbone)
+    if args.tiny:
+        cfg = replace(cfg, backbone="random-vit" if ibnm else "random-resnet", epochs=2, batch_size=16, k=4,
+                      warmup_epoch=1, se_epoch=1, dd_epoch=1, dod=None if ibnm else "code", kmeans_nredo=1)
+        if ibnm:
+            cfg = replace(cfg, fusion_epoch=1, fusion_batch=8)
+    if args.dod:
+        cfg = replace(cfg, dod=args.dod)
+    if args.epochs:
+        if args.epochs <= cfg.warmup_epoch:
+            raise SystemExit(f"--epochs {args.epochs} would train plain instance discrimination only: UCDIR's "
+                             f"cluster-wise loss starts after the warm-up, at epoch {cfg.warmup_epoch + 1}, and its "
+                             f"cross-domain losses at epoch {cfg.se_epoch + 1}. Give more than {cfg.warmup_epoch} epochs, "
+                             f"more than {cfg.se_epoch} for the whole method (this setting's default is {cfg.epochs}).")
+        if args.epochs <= max(cfg.se_epoch, cfg.dd_epoch if cfg.dod else 0):
+            say(f"warning: with --epochs {args.epochs} the cross-domain losses (from epoch {cfg.se_epoch + 1}) "
+                f"never start; this setting's default is {cfg.epochs}")
+        cfg = replace(cfg, epochs=args.epochs)
+    if paper and args.cached_views:
+        raise SystemExit("--cached-views holds every image in memory, which the paper datasets do not fit: train the "
+                         "whole network on a GPU (leave it out), or use --root with a smaller folder of your images")
+    return cfg, note
+
+
+def first_items(ds: DomainDataset, n: int) -> DomainDataset:
+    """The first ``n`` items of a dataset, in memory or of image files (the smoke run)."""
+    files = None if ds.files is None else ds.files[:n]
+    images = None if ds.images is None else ds.images[:n]
+    return DomainDataset(ds.name, ds.domain, ds.split, ds.labels[:n], ds.classes, images=images, files=files,
+                         image_size=ds.image_size, ids=ds.ids[:n])
+
+
+def epoch_reporter(cfg, rank: int):
+    """An ``on_epoch_end`` that prints one line per epoch: the loss, the time so far and the time left."""
+    start = time.time()
+    done = []
+
+    def report(epoch: int):
+        done.append(epoch)
+        if rank == 0:
+            elapsed = time.time() - start
+            left = elapsed / len(done) * (cfg.epochs - epoch - 1)
+            say(f"epoch {epoch + 1}/{cfg.epochs}: {elapsed:.0f} s so far, about {left:.0f} s left")
+        return {}
+
+    return report
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         dist.init_process_group(args.backend)
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -77,60 +214,68 @@ def main() -> None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
 
-    paper = args.dataset != "emoji"
-    ibnm = args.method == "ibnm"
-    if ibnm:
-        cfg = IBNMConfig.paper(args.dataset) if paper else IBNMConfig.frozen() if args.cached_views else IBNMConfig()
-        cfg = replace(cfg, fusion=None if args.fusion == "none" else args.fusion)
-    else:
-        cfg = UCDIRConfig.paper(args.dataset) if paper else UCDIRConfig()
-    if args.backbone:
-        cfg = replace(cfg, backbone=args.backbone)
-    if args.tiny:
-        cfg = replace(cfg, backbone="random-vit" if ibnm else "random-resnet", epochs=2, batch_size=16, k=4,
-                      warmup_epoch=1, se_epoch=1, dd_epoch=1, dod=None if ibnm else "code", kmeans_nredo=1)
-        if ibnm:
-            cfg = replace(cfg, fusion_epoch=1, fusion_batch=8)
-    if args.epochs:
-        cfg = replace(cfg, epochs=args.epochs)
-    if args.dod:
-        cfg = replace(cfg, dod=args.dod)
+    cfg, note = choose_config(args, device)
+    if note and rank == 0:
+        say(f"own images on {device.type}: {note}")
     seed_everything(cfg.seed)
-
-    backbone = get_backbone(cfg.backbone)
-    train = [get_dataset(args.dataset, d, "train") for d in args.domains]
-    evaluate = {"paper": train, "heldout": [get_dataset(args.dataset, d, "heldout") for d in args.domains]}
+    paper = not args.own and args.dataset != "emoji"
+    # the data first: a wrong name or a missing folder is reported before any weight download
+    try:
+        if args.own:
+            data, train, held = own_data(args, cfg.backbone)
+            cfg = replace(cfg, k=len(data.classes)) if not args.tiny else cfg
+            evaluate = {"heldout": held, "paper": train}
+        else:
+            train = [get_dataset(args.dataset, d, "train") for d in args.domains]
+            evaluate = {"heldout": [get_dataset(args.dataset, d, "heldout") for d in args.domains], "paper": train}
+    except DataError as e:
+        raise SystemExit(f"[train] {e}") from None
     if args.tiny:  # the first few images of each domain
-        train = [replace_images(ds, 64) for ds in train]
-        evaluate = {p: [replace_images(ds, 48) for ds in sets] for p, sets in evaluate.items()}
+        train = [first_items(ds, 64) for ds in train]
+        evaluate = {p: [first_items(ds, 48) for ds in sets] for p, sets in evaluate.items()}
+    smallest = min(len(ds) for ds in train)
+    if args.own and smallest < cfg.batch_size:
+        say(f"batch size {cfg.batch_size} → {smallest}: a batch cannot hold more images than the smaller "
+            f"domain's {smallest} training images")
+        cfg = replace(cfg, batch_size=smallest, fusion_batch=min(cfg.fusion_batch, smallest)) \
+            if args.method == "ibnm" else replace(cfg, batch_size=smallest)
+    backbone = get_backbone(cfg.backbone)
     images = train if paper else [ds.tensor() for ds in train]   # paper datasets: image files, read per batch
     features = [None, None]
-    if args.cached_views and not paper:
-        features = [cache_view_features(backbone, x, args.cached_views, device=device) for x in images]
-    if ibnm:
+    if args.cached_views:
+        t0 = time.time()
+        features = [cache_view_features(backbone, x, args.cached_views, image_size=x.shape[-1], device=device)
+                    for x in images]
+        say(f"{args.cached_views} cached views of {sum(len(x) for x in images)} images: {time.time() - t0:.0f} s")
+    if args.method == "ibnm":
         method = IBNM(cfg, images[0], images[1], backbone, *features, device=device)
     else:
         inputs = features if features[0] is not None else images
         method = UCDIR(cfg, inputs[0], inputs[1], backbone, device=device)
     args.out.mkdir(parents=True, exist_ok=True)
-    history = method.trainer(args.out / f"checkpoint{rank}.pt").fit()
+    history = method.trainer(args.out / f"checkpoint{rank}.pt", on_epoch_end=epoch_reporter(cfg, rank)).fit()
 
     model = method.retrieval_model()
-    tables = []
+    tables, held_features = [], None
     for protocol, sets in evaluate.items():
         feats = {ds.domain: dataset_features(model, ds, device=device) for ds in sets}
         labels = {ds.domain: ds.labels for ds in sets}
-        tables.append(cross_domain_table(feats, labels, ks=(1, 10) if args.tiny else (1, 10, 50), protocol=protocol))
+        held_features = (feats, labels) if protocol == "heldout" else held_features
+        ks = [k for k in ((1, 10) if args.tiny else (1, 10, 50)) if k <= min(len(ds) for ds in sets)]  # small galleries
+        tables.append(cross_domain_table(feats, labels, ks=ks, protocol=protocol))
     if rank == 0:
-        import pandas as pd
-
         table = pd.concat(tables, ignore_index=True)
+        reranked = icfrr_cross_domain_table(*held_features)
         (args.out / "results.json").write_text(json.dumps({
-            "config": method.config_dict(), "history": history,
+            "config": method.config_dict(), "setting": note, "history": history,
             "metrics": table.to_dict(orient="records"),
+            "icfrr_heldout": reranked.to_dict(orient="records"),
             "bank_checksum": [float(method.banks[d].keys.sum()) for d in ("A", "B")],
         }, indent=1))
         print(table.filter(["protocol", "query", "gallery", "mAP@all", "P@10", "P@50"]).to_string(index=False))
+        print("\nheld-out, ICFRR re-ranking on top:")
+        print(reranked.filter(["query", "gallery", "mAP@all", "mAP@all + ICFRR", "ICFRR gain"]).to_string(index=False))
+        say(f"results: {args.out / 'results.json'}")
     if dist.is_initialized():
         # every process must hold the same memory banks: compare their checksums
         mine = torch.tensor([float(method.banks[d].keys.sum()) for d in ("A", "B")], dtype=torch.float64,
@@ -140,14 +285,6 @@ def main() -> None:
         if rank == 0 and not all(torch.allclose(e.cpu(), mine) for e in everyone):
             raise SystemExit("memory banks differ between processes")
         dist.destroy_process_group()
-
-
-def replace_images(ds, n: int):
-    """The first ``n`` items of an in-memory DomainDataset (the smoke run)."""
-    from cdrlib.data import DomainDataset
-
-    return DomainDataset(ds.name, ds.domain, ds.split, ds.labels[:n], ds.classes, images=ds.images[:n],
-                         image_size=ds.image_size, ids=ds.ids[:n])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from cdrlib.models import factory
-from cdrlib.models.factory import BackboneError, get_backbone
+from cdrlib.models import VisionTransformer
+from cdrlib.models.factory import (IMAGENET_MEAN, IMAGENET_STD, BackboneError, ImageNetInput, fold_input_normalisation,
+                                   get_backbone)
 
 
 @pytest.fixture
@@ -82,3 +84,21 @@ def test_unseen_backbone_checks_its_weights_and_runs(monkeypatch):
     monkeypatch.setitem(factory.EFFICIENTNET_LITE0, "sha256", "0" * 64)
     with pytest.raises(BackboneError, match="sha256 mismatch"):
         get_backbone("imagenet-efficientnet-lite0")
+
+
+def test_imagenet_trained_backbones_take_book_normalised_images():
+    """DINO's and MoCo's weights expect ImageNet's normalisation; the book feeds mean = std = 0.5.
+    Folded into a ViT's patch convolution (exact) or applied by a wrapper, the result is the same as
+    running the original model on ImageNet-normalised pixels."""
+    torch.manual_seed(0)
+    pixels = torch.rand(2, 3, 16, 16)
+    book = (pixels - 0.5) / 0.5
+    imagenet = (pixels - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    vit = VisionTransformer(img_size=16, patch_size=8, dim=24, depth=1, heads=2).eval()
+    want = vit(imagenet)
+    fold_input_normalisation(vit.patch_embed.proj, IMAGENET_MEAN, IMAGENET_STD)
+    torch.testing.assert_close(vit(book), want, atol=1e-5, rtol=1e-5)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Flatten()).eval()
+    torch.testing.assert_close(ImageNetInput(cnn, num_features=4 * 16 * 16)(book), cnn(imagenet), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="without padding"):
+        fold_input_normalisation(cnn[0], IMAGENET_MEAN, IMAGENET_STD)

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdrlib.data import DataError, load_folder_domains
+from cdrlib.data import DataError, DomainDataset, load_folder_domains, load_list_domains
 from cdrlib.data.folders import read_image
 from cdrlib.evaluation import icfrr_cross_domain_table
 from cdrlib.experiment import PairBenchmark
-from cdrlib.models import get_backbone
+from cdrlib.models import BackboneError, get_backbone, input_size
 from cdrlib.ucdir_train import UCDIRConfig
 
 
@@ -100,3 +100,76 @@ def test_a_folder_tree_through_the_readme_path(tmp_path):
     reranked = icfrr_cross_domain_table(bench.embeddings("UCDIR CW+SE", *pair), labels)
     assert list(reranked["query"]) == ["photo", "sketch", "mean"]
     assert reranked["mAP@all + ICFRR"].between(0, 1).all()
+
+
+def test_every_bad_file_is_listed_at_once_or_left_out(tmp_path):
+    tree(tmp_path, {"a": ["x", "y"], "b": ["x", "y"]}, n=4, size=8)
+    (tmp_path / "a" / "x" / "9.png").write_bytes(b"not a png")
+    (tmp_path / "b" / "y" / "9.webp").write_bytes(b"")
+    with pytest.raises(DataError, match=r"2 image file\(s\) cannot be read(.|\n)*9.png(.|\n)*9.webp(.|\n)*bad_files='skip'"):
+        load_folder_domains(tmp_path, image_size=8)
+    with pytest.warns(UserWarning, match="2 unreadable"):
+        data = load_folder_domains(tmp_path, image_size=8, bad_files="skip")
+    assert sorted(p.name for p, _ in data.unreadable) == ["9.png", "9.webp"]
+    assert sum(len(part[d]) for part in (data.train, data.heldout) for d in ("a", "b")) == 16   # the good ones
+    clean = tmp_path / "clean"
+    tree(clean, {"a": ["x", "y"], "b": ["x", "y"]}, n=4, size=8)
+    (clean / "a" / "x" / "9.png").write_bytes(b"not a png")
+    # the split is decided on the file list: leaving a bad file out moves no other file between parts
+    skipped = load_folder_domains(clean, image_size=8, bad_files="skip", seed=3)
+    (clean / "a" / "x" / "9.png").unlink()
+    without = load_folder_domains(clean, image_size=8, seed=3)
+    assert np.array_equal(skipped.heldout["b"].images, without.heldout["b"].images)
+    with pytest.raises(ValueError, match="bad_files"):
+        load_folder_domains(clean, bad_files="ignore")
+
+
+def test_a_list_of_files_with_and_without_a_split_column(tmp_path):
+    tree(tmp_path, {"photo": ["apple", "bird"], "sketch": ["bird"]}, n=4, size=8)
+    rows = [{"path": str(p.relative_to(tmp_path)), "domain": p.parts[-3], "class": p.parts[-2]}
+            for p in sorted(tmp_path.rglob("*.png"))]
+    with pytest.warns(UserWarning, match=r"sketch: \['apple'\]"):
+        data = load_list_domains(rows, image_size=8, root=tmp_path, heldout_fraction=0.5)
+    assert data.classes == ("apple", "bird") and data.missing == {"sketch": ["apple"]}
+    assert np.bincount(data.heldout["photo"].labels).tolist() == [2, 2]
+    assert set(data.train["sketch"].labels.tolist()) == {data.classes.index("bird")}
+    # the same list as a CSV file, with the user's own split: used as given; paths relative to the CSV
+    for i, r in enumerate(rows):
+        r["split"] = "heldout" if i % 4 == 0 else "train"
+    csv_file = tmp_path / "list.csv"
+    csv_file.write_text("path,domain,class,split\n" + "".join(f"{r['path']},{r['domain']},{r['class']},{r['split']}\n"
+                                                              for r in rows))
+    with pytest.warns(UserWarning):
+        given = load_list_domains(csv_file, image_size=8)
+    assert sum(len(given.heldout[d]) for d in given.domains) == sum(r["split"] == "heldout" for r in rows)
+    # errors that say what to do
+    with pytest.raises(DataError, match="lacks the column"):
+        load_list_domains([{"file": "x", "domain": "a", "class": "c"}])
+    with pytest.raises(DataError, match="no file"):
+        load_list_domains([{**rows[0], "path": "nowhere.png"}, rows[1]], root=tmp_path)
+    with pytest.raises(DataError, match="split 'test'"):
+        load_list_domains([{**r, "split": "test"} for r in rows], root=tmp_path)
+    with pytest.raises(DataError, match="have no split"):
+        load_list_domains([{**r, "split": ""} if i else r for i, r in enumerate(rows)], root=tmp_path)
+    with pytest.raises(DataError, match="at least two"):
+        load_list_domains([r for r in rows if r["domain"] == "photo"], root=tmp_path)
+
+
+def test_input_size_names_what_each_backbone_expects():
+    assert input_size("emoji-resnet") == input_size("emoji-vit") == 64
+    assert input_size("dino-vitb16") == 224
+    with pytest.raises(BackboneError, match="known"):
+        input_size("resnet-9000")
+
+
+def test_image_file_datasets_read_transparency_on_white(tmp_path):
+    """The paper datasets read their files per batch through the same reader as one's own folders."""
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[0, 0] = (0, 0, 255, 255)
+    save(tmp_path / "a.png", rgba, "RGBA")
+    ds = DomainDataset("mine", "d", "train", [0], ["c"], files=[tmp_path / "a.png"], image_size=4)
+    x = ds.raw(0)
+    assert x[:, 0, 0].tolist() == [0.0, 0.0, 1.0] and x[:, 3, 3].tolist() == [1.0, 1.0, 1.0]
+    (tmp_path / "a.png").write_bytes(b"broken")
+    with pytest.raises(DataError, match="a.png"):
+        ds.raw(0)

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import DataError
+from .image_files import read_image
 from .transforms import EvalTransform, to_float
 
 
@@ -55,15 +56,8 @@ class DomainDataset(Dataset):
         """Image ``i`` as float (3, H, W) in [0, 1], before the transform."""
         if self.images is not None:
             return to_float(self.images[i])
-        from PIL import Image
-
-        try:
-            with Image.open(self.files[i]) as im:
-                im = im.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
-                return to_float(np.asarray(im))
-        except OSError as e:
-            raise DataError(f"cannot read image {self.files[i]}: {e}. Re-download the dataset "
-                            f"or remove the file from its list.") from e
+        # transparency on white, 16-bit scaled: as the embedded images; an unreadable file is named
+        return to_float(read_image(self.files[i], self.image_size))
 
     def __getitem__(self, i: int):
         return self.transform(self.raw(i)), int(self.labels[i]), int(i)

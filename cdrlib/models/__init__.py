@@ -1,7 +1,7 @@
 """Backbones: the attention-returning ViT, a small ResNet, and the factory for both profiles."""
-from .factory import BackboneError, build_backbone, get_backbone, load_backbone
+from .factory import BackboneError, build_backbone, get_backbone, input_size, load_backbone
 from .resnet import SmallResNet
 from .vit import Attention, Block, VisionTransformer
 
 __all__ = ["Attention", "BackboneError", "Block", "SmallResNet", "VisionTransformer", "build_backbone",
-           "get_backbone", "load_backbone"]
+           "get_backbone", "input_size", "load_backbone"]

