@@ -173,3 +173,18 @@ def test_image_file_datasets_read_transparency_on_white(tmp_path):
     (tmp_path / "a.png").write_bytes(b"broken")
     with pytest.raises(DataError, match="a.png"):
         ds.raw(0)
+
+
+def test_each_class_is_split_on_its_own_and_items_name_their_files(tmp_path):
+    tree(tmp_path, {"a": ["x", "y"], "b": ["x", "y"]}, n=10, size=8)
+    before = load_folder_domains(tmp_path, image_size=8, seed=5)
+    for i in range(10, 14):                                   # more files in one class of one domain
+        save(tmp_path / "a" / "x" / f"{i}.png", np.full((8, 8, 3), 3 * i, np.uint8))
+    after = load_folder_domains(tmp_path, image_size=8, seed=5)
+    for d, c in (("a", "y"), ("b", "x"), ("b", "y")):         # every other class keeps its split
+        pick = lambda data: sorted(p.name for p in data.sources["heldout"][d] if p.parent.name == c)
+        assert pick(before) == pick(after)
+    for d in ("a", "b"):
+        assert not set(after.sources["heldout"][d]) & set(after.sources["train"][d])
+        assert len(after.sources["train"][d]) == len(after.train[d])
+        assert all(p.parent.parent.name == d for p in after.sources["train"][d])

@@ -71,7 +71,7 @@ def test_config_renders_what_was_committed():
 def test_every_chapter_starts_with_the_same_colab_setup_cell():
     """The rocket button opens one notebook alone: its first code cell must install cdrlib when it is missing."""
     firsts = {}
-    for nb in sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb")):
+    for nb in sorted((ROOT / "book").glob("*.ipynb")):
         cells = json.loads(nb.read_text())["cells"]
         first = next(c for c in cells if c["cell_type"] == "code")
         firsts[nb.name] = "".join(first["source"])
@@ -84,7 +84,7 @@ def test_every_chapter_starts_with_the_same_colab_setup_cell():
 def test_every_figure_has_a_caption():
     """A cell that draws a figure carries its caption in the MyST-NB cell metadata."""
     missing = []
-    for nb in sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb")):
+    for nb in sorted((ROOT / "book").glob("*.ipynb")):
         for cell in json.loads(nb.read_text())["cells"]:
             draws = any("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
             figure = cell.get("metadata", {}).get("mystnb", {}).get("figure", {})

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -51,6 +52,8 @@ class FolderDomains:
         skipped: files that are not images (by suffix), left out.
         unreadable: ``(file, reason)`` of image files that could not be read, left out
             (``bad_files="skip"`` only; otherwise they stop the load).
+        sources: ``"train"`` / ``"heldout"`` → domain → the file of each item, in the datasets' order
+            (which file a retrieved item is).
     """
 
     root: Path
@@ -60,6 +63,7 @@ class FolderDomains:
     missing: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[Path] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    sources: dict[str, dict[str, list[Path]]] = field(default_factory=dict)
 
     @property
     def domains(self) -> list[str]:
@@ -204,13 +208,14 @@ def _read_domains(root: Path, files: dict, split_of: dict | None, image_size: in
     if missing:
         warnings.warn("classes missing in some domains (their ids stay the same everywhere): "
                       + "; ".join(f"{d}: {m}" for d, m in missing.items()), stacklevel=3)
-    # the split is decided on the file list, before reading: a bad file changes no other file's part
-    rng = np.random.default_rng(seed)
+    # the split is decided on the file list, before reading (a bad file moves no other file between
+    # parts), by a generator of its own per (domain, class): files added to one class move no other's
     chosen = {d: {s: [] for s in SPLITS} for d in names}
     for d in names:
-        for c in classes:                                    # the shared order: the split is reproducible
+        for c in classes:
             paths = files[d].get(c, [])
             if split_of is None:
+                rng = np.random.default_rng([seed, zlib.crc32(d.encode()), zlib.crc32(c.encode())])
                 n_held = int(round(heldout_fraction * len(paths))) if len(paths) > 1 else 0
                 held = set(rng.permutation(len(paths))[:n_held].tolist())
                 parts = ["heldout" if i in held else "train" for i in range(len(paths))]
@@ -233,7 +238,7 @@ def _read_domains(root: Path, files: dict, split_of: dict | None, image_size: in
             raise DataError(f"{len(unreadable)} image file(s) cannot be read:\n{listed}{more}\n"
                             f"Remove or replace them, or pass bad_files='skip' to leave them out.")
         warnings.warn(f"{len(unreadable)} unreadable image file(s) left out:\n{listed}{more}", stacklevel=3)
-    sets = {s: {} for s in SPLITS}
+    sets, sources = {s: {} for s in SPLITS}, {s: {} for s in SPLITS}
     for d in names:
         for split, items in chosen[d].items():
             items = [(p, y) for p, y in items if p in pixels]
@@ -241,7 +246,8 @@ def _read_domains(root: Path, files: dict, split_of: dict | None, image_size: in
                       else np.zeros((0, image_size, image_size, 3), dtype=np.uint8))
             sets[split][d] = DomainDataset(root.name, d, split, [y for _, y in items], classes, images=images,
                                            image_size=image_size)
+            sources[split][d] = [p for p, _ in items]
     empty = [d for d in names if len(sets["train"][d]) == 0]
     if empty:
         raise DataError(f"domain(s) {empty} have no readable training image")
-    return FolderDomains(root, classes, sets["train"], sets["heldout"], missing, skipped, unreadable)
+    return FolderDomains(root, classes, sets["train"], sets["heldout"], missing, skipped, unreadable, sources)
