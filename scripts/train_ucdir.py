@@ -194,6 +194,23 @@ def epoch_reporter(cfg, rank: int):
     return report
 
 
+def with_heartbeat(batches, epochs: int, rank: int, every: float = 60.0):
+    """``batches`` that also print a line at most every ``every`` seconds within an epoch (step, time
+    left in the epoch): a long epoch shows progress in a log, where progress bars are off."""
+    def wrapped(epoch, gen):
+        steps = list(batches(epoch, gen))          # index batches only: cheap, and the same order
+        start = last = time.time()
+        for i, batch in enumerate(steps):
+            yield batch
+            now = time.time()
+            if rank == 0 and now - last >= every and i + 1 < len(steps):
+                last = now
+                left = (now - start) / (i + 1) * (len(steps) - i - 1)
+                say(f"epoch {epoch + 1}/{epochs}: step {i + 1}/{len(steps)}, about {left:.0f} s left in this epoch")
+
+    return wrapped
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
@@ -253,7 +270,9 @@ def main(argv=None) -> None:
         inputs = features if features[0] is not None else images
         method = UCDIR(cfg, inputs[0], inputs[1], backbone, device=device)
     args.out.mkdir(parents=True, exist_ok=True)
-    history = method.trainer(args.out / f"checkpoint{rank}.pt", on_epoch_end=epoch_reporter(cfg, rank)).fit()
+    trainer = method.trainer(args.out / f"checkpoint{rank}.pt", on_epoch_end=epoch_reporter(cfg, rank))
+    trainer.batches = with_heartbeat(trainer.batches, cfg.epochs, rank)
+    history = trainer.fit()
 
     model = method.retrieval_model()
     tables, held_features = [], None
