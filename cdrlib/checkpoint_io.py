@@ -8,6 +8,7 @@ Writers store random-generator states as tensors and configurations as JSON text
 :func:`state_digest` is a sha256 over a state's tensors and plain values, in order: stored inside a
 run checkpoint, it shows on loading that no byte of its tensor data changed since it was written.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,19 +38,27 @@ def load_state(path: str | Path, what: str = "checkpoint") -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"{path} ({what}) holds Python objects besides tensors and plain containers; loading it could run "
-            f"code, so cdrlib refuses. If you trust its source, unpickle it yourself and save only its "
-            f"state_dict (tensors). ({str(e).splitlines()[0][:200]})") from None
+            f"{path} ({what}) holds Python objects besides tensors and plain containers; loading "
+            "it could run "
+            "code, so cdrlib refuses. If you trust its source, unpickle it yourself and save only "
+            "its "
+            f"state_dict (tensors). ({str(e).splitlines()[0][:200]})"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} ({what}) cannot be read — a damaged or truncated file? Delete it and "
-                              f"write or download it again. ({str(e)[:200]})") from None
+        raise CheckpointError(
+            f"{path} ({what}) cannot be read — a damaged or truncated file? Delete it and "
+            f"write or download it again. ({str(e)[:200]})"
+        ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path} ({what}) holds a {type(state).__name__}, not a dict of states")
+        raise CheckpointError(
+            f"{path} ({what}) holds a {type(state).__name__}, not a dict of states"
+        )
     return state
 
 
 def state_digest(state) -> str:
-    """sha256 (hex) of a nested state: dict keys, plain values, and every tensor's dtype, shape and bytes."""
+    """sha256 (hex) of a nested state: dict keys, plain values, and every tensor's dtype, shape and
+    bytes."""
     h = hashlib.sha256()
 
     def walk(x):

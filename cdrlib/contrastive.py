@@ -1,12 +1,14 @@
 """The instance-discrimination loss used to pretrain the small backbones (SimCLR's NT-Xent)."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2,
-                 groups: torch.Tensor | None = None) -> torch.Tensor:
+def nt_xent_loss(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, groups: torch.Tensor | None = None
+) -> torch.Tensor:
     """Normalised-temperature cross-entropy over a batch of positive pairs (Chen et al. 2020).
 
     Row i of ``z1`` and row i of ``z2`` are two augmentations of one image (the positive pair);
@@ -22,7 +24,9 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2,
         the mean loss over the 2B anchors, a scalar.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(f"z1 and z2 must both be (B, d), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(
+            f"z1 and z2 must both be (B, d), got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     b = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     logits = z @ z.T / temperature

@@ -5,6 +5,7 @@ Each exercise in the book is three cells: an open cell the reader fills in (a fu
 one solution, collapsed in the rendered book, that passes the same check — so the book's tests
 prove every solution right without the reader's cell being filled in for them.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -1,11 +1,13 @@
-"""The chapters' experiment harness: one frozen backbone, a few domain pairs, baselines, runs over seeds.
+"""The chapters' experiment harness: one frozen backbone, a few domain pairs, baselines, runs over
+seeds.
 
 Chapters 04–06, their premise dials and the closing page's comparison run the same experiment with
 different methods: cache the backbone's features of several views of every training image (the
-methods' inputs, since on a CPU only a head trains), evaluate every run under both protocols on both directions of each pair, put
-chance, raw pixels and the backbone's own features beside it, and pivot the runs into one table.
-:class:`PairBenchmark` holds all of that once per chapter.
+methods' inputs, since on a CPU only a head trains), evaluate every run under both protocols on both
+directions of each pair, put chance, raw pixels and the backbone's own features beside it, and pivot
+the runs into one table. :class:`PairBenchmark` holds all of that once per chapter.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -17,8 +19,14 @@ import torch
 
 from . import ibnm_train
 from .clustering import cluster_purity
-from .evaluation import (RandomFeatures, extract_features, pair_protocols, pair_rows, pivot_results,
-                         raw_pixel_features)
+from .evaluation import (
+    RandomFeatures,
+    extract_features,
+    pair_protocols,
+    pair_rows,
+    pivot_results,
+    raw_pixel_features,
+)
 from .ibnm_train import IBNMConfig
 from .run_store import RunStore
 from .ucdir_train import UCDIRConfig, cache_view_features, train_and_evaluate
@@ -41,44 +49,76 @@ class PairBenchmark:
         features: protocol → domain → (N, D) frozen features of the images it evaluates on.
         images: protocol → domain → (N, 3, H, W) images in [0, 1] (for the raw-pixel baseline).
         labels: protocol → domain → (N,) class ids (evaluation and marked analysis only).
-        runs: every table :meth:`run` and :meth:`baselines` produced, tagged with method, pair, seed.
-        trained: (method, "A–B", seed) → ``(model, history)`` of every run whose ``train`` returned them.
+        runs: every table :meth:`run` and :meth:`baselines` produced, tagged with method, pair,
+            seed.
+        trained: (method, "A–B", seed) → ``(model, history)`` of every run whose ``train`` returned
+            them.
     """
 
-    def __init__(self, backbone: torch.nn.Module, train_sets: Mapping, held_sets: Mapping,
-                 pairs: Iterable[tuple[str, str]], n_views: int = 8, device="cpu", store: RunStore | None = None):
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        train_sets: Mapping,
+        held_sets: Mapping,
+        pairs: Iterable[tuple[str, str]],
+        n_views: int = 8,
+        device="cpu",
+        store: RunStore | None = None,
+    ):
         self.backbone, self.device, self.store = backbone, device, store
         self.pairs = [tuple(p) for p in pairs]
         self.domains = sorted({d for p in self.pairs for d in p})
         missing = [d for d in self.domains if d not in train_sets or d not in held_sets]
         if missing:
             raise ValueError(f"no training or held-out set for domain(s) {missing}")
-        self.images = {"heldout": {d: held_sets[d].tensor() for d in self.domains},
-                       "paper": {d: train_sets[d].tensor() for d in self.domains}}
+        self.images = {
+            "heldout": {d: held_sets[d].tensor() for d in self.domains},
+            "paper": {d: train_sets[d].tensor() for d in self.domains},
+        }
         # the views are augmented at the images' own size
-        self.inputs = {d: cache_view_features(backbone, x, n_views=n_views, image_size=x.shape[-1], device=device)
-                       for d, x in self.images["paper"].items()}
-        self.features = {"heldout": {d: extract_features(backbone, x, device=device)
-                                     for d, x in self.images["heldout"].items()},
-                         "paper": {d: self.inputs[d][:, 0] for d in self.domains}}   # view 0: the plain image
-        self.labels = {"heldout": {d: held_sets[d].labels for d in self.domains},
-                       "paper": {d: train_sets[d].labels for d in self.domains}}
+        self.inputs = {
+            d: cache_view_features(
+                backbone, x, n_views=n_views, image_size=x.shape[-1], device=device
+            )
+            for d, x in self.images["paper"].items()
+        }
+        self.features = {
+            "heldout": {
+                d: extract_features(backbone, x, device=device)
+                for d, x in self.images["heldout"].items()
+            },
+            "paper": {d: self.inputs[d][:, 0] for d in self.domains},
+        }  # view 0: the plain image
+        self.labels = {
+            "heldout": {d: held_sets[d].labels for d in self.domains},
+            "paper": {d: train_sets[d].labels for d in self.domains},
+        }
         self.runs: list[pd.DataFrame] = []
         self.trained: dict[tuple[str, str, int], tuple] = {}
 
     def evaluation(self, a: str, b: str) -> dict:
-        """Protocol → (frozen features, labels) of the pair: what a head-only method is evaluated on."""
-        return pair_protocols(a, b, (self.features["heldout"], self.labels["heldout"]),
-                              (self.features["paper"], self.labels["paper"]))
+        """Protocol → (frozen features, labels) of the pair: what a head-only method is evaluated
+        on."""
+        return pair_protocols(
+            a,
+            b,
+            (self.features["heldout"], self.labels["heldout"]),
+            (self.features["paper"], self.labels["paper"]),
+        )
 
     def image_evaluation(self, a: str, b: str) -> dict:
         """Protocol → (images, labels) of the pair (for baselines that read pixels)."""
-        return pair_protocols(a, b, (self.images["heldout"], self.labels["heldout"]),
-                              (self.images["paper"], self.labels["paper"]))
+        return pair_protocols(
+            a,
+            b,
+            (self.images["heldout"], self.labels["heldout"]),
+            (self.images["paper"], self.labels["paper"]),
+        )
 
     def baselines(self, backbone_name: str = "backbone features") -> list[pd.DataFrame]:
-        """Chance, raw pixels and the frozen backbone's features on every pair (added to :attr:`runs`)."""
-        chance = RandomFeatures(seed=0)   # one generator: every domain gets its own draws
+        """Chance, raw pixels and the frozen backbone's features on every pair (added to
+        :attr:`runs`)."""
+        chance = RandomFeatures(seed=0)  # one generator: every domain gets its own draws
         tables = pair_rows("chance", chance, self.pairs, self.evaluation)
         tables += pair_rows("raw pixels", raw_pixel_features, self.pairs, self.image_evaluation)
         tables += pair_rows(backbone_name, lambda x: x, self.pairs, self.evaluation)
@@ -86,18 +126,24 @@ class PairBenchmark:
         self.runs += tables
         return tables
 
-    def run(self, method: str, train: Callable, seeds: Iterable[int] = (0,),
-            pairs: Iterable[tuple[str, str]] | None = None) -> pd.DataFrame:
+    def run(
+        self,
+        method: str,
+        train: Callable,
+        seeds: Iterable[int] = (0,),
+        pairs: Iterable[tuple[str, str]] | None = None,
+    ) -> pd.DataFrame:
         """Train and evaluate ``method`` on each pair with each seed.
 
         Args:
-            train: ``(a, b, seed, key) → table`` (a :func:`~cdrlib.evaluation.cross_domain_table` per
-                protocol, concatenated), or ``→ (model, history, table)`` as ``train_and_evaluate``
-                returns (model and history are then kept in :attr:`trained`); ``key`` names the run
-                in the run store: ``"<method> | <A>–<B> | seed <seed>"``.
+            train: ``(a, b, seed, key) → table`` (a :func:`~cdrlib.evaluation.cross_domain_table`
+                per protocol, concatenated), or ``→ (model, history, table)`` as
+                ``train_and_evaluate`` returns (model and history are then kept in :attr:`trained`);
+                ``key`` names the run in the run store: ``"<method> | <A>–<B> | seed <seed>"``.
             pairs: default all of the chapter's pairs.
         Returns:
-            the runs' tables, tagged with ``method``, ``pair`` and ``seed`` (also added to :attr:`runs`).
+            the runs' tables, tagged with ``method``, ``pair`` and ``seed`` (also added to
+            :attr:`runs`).
         """
         out = []
         for seed in seeds:
@@ -111,66 +157,115 @@ class PairBenchmark:
         return pd.concat(out, ignore_index=True)
 
     def table(self, value: str = "mAP@all", seed: int = 0) -> pd.DataFrame:
-        """One row per method (runs of ``seed`` only), one column per protocol and pair, plus means."""
+        """One row per method (runs of ``seed`` only), one column per protocol and pair, plus
+        means."""
         every = pd.concat(self.runs, ignore_index=True)
         return pivot_results([every[every["seed"] == seed]], value=value)
 
-    def per_seed(self, method: str, protocol: str = "heldout", value: str = "mAP@all",
-                 pairs: Iterable[tuple[str, str]] | None = None) -> dict[int, float]:
-        """Seed → the method's ``value`` under ``protocol``, averaged over pairs (and both directions).
+    def per_seed(
+        self,
+        method: str,
+        protocol: str = "heldout",
+        value: str = "mAP@all",
+        pairs: Iterable[tuple[str, str]] | None = None,
+    ) -> dict[int, float]:
+        """Seed → the method's ``value`` under ``protocol``, averaged over pairs (and both
+        directions).
 
         ``pairs`` restricts the average (default: every pair the method ran on).
         """
         every = pd.concat(self.runs, ignore_index=True)
-        rows = every[(every["method"] == method) & (every["protocol"] == protocol) & (every["query"] == "mean")]
+        rows = every[
+            (every["method"] == method)
+            & (every["protocol"] == protocol)
+            & (every["query"] == "mean")
+        ]
         if pairs is not None:
             rows = rows[rows["pair"].isin([f"{a}–{b}" for a, b in pairs])]
         if rows.empty:
-            raise KeyError(f"no runs of {method!r} under {protocol!r}; ran: {sorted(every['method'].unique())}")
+            raise KeyError(
+                f"no runs of {method!r} under {protocol!r}; ran: {sorted(every['method'].unique())}"
+            )
         return {int(s): float(np.mean(g[value])) for s, g in rows.groupby("seed")}
 
-    def ucdir(self, cfg: UCDIRConfig, relabel_of: Callable | None = None, matching_of: Callable | None = None,
-              ks=(10,)) -> Callable:
-        """A ``train`` for :meth:`run`: UCDIR's head on the cached views, ``cfg`` with the run's seed.
+    def ucdir(
+        self,
+        cfg: UCDIRConfig,
+        relabel_of: Callable | None = None,
+        matching_of: Callable | None = None,
+        ks=(10,),
+    ) -> Callable:
+        """A ``train`` for :meth:`run`: UCDIR's head on the cached views, ``cfg`` with the run's
+        seed.
 
         Args:
             relabel_of, matching_of: optional ``(a, b, seed) → relabel`` and ``→ matching`` (see
                 :class:`~cdrlib.ucdir_train.UCDIR`), for the premise dials.
-        The run's table gets a column ``cluster purity``: the mean over both domains of the purity of
-        the clusters the last epoch trained with (labels: an analysis, computed after training).
+        The run's table gets a column ``cluster purity``: the mean over both domains of the purity
+        of the clusters the last epoch trained with (labels: an analysis, computed after training).
         """
+
         def train(a: str, b: str, seed: int, key: str):
             relabel = relabel_of(a, b, seed) if relabel_of is not None else None
             matching = matching_of(a, b, seed) if matching_of is not None else None
-            method, history, table = train_and_evaluate(replace(cfg, seed=seed), (self.inputs[a], self.inputs[b]),
-                                                        self.backbone, self.evaluation(a, b), ks=ks,
-                                                        device=self.device, relabel=relabel, matching=matching,
-                                                        store=self.store, key=key)
+            method, history, table = train_and_evaluate(
+                replace(cfg, seed=seed),
+                (self.inputs[a], self.inputs[b]),
+                self.backbone,
+                self.evaluation(a, b),
+                ks=ks,
+                device=self.device,
+                relabel=relabel,
+                matching=matching,
+                store=self.store,
+                key=key,
+            )
             purity = float("nan")
             if method.clusters.ready:
-                purity = float(np.mean([cluster_purity(method.clusters.get(key)[1].cpu(), self.labels["paper"][d])
-                                        for key, d in (("A", a), ("B", b))]))
+                purity = float(
+                    np.mean(
+                        [
+                            cluster_purity(
+                                method.clusters.get(key)[1].cpu(), self.labels["paper"][d]
+                            )
+                            for key, d in (("A", a), ("B", b))
+                        ]
+                    )
+                )
             return method, history, table.assign(**{"cluster purity": purity})
 
         return train
 
     def ibnm(self, cfg: IBNMConfig, ks=(10,)) -> Callable:
-        """A ``train`` for :meth:`run`: IBNM on the cached views (the backbone must be a cdrlib ViT),
-        ``cfg`` with the run's seed. ``fusion=None, noise=False`` trains UCDIR through the same code."""
+        """A ``train`` for :meth:`run`: IBNM on the cached views (the backbone must be a cdrlib
+        ViT), ``cfg`` with the run's seed. ``fusion=None, noise=False`` trains UCDIR through the
+        same code."""
+
         def train(a: str, b: str, seed: int, key: str):
-            return ibnm_train.train_and_evaluate(replace(cfg, seed=seed),
-                                                 (self.images["paper"][a], self.images["paper"][b]), self.backbone,
-                                                 self.evaluation(a, b), features=(self.inputs[a], self.inputs[b]),
-                                                 ks=ks, device=self.device, store=self.store, key=key)
+            return ibnm_train.train_and_evaluate(
+                replace(cfg, seed=seed),
+                (self.images["paper"][a], self.images["paper"][b]),
+                self.backbone,
+                self.evaluation(a, b),
+                features=(self.inputs[a], self.inputs[b]),
+                ks=ks,
+                device=self.device,
+                store=self.store,
+                key=key,
+            )
 
         return train
 
-    def embeddings(self, method: str, a: str, b: str, seed: int = 0, protocol: str = "heldout") -> dict:
-        """Domain → (N, proj_dim) embeddings, by a run :meth:`run` trained, of the pair's evaluation images
-        under ``protocol`` (before the per-domain centring that evaluation applies)."""
+    def embeddings(
+        self, method: str, a: str, b: str, seed: int = 0, protocol: str = "heldout"
+    ) -> dict:
+        """Domain → (N, proj_dim) embeddings, by a run :meth:`run` trained, of the pair's evaluation
+        images under ``protocol`` (before the per-domain centring that evaluation applies)."""
         run = self.trained.get((method, f"{a}–{b}", seed))
         if run is None:
-            raise KeyError(f"no trained run of {method!r} on {a}–{b} with seed {seed}; "
-                           f"trained: {sorted(self.trained)}")
+            raise KeyError(
+                f"no trained run of {method!r} on {a}–{b} with seed {seed}; "
+                f"trained: {sorted(self.trained)}"
+            )
         features, _ = self.evaluation(a, b)[protocol]
         return {d: run[0].embed(f, self.device) for d, f in features.items()}

@@ -4,16 +4,19 @@ IBNM: an anonymous SIGIR 2024 submission; its code is the GitHub repository sigi
 
 * :func:`cls_patch_attention` — the per-patch importance s a ViT's CLS attention gives (steps 1–3);
 * :func:`patch_ink` — what the importance is compared with: how much of each patch is drawn on;
-* :class:`PatchMixing` — learnable per-patch Beta weights λ, sampled with the reparameterisation (4);
+* :class:`PatchMixing` — learnable per-patch Beta weights λ, sampled with the reparameterisation
+  (4);
 * :func:`mix_patch_tokens` — m_i = λ_i x_i^A + (1 − λ_i) x_i^B, before CLS and positions (5);
 * :func:`label_weights` — the image-level weights of the two sources (6);
 * :func:`fuse` — all of it for a batch of A and a batch of B, each image's importance from its
-  *own* attention (the official code swaps the two domains' halves of the token batch; see the tests);
+  *own* attention (the official code swaps the two domains' halves of the token batch; see the
+  tests);
 * :func:`mixed_contrastive_loss`, :func:`mixed_label_loss` and :class:`FusionLossWeights` — the
   losses on the mixed image (7).
 
 The noise split is :mod:`cdrlib.noise`, the training loop :mod:`cdrlib.ibnm_train`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,7 +37,7 @@ def cls_patch_attention(attentions: torch.Tensor, softmax: bool = True) -> torch
     """
     if attentions.dim() != 5 or attentions.shape[-1] != attentions.shape[-2]:
         raise ValueError(f"expected attentions (B, L, H, n+1, n+1), got {tuple(attentions.shape)}")
-    s = attentions[:, :, :, 0, 1:].mean(dim=2).mean(dim=1)   # heads, then blocks
+    s = attentions[:, :, :, 0, 1:].mean(dim=2).mean(dim=1)  # heads, then blocks
     return s.softmax(dim=-1) if softmax else s
 
 
@@ -46,12 +49,20 @@ def patch_ink(images: torch.Tensor, patch_size: int, white: float = 0.9) -> torc
         patch_size: patch side in pixels (``vit.patch_embed.patch_size``).
         white: a pixel is ink when its darkest channel is below this.
     Returns:
-        (B, n) in [0, 1], patches in the ViT's row-major order; ``> 0`` marks patches holding any ink.
+        (B, n) in [0, 1], patches in the ViT's row-major order; ``> 0`` marks patches holding any
+        ink.
     """
-    if images.dim() != 4 or images.shape[1] != 3 or images.shape[-1] % patch_size or images.shape[-2] % patch_size:
-        raise ValueError(f"expected images (B, 3, H, W) with H, W multiples of patch_size={patch_size}, "
-                         f"got {tuple(images.shape)}")
-    dark = (images.min(dim=1).values < white).float()                     # (B, H, W)
+    if (
+        images.dim() != 4
+        or images.shape[1] != 3
+        or images.shape[-1] % patch_size
+        or images.shape[-2] % patch_size
+    ):
+        raise ValueError(
+            f"expected images (B, 3, H, W) with H, W multiples of patch_size={patch_size}, "
+            f"got {tuple(images.shape)}"
+        )
+    dark = (images.min(dim=1).values < white).float()  # (B, H, W)
     return F.avg_pool2d(dark[:, None], patch_size).flatten(1)
 
 
@@ -74,7 +85,9 @@ class PatchMixing(nn.Module):
         return self.distribution().rsample((batch_size,))
 
 
-def mix_patch_tokens(tokens_a: torch.Tensor, tokens_b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+def mix_patch_tokens(
+    tokens_a: torch.Tensor, tokens_b: torch.Tensor, lam: torch.Tensor
+) -> torch.Tensor:
     """m_i = λ_i x_i^A + (1 − λ_i) x_i^B.
 
     Args:
@@ -82,14 +95,17 @@ def mix_patch_tokens(tokens_a: torch.Tensor, tokens_b: torch.Tensor, lam: torch.
             position embeddings yet); lam: (B, n) in [0, 1].
     """
     if tokens_a.shape != tokens_b.shape or tokens_a.dim() != 3 or lam.shape != tokens_a.shape[:2]:
-        raise ValueError(f"expected tokens (B, n, D) twice and lam (B, n), got {tuple(tokens_a.shape)}, "
-                         f"{tuple(tokens_b.shape)} and {tuple(lam.shape)}")
+        raise ValueError(
+            f"expected tokens (B, n, D) twice and lam (B, n), got {tuple(tokens_a.shape)}, "
+            f"{tuple(tokens_b.shape)} and {tuple(lam.shape)}"
+        )
     lam = lam.unsqueeze(-1)
     return lam * tokens_a + (1 - lam) * tokens_b
 
 
 def label_weights(s_a: torch.Tensor, s_b: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Image-level weights of the two sources: l_A ∝ Σ_i s_i^A λ_i / n, l_B ∝ Σ_i s_i^B (1 − λ_i) / n.
+    """Image-level weights of the two sources: l_A ∝ Σ_i s_i^A λ_i / n, l_B ∝ Σ_i s_i^B (1 − λ_i) /
+    n.
 
     Args:
         s_a, s_b: (B, n) per-patch importance of each source image (uniform 1/n for random fusion);
@@ -98,8 +114,10 @@ def label_weights(s_a: torch.Tensor, s_b: torch.Tensor, lam: torch.Tensor) -> to
         (B, 2): (l_A, l_B), each row summing to 1.
     """
     if not (s_a.shape == s_b.shape == lam.shape) or s_a.dim() != 2:
-        raise ValueError(f"s_a, s_b and lam must all be (B, n), got {tuple(s_a.shape)}, {tuple(s_b.shape)}, "
-                         f"{tuple(lam.shape)}")
+        raise ValueError(
+            f"s_a, s_b and lam must all be (B, n), got {tuple(s_a.shape)}, {tuple(s_b.shape)}, "
+            f"{tuple(lam.shape)}"
+        )
     n = lam.shape[1]
     w = torch.stack([(s_a * lam).sum(1) / n, (s_b * (1 - lam)).sum(1) / n], dim=1)
     return w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
@@ -110,8 +128,15 @@ def uniform_importance(batch_size: int, num_patches: int, device=None) -> torch.
     return torch.full((batch_size, num_patches), 1.0 / num_patches, device=device)
 
 
-def fuse(vit, x_a: torch.Tensor, x_b: torch.Tensor, mixing: PatchMixing, use_attention: bool = True,
-         importance: tuple[torch.Tensor, torch.Tensor] | None = None, softmax: bool = True):
+def fuse(
+    vit,
+    x_a: torch.Tensor,
+    x_b: torch.Tensor,
+    mixing: PatchMixing,
+    use_attention: bool = True,
+    importance: tuple[torch.Tensor, torch.Tensor] | None = None,
+    softmax: bool = True,
+):
     """Mix a batch of A with a batch of B (pairs drawn independently: no cross-domain pairing).
 
     Args:
@@ -125,30 +150,49 @@ def fuse(vit, x_a: torch.Tensor, x_b: torch.Tensor, mixing: PatchMixing, use_att
         ``lam`` (B, n), ``weights`` (B, 2) = (l_A, l_B), ``s_a``, ``s_b`` (B, n).
     """
     if x_a.shape != x_b.shape:
-        raise ValueError(f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}")
+        raise ValueError(
+            f"x_a and x_b must have the same shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}"
+        )
     b, n = x_a.shape[0], vit.num_patches
     if use_attention and importance is not None:
         s_a, s_b = importance
     elif use_attention:
         with torch.no_grad():  # the importance is read from the current model, not trained through
-            s_a = cls_patch_attention(vit.attention_maps(x_a), softmax)      # A's attention, for A's patches
+            s_a = cls_patch_attention(
+                vit.attention_maps(x_a), softmax
+            )  # A's attention, for A's patches
             s_b = cls_patch_attention(vit.attention_maps(x_b), softmax)
     else:
         s_a = s_b = uniform_importance(b, n, x_a.device)
     lam = mixing(b)
     tokens = mix_patch_tokens(vit.patch_tokens(x_a), vit.patch_tokens(x_b), lam)
-    return {"tokens": tokens, "lam": lam, "weights": label_weights(s_a, s_b, lam), "s_a": s_a, "s_b": s_b}
+    return {
+        "tokens": tokens,
+        "lam": lam,
+        "weights": label_weights(s_a, s_b, lam),
+        "s_a": s_a,
+        "s_b": s_b,
+    }
 
 
 def _check_mixed(f_mix, weights, y_a, y_b):
     b = f_mix.shape[0]
     if f_mix.dim() != 2 or weights.shape != (b, 2) or y_a.shape != (b,) or y_b.shape != (b,):
-        raise ValueError(f"expected f_mix (B, d), weights (B, 2), y_a and y_b (B,), got {tuple(f_mix.shape)}, "
-                         f"{tuple(weights.shape)}, {tuple(y_a.shape)}, {tuple(y_b.shape)}")
+        raise ValueError(
+            f"expected f_mix (B, d), weights (B, 2), y_a and y_b (B,), got {tuple(f_mix.shape)}, "
+            f"{tuple(weights.shape)}, {tuple(y_a.shape)}, {tuple(y_b.shape)}"
+        )
 
 
-def mixed_contrastive_loss(f_mix: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor, y_a: torch.Tensor,
-                           y_b: torch.Tensor, weights: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+def mixed_contrastive_loss(
+    f_mix: torch.Tensor,
+    z_a: torch.Tensor,
+    z_b: torch.Tensor,
+    y_a: torch.Tensor,
+    y_b: torch.Tensor,
+    weights: torch.Tensor,
+    temperature: float = 0.2,
+) -> torch.Tensor:
     """L_feat: supervised-contrastive loss of each mixed image against both source batches.
 
     Mixed image i was made from z_a[i] and z_b[i]. Against batch A its positives are the A images
@@ -164,14 +208,20 @@ def mixed_contrastive_loss(f_mix: torch.Tensor, z_a: torch.Tensor, z_b: torch.Te
     _check_mixed(f_mix, weights, y_a, y_b)
     terms = []
     for z, y in ((z_a, y_a), (z_b, y_b)):
-        log_p = (f_mix @ z.t() / temperature).log_softmax(dim=1)           # (B, B) over the source batch
-        pos = (y.unsqueeze(1) == y.unsqueeze(0)).to(log_p.dtype)           # row i: same label as source i
-        terms.append(-(log_p * pos).sum(1) / pos.sum(1))                  # pos.sum ≥ 1: the source itself
+        log_p = (f_mix @ z.t() / temperature).log_softmax(dim=1)  # (B, B) over the source batch
+        pos = (y.unsqueeze(1) == y.unsqueeze(0)).to(log_p.dtype)  # row i: same label as source i
+        terms.append(-(log_p * pos).sum(1) / pos.sum(1))  # pos.sum ≥ 1: the source itself
     return (weights[:, 0] * terms[0] + weights[:, 1] * terms[1]).mean()
 
 
-def mixed_label_loss(f_mix: torch.Tensor, centroids: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor,
-                     weights: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+def mixed_label_loss(
+    f_mix: torch.Tensor,
+    centroids: torch.Tensor,
+    y_a: torch.Tensor,
+    y_b: torch.Tensor,
+    weights: torch.Tensor,
+    tau: float = 0.1,
+) -> torch.Tensor:
     """L_label: cross-entropy of the mixed image's cluster prediction, l_A·CE(y_A) + l_B·CE(y_B).
 
     Args:
@@ -187,7 +237,8 @@ def mixed_label_loss(f_mix: torch.Tensor, centroids: torch.Tensor, y_a: torch.Te
 
 
 class FusionLossWeights(nn.Module):
-    """softplus(r_1) L_feat + softplus(r_2) L_label with r learnable, initialised at −2 as in IBNM's code.
+    """softplus(r_1) L_feat + softplus(r_2) L_label with r learnable, initialised at −2 as in IBNM's
+    code.
 
     Nothing but the loss itself acts on r, so minimising drives both weights towards 0 — in effect
     a learning rate for the fusion terms that decays with their size (the chapter shows it).

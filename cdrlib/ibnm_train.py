@@ -11,9 +11,9 @@ IBNM keeps UCDIR's loop and losses (:class:`~cdrlib.ucdir_train.UCDIR`) and adds
   2-component Gaussian mixture, clean = posterior ≥ 0.8; noisy samples take the pseudo-label of
   their nearest clean sample of the same domain (:mod:`cdrlib.noise`);
 * **fusion** — an image of A and an image of B (drawn independently: not a pair) mixed patch by
-  patch with learnable Beta weights λ; the mixed image is trained towards both sources' pseudo-labels
-  with the weights (l_A, l_B) its patches' attention gives (:mod:`cdrlib.fusion`), or uniform
-  weights for the "random fusion" ablation;
+  patch with learnable Beta weights λ; the mixed image is trained towards both sources'
+  pseudo-labels with the weights (l_A, l_B) its patches' attention gives (:mod:`cdrlib.fusion`), or
+  uniform weights for the "random fusion" ablation;
 * **intra-domain mixup** of clean samples, λ ~ Beta(0.3, 0.3), KL to the mixed one-hot labels.
 
 As with UCDIR, the book's CPU setting freezes the backbone: UCDIR's part trains the head on
@@ -22,6 +22,7 @@ token space), so those go through the frozen ViT every step — the attention im
 training image is computed once. The paper profile trains the whole ViT (give images only).
 One process only (fusion goes around DDP's wrapper).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -35,8 +36,14 @@ from . import fusion, noise
 from .clustering import kmeans
 from .models.vit import VisionTransformer
 from .run_store import RunStore
-from .ucdir_train import (UCDIR, TrainingViews, UCDIRConfig, evaluate_method, fit_or_load,
-                          rank_and_world_size)
+from .ucdir_train import (
+    UCDIR,
+    TrainingViews,
+    UCDIRConfig,
+    evaluate_method,
+    fit_or_load,
+    rank_and_world_size,
+)
 
 FUSION_MODES = (None, "random", "attention", "attention_raw", "ink")
 
@@ -48,32 +55,45 @@ class IBNMConfig(UCDIRConfig):
     backbone: str = "emoji-vit"
     # None: UCDIR only; "random": uniform importance; "attention": the softmax of the CLS attention
     # (the official code); "attention_raw": the CLS attention before that softmax (s′);
-    # "ink": each patch's share of drawn pixels (drawings on white only; no labels — the premise dial)
+    # "ink": each patch's share of drawn pixels (drawings on white only; no labels — the premise
+    # dial)
     fusion: str | None = "attention"
-    noise: bool = True                  # the noise split, relabelling and intra-domain mixup
-    fusion_epoch: int = 20              # joint clusters, noise split, fusion and mixup from here on
-    fusion_batch: int = 16              # mixed images per step (and mixup images per domain)
-    tau_label: float = 0.1              # softmax(cos(f, C)/τ) of the label loss, entropy and mixup
+    noise: bool = True  # the noise split, relabelling and intra-domain mixup
+    fusion_epoch: int = 20  # joint clusters, noise split, fusion and mixup from here on
+    fusion_batch: int = 16  # mixed images per step (and mixup images per domain)
+    tau_label: float = 0.1  # softmax(cos(f, C)/τ) of the label loss, entropy and mixup
     clean_threshold: float = 0.8
     mixup_alpha: float = 0.3
     w_mixup: float = 1.0
-    r_init: float = -2.0                # the fusion loss weights softplus(r)
-    optimizer: str = "sgd"              # "adamw" in the paper
+    r_init: float = -2.0  # the fusion loss weights softplus(r)
+    optimizer: str = "sgd"  # "adamw" in the paper
 
     @staticmethod
     def frozen(**overrides) -> "IBNMConfig":
-        """The chapter's CPU setting: UCDIR's frozen schedule (30 epochs), fusion in the last third."""
+        """The chapter's CPU setting: UCDIR's frozen schedule (30 epochs), fusion in the last
+        third."""
         return IBNMConfig(**{**asdict(UCDIRConfig.frozen()), "backbone": "emoji-vit", **overrides})
 
     @staticmethod
     def paper(dataset: str = "office_home", **overrides) -> "IBNMConfig":
-        """The paper's settings: AdamW lr 5e-6, wd 0.05, batch 32, 50 epochs (30 for PACS), k 65 / 7, τ 0.01 / 0.1."""
+        """The paper's settings: AdamW lr 5e-6, wd 0.05, batch 32, 50 epochs (30 for PACS), k 65 /
+        7, τ 0.01 / 0.1."""
         oh = dataset == "office_home"
-        base = {**asdict(UCDIRConfig.paper("office_home" if oh else "domainnet")),
-                "backbone": "dino-vitb16", "optimizer": "adamw", "lr": 5e-6, "weight_decay": 0.05, "batch_size": 32,
-                "epochs": 30 if dataset == "pacs" else 50, "k": 65 if oh else 7, "tau_se": 0.01 if oh else 0.1,
-                "tau_label": 0.01 if oh else 0.1}
-        base.update(warmup_epoch=5, se_epoch=25, dd_epoch=25, dod=None, fusion_epoch=base["epochs"] // 2)
+        base = {
+            **asdict(UCDIRConfig.paper("office_home" if oh else "domainnet")),
+            "backbone": "dino-vitb16",
+            "optimizer": "adamw",
+            "lr": 5e-6,
+            "weight_decay": 0.05,
+            "batch_size": 32,
+            "epochs": 30 if dataset == "pacs" else 50,
+            "k": 65 if oh else 7,
+            "tau_se": 0.01 if oh else 0.1,
+            "tau_label": 0.01 if oh else 0.1,
+        }
+        base.update(
+            warmup_epoch=5, se_epoch=25, dd_epoch=25, dod=None, fusion_epoch=base["epochs"] // 2
+        )
         return IBNMConfig(**{**base, **overrides})
 
 
@@ -103,30 +123,52 @@ class IBNM(UCDIR):
             :class:`~cdrlib.data.DomainDataset` — what fusion and mixup mix.
         vit: a :class:`~cdrlib.models.VisionTransformer` (``emoji-vit``, ``dino-vitb16``).
         features_a, features_b: optional cached view features (N, V, D) of the same images in the
-            same order (:func:`~cdrlib.ucdir_train.cache_view_features`): the backbone is then frozen.
+            same order (:func:`~cdrlib.ucdir_train.cache_view_features`): the backbone is then
+            frozen.
     """
 
-    def __init__(self, cfg: IBNMConfig, images_a, images_b, vit: nn.Module, features_a=None, features_b=None,
-                 device="cpu"):
+    def __init__(
+        self,
+        cfg: IBNMConfig,
+        images_a,
+        images_b,
+        vit: nn.Module,
+        features_a=None,
+        features_b=None,
+        device="cpu",
+    ):
         if cfg.fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, not {cfg.fusion!r}")
         if not isinstance(vit, VisionTransformer):
-            raise TypeError(f"IBNM mixes ViT patch tokens and reads ViT attention: give a "
-                            f"cdrlib VisionTransformer (emoji-vit, dino-vitb16), not {type(vit).__name__}")
+            raise TypeError(
+                f"IBNM mixes ViT patch tokens and reads ViT attention: give a "
+                f"cdrlib VisionTransformer (emoji-vit, dino-vitb16), not {type(vit).__name__}"
+            )
         if rank_and_world_size()[1] > 1:
-            raise RuntimeError("IBNM trains on one process (its fusion step runs outside the DDP wrapper)")
+            raise RuntimeError(
+                "IBNM trains on one process (its fusion step runs outside the DDP wrapper)"
+            )
         if (features_a is None) != (features_b is None):
             raise ValueError("give cached features for both domains or for neither")
         frozen = features_a is not None
-        super().__init__(cfg, features_a if frozen else images_a, features_b if frozen else images_b, vit, device)
+        super().__init__(
+            cfg, features_a if frozen else images_a, features_b if frozen else images_b, vit, device
+        )
         # fusion and mixup need the images; when the backbone trains they are UCDIR's own inputs
-        self.images = ({"A": TrainingViews(images_a, cfg.image_size),
-                        "B": TrainingViews(images_b, cfg.image_size)}
-                       if frozen else self.views)
+        self.images = (
+            {
+                "A": TrainingViews(images_a, cfg.image_size),
+                "B": TrainingViews(images_b, cfg.image_size),
+            }
+            if frozen
+            else self.views
+        )
         for d, feats in (("A", features_a), ("B", features_b)):
             if frozen and len(feats) != len(self.images[d]):
-                raise ValueError(f"domain {d}: {len(feats)} cached features but {len(self.images[d])} images; "
-                                 "they must be the same images in the same order")
+                raise ValueError(
+                    f"domain {d}: {len(feats)} cached features but {len(self.images[d])} images; "
+                    "they must be the same images in the same order"
+                )
         self.vit = self.frozen_backbone if frozen else self.encoder.backbone
         if frozen:
             self.vit.requires_grad_(False)
@@ -136,14 +178,27 @@ class IBNM(UCDIR):
         self.joint = _JointClusters()
         self.importance = {}
         if cfg.fusion == "ink":
-            self.importance = {d: ink_importance(x, self.vit) for d, x in (("A", images_a), ("B", images_b))}
-        elif frozen and cfg.fusion in ("attention", "attention_raw"):  # a frozen ViT's attention never changes
-            self.importance = {d: self._importance(d, torch.arange(len(self.images[d]))) for d in ("A", "B")}
-        params = [*self.encoder.parameters(), *self.mixing.parameters(), *self.fusion_weights.parameters()]
+            self.importance = {
+                d: ink_importance(x, self.vit) for d, x in (("A", images_a), ("B", images_b))
+            }
+        elif frozen and cfg.fusion in (
+            "attention",
+            "attention_raw",
+        ):  # a frozen ViT's attention never changes
+            self.importance = {
+                d: self._importance(d, torch.arange(len(self.images[d]))) for d in ("A", "B")
+            }
+        params = [
+            *self.encoder.parameters(),
+            *self.mixing.parameters(),
+            *self.fusion_weights.parameters(),
+        ]
         if cfg.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         elif cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            self.optimizer = torch.optim.SGD(
+                params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
         else:
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {cfg.optimizer!r}")
 
@@ -154,9 +209,17 @@ class IBNM(UCDIR):
         was = self.vit.training
         self.vit.eval()
         softmax = self.cfg.fusion != "attention_raw"
-        out = torch.cat([fusion.cls_patch_attention(self.vit.attention_maps(self.images[d].plain(ids[i:i + batch_size], self.device)),
-                                                    softmax=softmax)
-                         for i in range(0, len(ids), batch_size)])
+        out = torch.cat(
+            [
+                fusion.cls_patch_attention(
+                    self.vit.attention_maps(
+                        self.images[d].plain(ids[i : i + batch_size], self.device)
+                    ),
+                    softmax=softmax,
+                )
+                for i in range(0, len(ids), batch_size)
+            ]
+        )
         self.vit.train(was)
         return out
 
@@ -171,7 +234,8 @@ class IBNM(UCDIR):
 
     # -- clustering
     def recluster(self, epoch: int) -> dict:
-        """UCDIR's per-domain k-means, then (from the epoch before fusion on) the joint clusters and noise split."""
+        """UCDIR's per-domain k-means, then (from the epoch before fusion on) the joint clusters and
+        noise split."""
         out = super().recluster(epoch)
         cfg = self.cfg
         if epoch + 1 < cfg.fusion_epoch or (cfg.fusion is None and not cfg.noise):
@@ -179,17 +243,29 @@ class IBNM(UCDIR):
         emb = {d: self.embed_all(d) for d in ("A", "B")}
         na = len(emb["A"])
         both = torch.cat([emb["A"], emb["B"]])
-        centroids, labels = kmeans(both, cfg.k, cfg.kmeans_niter, cfg.kmeans_nredo, seed=cfg.seed + 1000 + epoch)
+        centroids, labels = kmeans(
+            both, cfg.k, cfg.kmeans_niter, cfg.kmeans_nredo, seed=cfg.seed + 1000 + epoch
+        )
         clean = torch.ones(len(both), dtype=torch.bool)
         if cfg.noise:
             entropy = noise.prediction_entropy(both, centroids, cfg.tau_label)
             clean = noise.split_clean(entropy, cfg.clean_threshold, seed=cfg.seed)["clean"]
-            # the nearest clean sample of the same domain: across domains neighbours are far less reliable
-            labels = torch.cat([noise.relabel_noisy(emb[d], labels[sl], clean[sl])
-                                for d, sl in (("A", slice(0, na)), ("B", slice(na, None)))])
+            # the nearest clean sample of the same domain: across domains neighbours are far less
+            # reliable
+            labels = torch.cat(
+                [
+                    noise.relabel_noisy(emb[d], labels[sl], clean[sl])
+                    for d, sl in (("A", slice(0, na)), ("B", slice(na, None)))
+                ]
+            )
             out["clean_fraction"] = clean.float().mean().item()
-        self.joint.state = {"centroids": centroids.to(self.device), "labels_A": labels[:na].to(self.device),
-                            "labels_B": labels[na:].to(self.device), "clean_A": clean[:na], "clean_B": clean[na:]}
+        self.joint.state = {
+            "centroids": centroids.to(self.device),
+            "labels_A": labels[:na].to(self.device),
+            "labels_B": labels[na:].to(self.device),
+            "clean_A": clean[:na],
+            "clean_B": clean[na:],
+        }
         return out
 
     # -- the loss of one step
@@ -201,19 +277,39 @@ class IBNM(UCDIR):
         c = self.joint.state["centroids"]
         fb = min(cfg.fusion_batch, len(ids["A"]), len(ids["B"]))
         ia, ib = ids["A"][:fb], ids["B"][:fb]
-        y_a, y_b = self.joint.state["labels_A"][ia.to(dev)], self.joint.state["labels_B"][ib.to(dev)]
+        y_a, y_b = (
+            self.joint.state["labels_A"][ia.to(dev)],
+            self.joint.state["labels_B"][ib.to(dev)],
+        )
         if cfg.fusion is not None:
             x_a, x_b = self.images["A"].plain(ia, dev), self.images["B"].plain(ib, dev)
-            known = (self.importance["A"][ia].to(dev), self.importance["B"][ib].to(dev)) if self.importance else None
-            mixed = fusion.fuse(self.vit, x_a, x_b, self.mixing, cfg.fusion != "random", known,
-                                softmax=cfg.fusion != "attention_raw")
+            known = (
+                (self.importance["A"][ia].to(dev), self.importance["B"][ib].to(dev))
+                if self.importance
+                else None
+            )
+            mixed = fusion.fuse(
+                self.vit,
+                x_a,
+                x_b,
+                self.mixing,
+                cfg.fusion != "random",
+                known,
+                softmax=cfg.fusion != "attention_raw",
+            )
             lam, weights = mixed["lam"], mixed["weights"]
             f_mix = self._embed_tokens(mixed["tokens"])
-            l_feat = fusion.mixed_contrastive_loss(f_mix, k["A"][:fb], k["B"][:fb], y_a, y_b, weights, cfg.temperature)
+            l_feat = fusion.mixed_contrastive_loss(
+                f_mix, k["A"][:fb], k["B"][:fb], y_a, y_b, weights, cfg.temperature
+            )
             l_label = fusion.mixed_label_loss(f_mix, c, y_a, y_b, weights, cfg.tau_label)
             loss = loss + self.fusion_weights(l_feat, l_label)
-            parts.update(feat=l_feat.item(), label=l_label.item(), lam=lam.mean().item(),
-                         l_A=weights[:, 0].mean().item())
+            parts.update(
+                feat=l_feat.item(),
+                label=l_label.item(),
+                lam=lam.mean().item(),
+                l_A=weights[:, 0].mean().item(),
+            )
         if cfg.noise:
             l_mix = []
             for d, i in (("A", ia), ("B", ib)):
@@ -221,7 +317,9 @@ class IBNM(UCDIR):
                 if len(keep) < 2:
                     continue
                 y = self.joint.state[f"labels_{d}"][keep.to(dev)]
-                x_mix, y_i, y_j, lam = noise.intra_domain_mixup(self.images[d].plain(keep, dev), y, cfg.mixup_alpha)
+                x_mix, y_i, y_j, lam = noise.intra_domain_mixup(
+                    self.images[d].plain(keep, dev), y, cfg.mixup_alpha
+                )
                 logits = self._embed_images(x_mix) @ c.t() / cfg.tau_label
                 l_mix.append(noise.mixup_kl_loss(logits, y_i, y_j, lam))
             if l_mix:
@@ -238,25 +336,41 @@ class IBNM(UCDIR):
 
 
 def ink_importance(images, vit: VisionTransformer) -> torch.Tensor:
-    """Importance (N, n) from the images alone: each patch's share of drawn pixels, rows summing to 1.
+    """Importance (N, n) from the images alone: each patch's share of drawn pixels, rows summing to
+    1.
 
     For drawings on a white background (the embedded emoji) this marks the object's patches without
     any label or model; a blank image gets uniform importance. Images must be tensors (N, 3, H, W)
     in [0, 1] whose patch grid is the ViT's.
     """
     if not isinstance(images, torch.Tensor):
-        raise ValueError('fusion="ink" reads in-memory images (N, 3, H, W) in [0, 1] of drawings on white')
+        raise ValueError(
+            'fusion="ink" reads in-memory images (N, 3, H, W) in [0, 1] of drawings on white'
+        )
     ink = fusion.patch_ink(images, vit.patch_embed.patch_size)
     if ink.shape[1] != vit.num_patches:
-        raise ValueError(f"images of {tuple(images.shape[-2:])} px give {ink.shape[1]} patches, the ViT has "
-                         f"{vit.num_patches}: give images at the ViT's size")
+        raise ValueError(
+            f"images of {tuple(images.shape[-2:])} px give {ink.shape[1]} patches, the ViT has "
+            f"{vit.num_patches}: give images at the ViT's size"
+        )
     total = ink.sum(1, keepdim=True)
-    return torch.where(total > 0, ink / total.clamp_min(1e-12), torch.full_like(ink, 1.0 / ink.shape[1]))
+    return torch.where(
+        total > 0, ink / total.clamp_min(1e-12), torch.full_like(ink, 1.0 / ink.shape[1])
+    )
 
 
-def train_and_evaluate(cfg: IBNMConfig, images: tuple, vit: nn.Module, evaluation: dict, features: tuple | None = None,
-                       ks=(10,), device="cpu", checkpoint: str | Path | None = None, store: RunStore | None = None,
-                       key: str | None = None):
+def train_and_evaluate(
+    cfg: IBNMConfig,
+    images: tuple,
+    vit: nn.Module,
+    evaluation: dict,
+    features: tuple | None = None,
+    ks=(10,),
+    device="cpu",
+    checkpoint: str | Path | None = None,
+    store: RunStore | None = None,
+    key: str | None = None,
+):
     """Train IBNM on one pair of domains and evaluate it under each protocol.
 
     Args:

@@ -1,4 +1,5 @@
 """UCDIR's memory bank (one key per image id, per domain) and the momentum key encoder."""
+
 from __future__ import annotations
 
 import copy
@@ -39,9 +40,11 @@ def momentum_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def momentum_update(query_encoder: torch.nn.Module, key_encoder: torch.nn.Module, m: float = 0.999) -> None:
+def momentum_update(
+    query_encoder: torch.nn.Module, key_encoder: torch.nn.Module, m: float = 0.999
+) -> None:
     """θ_k ← m θ_k + (1 − m) θ_q, parameter by parameter (buffers are copied)."""
-    for pk, pq in zip(key_encoder.parameters(), query_encoder.parameters()):
+    for pk, pq in zip(key_encoder.parameters(), query_encoder.parameters(), strict=True):
         pk.mul_(m).add_(pq.detach(), alpha=1 - m)
-    for bk, bq in zip(key_encoder.buffers(), query_encoder.buffers()):
+    for bk, bq in zip(key_encoder.buffers(), query_encoder.buffers(), strict=True):
         bk.copy_(bq)

@@ -20,6 +20,7 @@ number here is deterministic. Definitions (the book's "Retrieval metrics" chapte
 Queries without any relevant item have no defined AP or R-precision: they are left out of those
 means (``RelevantRanks.valid``), and counted in ``n_queries_without_relevant``.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -31,7 +32,14 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .validation import as_tensor, check_choice, check_features, check_k, check_labels, check_positive_int
+from .validation import (
+    as_tensor,
+    check_choice,
+    check_features,
+    check_k,
+    check_labels,
+    check_positive_int,
+)
 
 METRICS = ("cosine", "dot", "euclidean")
 
@@ -60,12 +68,17 @@ class RelevantRanks:
     @staticmethod
     def cat(parts: Sequence["RelevantRanks"]) -> "RelevantRanks":
         m = max(p.ranks.shape[1] for p in parts)
-        ranks = torch.cat([torch.nn.functional.pad(p.ranks, (0, m - p.ranks.shape[1]), value=float("inf"))
-                           for p in parts])
+        ranks = torch.cat(
+            [
+                torch.nn.functional.pad(p.ranks, (0, m - p.ranks.shape[1]), value=float("inf"))
+                for p in parts
+            ]
+        )
         return RelevantRanks(ranks, torch.cat([p.n_rel for p in parts]), parts[0].gallery_size)
 
 
 # ---------------------------------------------------------------- the metrics, on RelevantRanks
+
 
 def _positions(rr: RelevantRanks) -> torch.Tensor:
     """1, 2, 3, … : the index of each relevant item among the relevant items (i in i / rank_i)."""
@@ -123,7 +136,8 @@ def recall_at_k(rr: RelevantRanks, k: int) -> float:
 
 
 def average_precision(rr: RelevantRanks) -> torch.Tensor:
-    """AP of each query over the full ranking, (Q,); ``nan`` where the query has no relevant item."""
+    """AP of each query over the full ranking, (Q,); ``nan`` where the query has no relevant
+    item."""
     terms = torch.where(rr.ranks.isfinite(), _positions(rr) / (rr.ranks + 1), 0.0)
     ap = terms.sum(1) / rr.n_rel.double()
     return torch.where(rr.valid, ap, torch.nan)
@@ -135,7 +149,8 @@ def mean_average_precision(rr: RelevantRanks) -> float:
 
 
 def map_at_k_icfrr(rr: RelevantRanks, k: int) -> float:
-    """mAP@K as ICFRR computes it: AP of the top-k list over the positives found in it (0 if none)."""
+    """mAP@K as ICFRR computes it: AP of the top-k list over the positives found in it (0 if
+    none)."""
     check_k(k, rr.gallery_size)
     return _per_query_map_at_k_icfrr(rr, k).mean().item()
 
@@ -160,8 +175,11 @@ class MetricSums:
 
     def __init__(self, gallery_size: int, ks: Iterable[int] | None = None):
         self.gallery_size = gallery_size
-        self.ks = ([k for k in DEFAULT_KS if k <= gallery_size] if ks is None
-                   else [check_k(k, gallery_size) for k in ks])
+        self.ks = (
+            [k for k in DEFAULT_KS if k <= gallery_size]
+            if ks is None
+            else [check_k(k, gallery_size) for k in ks]
+        )
         self.parts: dict[str, list[torch.Tensor]] = {}
 
     def _keep(self, name: str, values: torch.Tensor) -> None:
@@ -170,7 +188,9 @@ class MetricSums:
     def add(self, rr: RelevantRanks) -> None:
         """Reduce one chunk of queries (their ranks against the whole gallery)."""
         if rr.gallery_size != self.gallery_size:
-            raise ValueError(f"a chunk ranked {rr.gallery_size} items, the gallery has {self.gallery_size}")
+            raise ValueError(
+                f"a chunk ranked {rr.gallery_size} items, the gallery has {self.gallery_size}"
+            )
         self._keep("mAP@all", average_precision(rr))
         self._keep("mAP@R", _per_query_map_at_r(rr))
         self._keep("R-Precision", _per_query_r_precision(rr))
@@ -186,13 +206,23 @@ class MetricSums:
     def result(self) -> dict[str, float]:
         """The flat dict of :func:`summarize`."""
         v = {name: torch.cat(parts) for name, parts in self.parts.items()}
-        mean = lambda name: v[name].mean().item()          # over every query
-        over_valid = lambda name: torch.nanmean(v[name]).item()   # over queries with a relevant item
-        out = {"mAP@all": over_valid("mAP@all"), "mAP@R": over_valid("mAP@R"),
-               "R-Precision": over_valid("R-Precision")}
+
+        def mean(name):  # over every query
+            return v[name].mean().item()
+
+        def over_valid(name):  # over the queries with a relevant item
+            return torch.nanmean(v[name]).item()
+
+        out = {
+            "mAP@all": over_valid("mAP@all"),
+            "mAP@R": over_valid("mAP@R"),
+            "R-Precision": over_valid("R-Precision"),
+        }
         for k in self.ks:
             out[f"P@{k}"] = mean(f"P@{k}")
-            out[f"P@{k}(capped)"] = (v[f"P@{k}(capped) hits"].sum() / v[f"P@{k}(capped) cap"].sum().clamp(min=1)).item()
+            out[f"P@{k}(capped)"] = (
+                v[f"P@{k}(capped) hits"].sum() / v[f"P@{k}(capped) cap"].sum().clamp(min=1)
+            ).item()
             out[f"mAP@{k}(icfrr)"] = mean(f"mAP@{k}(icfrr)")
             out[f"R@{k}"] = over_valid(f"R@{k}")
         out["n_queries_without_relevant"] = int(v["without relevant"].sum())
@@ -200,6 +230,7 @@ class MetricSums:
 
 
 # ---------------------------------------------------------------- from scores to RelevantRanks
+
 
 def _sorted_ascending(scores: torch.Tensor) -> torch.Tensor:
     # NumPy's vectorised sort of values is ~10x faster than torch.sort on CPU; we never need the
@@ -210,9 +241,11 @@ def _sorted_ascending(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _pack_rows(rows: torch.Tensor, values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Values grouped by row, packed left: (len(counts), max(counts, 1)) int64, 0 past a row's count.
+    """Values grouped by row, packed left: (len(counts), max(counts, 1)) int64, 0 past a row's
+    count.
 
-    ``rows`` (L,) must be sorted (row-major order); ``counts`` (R,) is how many entries each row has.
+    ``rows`` (L,) must be sorted (row-major order); ``counts`` (R,) is how many entries each row
+    has.
     """
     m = max(int(counts.max()) if len(counts) else 0, 1)
     start = torch.cumsum(counts, 0) - counts
@@ -222,10 +255,11 @@ def _pack_rows(rows: torch.Tensor, values: torch.Tensor, counts: torch.Tensor) -
 
 
 def _relevant_columns(relevant: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The relevant columns of each row, packed left: ``(columns (Q, M), n_rel (Q,))``, M = max n_rel
-    (at least 1); entries past a row's n_rel are 0. One pass over the mask (no sort, no top-k)."""
+    """The relevant columns of each row, packed left: ``(columns (Q, M), n_rel (Q,))``, M = max
+    n_rel (at least 1); entries past a row's n_rel are 0. One pass over the mask (no sort, no
+    top-k)."""
     n_rel = relevant.sum(1)
-    rows, cols = relevant.nonzero(as_tuple=True)             # row-major: each row's columns ascending
+    rows, cols = relevant.nonzero(as_tuple=True)  # row-major: each row's columns ascending
     return _pack_rows(rows, cols, n_rel), n_rel
 
 
@@ -234,16 +268,16 @@ def ranks_from_scores(scores: torch.Tensor, relevant: torch.Tensor) -> RelevantR
 
     Args:
         scores: float (Q, G), larger is better.
-        relevant: bool (Q, G), or the relevant columns already packed, ``(columns (Q, M), n_rel (Q,))``
-            with entries past a row's n_rel ignored (what :func:`label_columns` gives, without a
-            Q × G mask).
+        relevant: bool (Q, G), or the relevant columns already packed, ``(columns (Q, M), n_rel
+            (Q,))`` with entries past a row's n_rel ignored (what :func:`label_columns` gives,
+            without a Q × G mask).
     Ties: an item ranks after every item with a larger score, and after items with an equal score
     and a smaller gallery index.
     """
     q, g = scores.shape
     rel_idx, n_rel = relevant if isinstance(relevant, tuple) else _relevant_columns(relevant)
     m = rel_idx.shape[1]
-    rel_scores = torch.gather(scores, 1, rel_idx)           # padding entries read column 0: masked below
+    rel_scores = torch.gather(scores, 1, rel_idx)  # padding entries read column 0: masked below
     srt = _sorted_ascending(scores).contiguous()
     rel_scores = rel_scores.contiguous()
     at_or_below = torch.searchsorted(srt, rel_scores, right=True)
@@ -257,7 +291,9 @@ def ranks_from_scores(scores: torch.Tensor, relevant: torch.Tensor) -> RelevantR
     tied = ((equal > 1) & ~pad).any(1).nonzero().flatten()
     if len(tied):
         order = torch.argsort(scores[tied], dim=1, descending=True, stable=True)
-        position = torch.empty_like(order).scatter_(1, order, torch.arange(g, device=scores.device).expand_as(order))
+        position = torch.empty_like(order).scatter_(
+            1, order, torch.arange(g, device=scores.device).expand_as(order)
+        )
         ranks[tied] = torch.gather(position, 1, rel_idx[tied]).to(torch.float64)
     ranks[pad] = float("inf")
     return RelevantRanks(torch.sort(ranks.cpu(), dim=1).values, n_rel.cpu(), g)
@@ -274,14 +310,23 @@ def ranks_from_ranking(ranking: torch.Tensor, relevant: torch.Tensor) -> Relevan
     n_rel = relevant.sum(1)
     hits = torch.gather(relevant, 1, ranking.long())
     m = max(int(n_rel.max()) if len(n_rel) else 0, 1)
-    pos = torch.where(hits, torch.arange(hits.shape[1], device=hits.device).expand_as(hits).double(),
-                      torch.tensor(float("inf"), dtype=torch.float64, device=hits.device))
-    ranks = torch.sort(pos, dim=1).values[:, :m] if pos.shape[1] >= m else torch.nn.functional.pad(
-        torch.sort(pos, dim=1).values, (0, m - pos.shape[1]), value=float("inf"))
+    pos = torch.where(
+        hits,
+        torch.arange(hits.shape[1], device=hits.device).expand_as(hits).double(),
+        torch.tensor(float("inf"), dtype=torch.float64, device=hits.device),
+    )
+    ranks = (
+        torch.sort(pos, dim=1).values[:, :m]
+        if pos.shape[1] >= m
+        else torch.nn.functional.pad(
+            torch.sort(pos, dim=1).values, (0, m - pos.shape[1]), value=float("inf")
+        )
+    )
     return RelevantRanks(ranks.cpu(), n_rel.cpu(), relevant.shape[1])
 
 
 # ---------------------------------------------------------------- relevance
+
 
 def label_relevance(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> Callable:
     """Relevance = same class. Returns ``f(query_slice) -> bool (chunk, G)``."""
@@ -289,17 +334,19 @@ def label_relevance(query_labels: torch.Tensor, gallery_labels: torch.Tensor) ->
 
 
 def label_columns(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> Callable:
-    """Relevance = same class, as packed columns: ``f(query_slice) -> (columns (chunk, M), n_rel (chunk,))``.
+    """Relevance = same class, as packed columns: ``f(query_slice) -> (columns (chunk, M), n_rel
+    (chunk,))``.
 
     The gallery is grouped by class once (a (classes, M) table of its indices, M the largest class),
     so a chunk's relevant columns are one row lookup per query — no (chunk, G) mask to build and
     scan. A query whose class the gallery lacks gets n_rel = 0.
     """
-    both, inverse = torch.unique(torch.cat([query_labels.reshape(-1), gallery_labels.reshape(-1)]),
-                                 return_inverse=True)
-    q_ids, g_ids = inverse[:len(query_labels)], inverse[len(query_labels):]
+    both, inverse = torch.unique(
+        torch.cat([query_labels.reshape(-1), gallery_labels.reshape(-1)]), return_inverse=True
+    )
+    q_ids, g_ids = inverse[: len(query_labels)], inverse[len(query_labels) :]
     counts = torch.bincount(g_ids, minlength=len(both))
-    order = torch.argsort(g_ids, stable=True)                 # by class, indices ascending within one
+    order = torch.argsort(g_ids, stable=True)  # by class, indices ascending within one
     table = _pack_rows(g_ids[order], order, counts)
     return lambda sl: (table[q_ids[sl]], counts[q_ids[sl]])
 
@@ -319,9 +366,10 @@ def hamming_relevance(query_tags: torch.Tensor, gallery_tags: torch.Tensor, zeta
 
 # ---------------------------------------------------------------- drivers
 
+
 def chunk_rows(n_gallery: int, budget: int = 1 << 22) -> int:
-    """Queries per chunk so that a chunk's score table stays near ``budget`` entries (16 MB in float32;
-    ranking it takes about 15 such tables of temporaries, so a chunk peaks near 250 MB)."""
+    """Queries per chunk so that a chunk's score table stays near ``budget`` entries (16 MB in
+    float32; ranking it takes about 15 such tables of temporaries, so a chunk peaks near 250 MB)."""
     return max(1, min(4096, budget // max(n_gallery, 1)))
 
 
@@ -330,7 +378,7 @@ def _glibc_malloc_trim():
         return None
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):   # not glibc (musl): nothing to call
+    except (OSError, AttributeError):  # not glibc (musl): nothing to call
         return None
 
 
@@ -352,9 +400,16 @@ def _cosine_or_dot(a: torch.Tensor, metric: str) -> torch.Tensor:
     return torch.nn.functional.normalize(a, dim=1) if metric == "cosine" else a
 
 
-def iter_relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: Callable, metric: str = "cosine",
-                        chunk_size: int | None = None, device: torch.device | str | None = None):
-    """Score the gallery one chunk of queries at a time and yield each chunk's :class:`RelevantRanks`.
+def iter_relevant_ranks(
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    relevance: Callable,
+    metric: str = "cosine",
+    chunk_size: int | None = None,
+    device: torch.device | str | None = None,
+):
+    """Score the gallery one chunk of queries at a time and yield each chunk's
+    :class:`RelevantRanks`.
 
     Args:
         query: float (Q, d); gallery: float (G, d).
@@ -368,7 +423,9 @@ def iter_relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: C
     if chunk_size is not None:
         check_positive_int(chunk_size, "chunk_size")
     dev = torch.device(device) if device is not None else query.device
-    dtype = torch.promote_types(query.dtype, gallery.dtype)   # float32 queries and a float64 gallery mix
+    dtype = torch.promote_types(
+        query.dtype, gallery.dtype
+    )  # float32 queries and a float64 gallery mix
     q = _cosine_or_dot(query.to(dtype), metric).to(dev)
     g = _cosine_or_dot(gallery.to(dtype), metric).to(dev)
     g_sq = (g * g).sum(1) if metric == "euclidean" else None
@@ -379,19 +436,29 @@ def iter_relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: C
         if metric == "euclidean":  # −||q − g||² ranks like the distance, up to the constant ||q||²
             s = 2 * s - g_sq.unsqueeze(0)
         rel = relevance(sl)
-        yield ranks_from_scores(s, tuple(x.to(dev) for x in rel) if isinstance(rel, tuple) else rel.to(dev))
+        yield ranks_from_scores(
+            s, tuple(x.to(dev) for x in rel) if isinstance(rel, tuple) else rel.to(dev)
+        )
         del s
         return_freed_memory()
 
 
-def relevant_ranks(query: torch.Tensor, gallery: torch.Tensor, relevance: Callable, metric: str = "cosine",
-                   chunk_size: int | None = None, device: torch.device | str | None = None) -> RelevantRanks:
+def relevant_ranks(
+    query: torch.Tensor,
+    gallery: torch.Tensor,
+    relevance: Callable,
+    metric: str = "cosine",
+    chunk_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> RelevantRanks:
     """The relevant ranks of every query, (Q, max n_rel): :func:`iter_relevant_ranks` concatenated.
 
     For metrics over a large gallery with few classes use :func:`retrieval_metrics` (or
     :class:`MetricSums`), which keeps only a few numbers per query instead of this table.
     """
-    return RelevantRanks.cat(list(iter_relevant_ranks(query, gallery, relevance, metric, chunk_size, device)))
+    return RelevantRanks.cat(
+        list(iter_relevant_ranks(query, gallery, relevance, metric, chunk_size, device))
+    )
 
 
 def summarize(rr: RelevantRanks, ks: Iterable[int] | None = None) -> dict[str, float]:
@@ -406,9 +473,16 @@ def summarize(rr: RelevantRanks, ks: Iterable[int] | None = None) -> dict[str, f
     return sums.result()
 
 
-def retrieval_metrics(query, gallery, query_labels, gallery_labels, metric: str = "cosine",
-                      ks: Iterable[int] | None = None, chunk_size: int | None = None,
-                      device=None) -> dict[str, float]:
+def retrieval_metrics(
+    query,
+    gallery,
+    query_labels,
+    gallery_labels,
+    metric: str = "cosine",
+    ks: Iterable[int] | None = None,
+    chunk_size: int | None = None,
+    device=None,
+) -> dict[str, float]:
     """All label-based metrics for query and gallery features.
 
     Args:
@@ -424,16 +498,22 @@ def retrieval_metrics(query, gallery, query_labels, gallery_labels, metric: str 
     ql = check_labels(query_labels, "query_labels", len(query))
     gl = check_labels(gallery_labels, "gallery_labels", len(gallery))
     sums = MetricSums(len(gallery), ks)
-    for rr in iter_relevant_ranks(query, gallery, label_columns(ql, gl), metric, chunk_size, device):
+    for rr in iter_relevant_ranks(
+        query, gallery, label_columns(ql, gl), metric, chunk_size, device
+    ):
         sums.add(rr)
     return sums.result()
 
 
-def ranking_metrics(ranking, query_labels, gallery_labels, ks: Iterable[int] | None = None) -> dict[str, float]:
+def ranking_metrics(
+    ranking, query_labels, gallery_labels, ks: Iterable[int] | None = None
+) -> dict[str, float]:
     """All label-based metrics for an explicit ranking (Q, L) of gallery indices, best first."""
     ranking = as_tensor(ranking, "ranking")
     if ranking.dim() != 2 or ranking.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"ranking must be an integer array (Q, L), got {ranking.dtype} {tuple(ranking.shape)}")
+        raise ValueError(
+            f"ranking must be an integer array (Q, L), got {ranking.dtype} {tuple(ranking.shape)}"
+        )
     gl = check_labels(gallery_labels, "gallery_labels")
     ql = check_labels(query_labels, "query_labels", len(ranking))
     if ranking.numel() and (ranking.min() < 0 or ranking.max() >= len(gl)):
@@ -442,19 +522,30 @@ def ranking_metrics(ranking, query_labels, gallery_labels, ks: Iterable[int] | N
         srt = torch.sort(ranking, dim=1).values
         repeated = (srt[:, 1:] == srt[:, :-1]).any(1)
         if repeated.any():
-            raise ValueError(f"ranking lists a gallery item twice in {int(repeated.sum())} row(s) (first: row "
-                             f"{int(repeated.nonzero()[0])}); each row must rank distinct items")
+            raise ValueError(
+                f"ranking lists a gallery item twice in {int(repeated.sum())} row(s) (first: row "
+                f"{int(repeated.nonzero()[0])}); each row must rank distinct items"
+            )
     sums = MetricSums(len(gl), ks)
     step = chunk_rows(len(gl))
-    for start in range(0, len(ranking), step):   # one chunk of queries at a time: no Q × G relevance table
+    for start in range(
+        0, len(ranking), step
+    ):  # one chunk of queries at a time: no Q × G relevance table
         sl = slice(start, start + step)
         sums.add(ranks_from_ranking(ranking[sl], label_relevance(ql, gl)(sl)))
         return_freed_memory()
     return sums.result()
 
 
-def pmrp(query, gallery, query_tags, gallery_tags, zetas: Sequence[int] = (0, 1, 2), metric: str = "cosine",
-         chunk_size: int | None = None) -> dict[str, float]:
+def pmrp(
+    query,
+    gallery,
+    query_tags,
+    gallery_tags,
+    zetas: Sequence[int] = (0, 1, 2),
+    metric: str = "cosine",
+    chunk_size: int | None = None,
+) -> dict[str, float]:
     """PMRP: plausible-match R-precision, per ζ and averaged (PCME, Chun et al. 2021).
 
     An item is plausible for a query when the Hamming distance of their multi-hot vectors is ≤ ζ.
@@ -468,12 +559,18 @@ def pmrp(query, gallery, query_tags, gallery_tags, zetas: Sequence[int] = (0, 1,
     gallery = check_features(gallery, "gallery", dim=query.shape[1])
     qt, gt = as_tensor(query_tags, "query_tags"), as_tensor(gallery_tags, "gallery_tags")
     if qt.shape != (len(query), gt.shape[1]) or gt.shape[0] != len(gallery):
-        raise ValueError(f"query_tags {tuple(qt.shape)} and gallery_tags {tuple(gt.shape)} must be "
-                         f"({len(query)}, V) and ({len(gallery)}, V)")
+        raise ValueError(
+            f"query_tags {tuple(qt.shape)} and gallery_tags {tuple(gt.shape)} must be "
+            f"({len(query)}, V) and ({len(gallery)}, V)"
+        )
     out = {}
     for z in zetas:
-        per_query = [_per_query_r_precision(rr) for rr in
-                     iter_relevant_ranks(query, gallery, hamming_relevance(qt, gt, z), metric, chunk_size)]
+        per_query = [
+            _per_query_r_precision(rr)
+            for rr in iter_relevant_ranks(
+                query, gallery, hamming_relevance(qt, gt, z), metric, chunk_size
+            )
+        ]
         out[f"PMRP@{z}"] = torch.nanmean(torch.cat(per_query)).item()
     out["PMRP"] = float(np.mean([out[f"PMRP@{z}"] for z in zetas]))
     return out

@@ -1,4 +1,5 @@
-"""IBNM's noise mitigation: which pseudo-labels to trust, and what to do with the others (IBNM, SIGIR 2024 submission).
+"""IBNM's noise mitigation: which pseudo-labels to trust, and what to do with the others (IBNM,
+SIGIR 2024 submission).
 
 * :func:`prediction_entropy` — H(softmax(cos(f, C)/τ)) per sample: low when a sample sits close to
   one centroid and far from the rest;
@@ -10,6 +11,7 @@
 
 No class labels enter anywhere: the pseudo-labels are k-means cluster ids.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +22,9 @@ from .search import knn_search
 from .validation import check_features, check_labels
 
 
-def prediction_entropy(features: torch.Tensor, centroids: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+def prediction_entropy(
+    features: torch.Tensor, centroids: torch.Tensor, tau: float = 0.1
+) -> torch.Tensor:
     """Entropy of each sample's soft cluster assignment softmax(cos(f, C)/τ).
 
     Args:
@@ -29,7 +33,9 @@ def prediction_entropy(features: torch.Tensor, centroids: torch.Tensor, tau: flo
         (N,) entropies in nats, between 0 and log K.
     """
     f = F.normalize(check_features(features, "features").float(), dim=1)
-    c = F.normalize(check_features(centroids, "centroids", dim=f.shape[1]).float().to(f.device), dim=1)
+    c = F.normalize(
+        check_features(centroids, "centroids", dim=f.shape[1]).float().to(f.device), dim=1
+    )
     log_p = (f @ c.t() / tau).log_softmax(dim=1)
     return -(log_p.exp() * log_p).sum(dim=1)
 
@@ -54,12 +60,18 @@ def split_clean(entropy, threshold: float = 0.8, seed: int = 0) -> dict:
     low = int(np.argmin(gmm.means_[:, 0]))
     order = [low, 1 - low]
     posterior = torch.from_numpy(gmm.predict_proba(e)[:, low]).float()
-    return {"clean": posterior >= threshold, "posterior": posterior,
-            "means": gmm.means_[order, 0], "stds": np.sqrt(gmm.covariances_.reshape(2)[order]),
-            "weights": gmm.weights_[order]}
+    return {
+        "clean": posterior >= threshold,
+        "posterior": posterior,
+        "means": gmm.means_[order, 0],
+        "stds": np.sqrt(gmm.covariances_.reshape(2)[order]),
+        "weights": gmm.weights_[order],
+    }
 
 
-def relabel_noisy(features: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+def relabel_noisy(
+    features: torch.Tensor, labels: torch.Tensor, clean: torch.Tensor
+) -> torch.Tensor:
     """Give each noisy sample the pseudo-label of its cosine-nearest clean sample.
 
     Args:
@@ -80,12 +92,17 @@ def relabel_noisy(features: torch.Tensor, labels: torch.Tensor, clean: torch.Ten
     return out
 
 
-def intra_domain_mixup(x: torch.Tensor, labels: torch.Tensor, alpha: float = 0.3,
-                       generator: torch.Generator | None = None):
+def intra_domain_mixup(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.3,
+    generator: torch.Generator | None = None,
+):
     """Mix each image with another image of the same batch (one domain): λ x_i + (1 − λ) x_j.
 
     Args:
-        x: (B, ...) images (or any per-sample tensor); labels: (B,) pseudo-labels; alpha: λ ~ Beta(α, α).
+        x: (B, ...) images (or any per-sample tensor); labels: (B,) pseudo-labels; alpha: λ ~
+            Beta(α, α).
     Returns:
         ``(x_mix, y_i, y_j, lam)`` with lam (B,).
     """
@@ -98,15 +115,21 @@ def intra_domain_mixup(x: torch.Tensor, labels: torch.Tensor, alpha: float = 0.3
     return lam.view(shape) * x + (1 - lam.view(shape)) * x[perm], labels, labels[perm], lam
 
 
-def mixup_kl_loss(logits: torch.Tensor, y_i: torch.Tensor, y_j: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+def mixup_kl_loss(
+    logits: torch.Tensor, y_i: torch.Tensor, y_j: torch.Tensor, lam: torch.Tensor
+) -> torch.Tensor:
     """KL(t ‖ softmax(logits)) with the target t = λ onehot(y_i) + (1 − λ) onehot(y_j), batch mean.
 
     Args:
         logits: (B, K); y_i, y_j: (B,); lam: (B,).
     """
     k = logits.shape[1]
-    t = lam.unsqueeze(1) * F.one_hot(y_i, k).to(logits.dtype) + (1 - lam.unsqueeze(1)) * F.one_hot(y_j, k).to(logits.dtype)
+    t = lam.unsqueeze(1) * F.one_hot(y_i, k).to(logits.dtype) + (1 - lam.unsqueeze(1)) * F.one_hot(
+        y_j, k
+    ).to(logits.dtype)
     log_p = logits.log_softmax(dim=1)
     # classes outside the target contribute 0 (0 log 0 = 0), even where the prediction is exactly 0
-    kl = torch.where(t > 0, t * (t.clamp_min(torch.finfo(t.dtype).tiny).log() - log_p), torch.zeros_like(t))
+    kl = torch.where(
+        t > 0, t * (t.clamp_min(torch.finfo(t.dtype).tiny).log() - log_p), torch.zeros_like(t)
+    )
     return kl.sum(dim=1).mean()

@@ -3,6 +3,7 @@
 The bottom of the library: the data layer, the run store and the profile all read these, so this
 module imports nothing of the package.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,5 +13,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_results_dir() -> Path:
-    """Where chapters save results tables: ``CDR_RESULTS_DIR``, else ``book/results`` in the repository."""
+    """Where chapters save results tables: ``CDR_RESULTS_DIR``, else ``book/results`` in the
+    repository."""
     return Path(os.environ.get("CDR_RESULTS_DIR", REPO_ROOT / "book" / "results")).expanduser()

@@ -11,11 +11,13 @@ Every image and every caption becomes a Gaussian N(μ, diag(σ²)) in R^D:
   and the matching log(1 − p), both by log-sum-exp over the J² terms (stable for any distance);
   the true logistic sigmoid (the official code's "sigmoid" is sigmoid(2x));
 * :func:`soft_contrastive_loss` — −log p for matching pairs, −log(1 − p) otherwise, over all
-  N×N image–caption pairs of a batch (the two kinds averaged separately); :func:`kl_to_standard_normal` — the regulariser;
+  N×N image–caption pairs of a batch (the two kinds averaged separately);
+  :func:`kl_to_standard_normal` — the regulariser;
 * :func:`match_scores` — a query × gallery table of match probabilities, chunked (retrieval), from
   :func:`match_log_p` (log p alone);
 * :func:`contrastive_loss` — the deterministic baseline's loss on μ alone.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,14 +41,15 @@ class AttentionPool(nn.Module):
         self.score = nn.Linear(hidden, 1, bias=False)
 
     def forward(self, local: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        s = self.score(torch.tanh(self.proj(local))).squeeze(-1)          # (B, T)
+        s = self.score(torch.tanh(self.proj(local))).squeeze(-1)  # (B, T)
         if mask is not None:
             s = s.masked_fill(~mask, float("-inf"))
         return (s.softmax(dim=1).unsqueeze(-1) * local).sum(1)
 
 
 class GaussianHead(nn.Module):
-    """μ and log σ of one modality from its pooled feature (B, d_pooled) and local features (B, T, d_local).
+    """μ and log σ of one modality from its pooled feature (B, d_pooled) and local features (B, T,
+    d_local).
 
     Args:
         d_pooled, d_local: feature widths (the ViT's CLS feature and patch tokens; the GRU's mean
@@ -74,14 +77,20 @@ class GaussianHead(nn.Module):
         return mu, log_sigma
 
 
-def sample(mu: torch.Tensor, log_sigma: torch.Tensor, n_samples: int, generator: torch.Generator | None = None):
+def sample(
+    mu: torch.Tensor,
+    log_sigma: torch.Tensor,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+):
     """z = μ + σ ε, ε ~ N(0, I): (B, D) twice → (B, J, D). J = 1 with σ = 0 gives μ itself.
 
     ε is drawn on the generator's device (a CPU generator gives the same ε for CPU and GPU tensors).
     """
     where = generator.device if generator is not None else mu.device
-    eps = torch.randn((mu.shape[0], n_samples, mu.shape[1]), generator=generator, device=where,
-                      dtype=mu.dtype).to(mu.device)
+    eps = torch.randn(
+        (mu.shape[0], n_samples, mu.shape[1]), generator=generator, device=where, dtype=mu.dtype
+    ).to(mu.device)
     return mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * eps
 
 
@@ -89,7 +98,7 @@ def _pair_distances(z_x: torch.Tensor, z_y: torch.Tensor) -> torch.Tensor:
     """‖z_x[i, j] − z_y[k, j']‖ for all i, k, j, j': (N, J, D), (M, J', D) → (N, M, J, J')."""
     n, j, d = z_x.shape
     m, jp, _ = z_y.shape
-    dist = torch.cdist(z_x.reshape(n * j, d), z_y.reshape(m * jp, d))     # (N·J, M·J')
+    dist = torch.cdist(z_x.reshape(n * j, d), z_y.reshape(m * jp, d))  # (N·J, M·J')
     return dist.reshape(n, j, m, jp).permute(0, 2, 1, 3)
 
 
@@ -102,22 +111,26 @@ def match_logprob(z_x: torch.Tensor, z_y: torch.Tensor, a, b) -> tuple[torch.Ten
         ``(log_p, log_not_p)``, each (N, M): log of (1/JJ') Σ sigmoid(−a d + b) and of
         (1/JJ') Σ sigmoid(a d − b), each through log-sum-exp of log-sigmoids.
     """
-    logits = -a * _pair_distances(z_x, z_y) + b                              # (N, M, J, J')
+    logits = -a * _pair_distances(z_x, z_y) + b  # (N, M, J, J')
     log_jj = math.log(logits.shape[-1] * logits.shape[-2])
     log_sig = F.logsigmoid(logits).flatten(2)
     log_p = torch.logsumexp(log_sig, dim=2) - log_jj
-    # log sigmoid(−x) = log sigmoid(x) − x: one log-sigmoid pass instead of two (the step's main cost)
+    # log sigmoid(−x) = log sigmoid(x) − x: one log-sigmoid pass instead of two (the step's main
+    # cost)
     log_not_p = torch.logsumexp(log_sig - logits.flatten(2), dim=2) - log_jj
     return log_p, log_not_p
 
 
 def match_log_p(z_x: torch.Tensor, z_y: torch.Tensor, a, b) -> torch.Tensor:
-    """log p alone, (N, M), for retrieval: the first half of :func:`match_logprob` at about half its cost."""
-    logits = (-a * _pair_distances(z_x, z_y) + b).flatten(2)                 # (N, M, J·J')
+    """log p alone, (N, M), for retrieval: the first half of :func:`match_logprob` at about half its
+    cost."""
+    logits = (-a * _pair_distances(z_x, z_y) + b).flatten(2)  # (N, M, J·J')
     return torch.logsumexp(F.logsigmoid(logits), dim=2) - math.log(logits.shape[-1])
 
 
-def soft_contrastive_loss(z_img: torch.Tensor, z_txt: torch.Tensor, matches: torch.Tensor, a, b) -> torch.Tensor:
+def soft_contrastive_loss(
+    z_img: torch.Tensor, z_txt: torch.Tensor, matches: torch.Tensor, a, b
+) -> torch.Tensor:
     """−log p over the matching pairs plus −log(1 − p) over the others, each averaged, over all
     N×M image–caption pairs of a batch.
 
@@ -128,8 +141,12 @@ def soft_contrastive_loss(z_img: torch.Tensor, z_txt: torch.Tensor, matches: tor
         z_img: (N, J, D); z_txt: (M, J, D); matches: bool (N, M), which caption fits which image.
     """
     if matches.shape != (z_img.shape[0], z_txt.shape[0]):
-        raise ValueError(f"matches must be ({z_img.shape[0]}, {z_txt.shape[0]}), got {tuple(matches.shape)}")
-    if matches.dtype != torch.bool:   # an integer 0/1 tensor would index rows instead of masking pairs
+        raise ValueError(
+            f"matches must be ({z_img.shape[0]}, {z_txt.shape[0]}), got {tuple(matches.shape)}"
+        )
+    if (
+        matches.dtype != torch.bool
+    ):  # an integer 0/1 tensor would index rows instead of masking pairs
         raise TypeError(f"matches must be a bool mask, got {matches.dtype}; pass matches.bool()")
     log_p, log_not_p = match_logprob(z_img, z_txt, a, b)
     pos = -log_p[matches].mean() if matches.any() else log_p.new_zeros(())
@@ -138,12 +155,14 @@ def soft_contrastive_loss(z_img: torch.Tensor, z_txt: torch.Tensor, matches: tor
 
 
 def kl_to_standard_normal(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    """KL(N(μ, diag σ²) ‖ N(0, I)) = ½ Σ_d (σ² + μ² − 1 − 2 log σ), the batch mean. (B, D) twice → scalar."""
+    """KL(N(μ, diag σ²) ‖ N(0, I)) = ½ Σ_d (σ² + μ² − 1 − 2 log σ), the batch mean. (B, D) twice →
+    scalar."""
     return 0.5 * ((2 * log_sigma).exp() + mu.pow(2) - 1 - 2 * log_sigma).sum(dim=1).mean()
 
 
-def contrastive_loss(mu_img: torch.Tensor, mu_txt: torch.Tensor, matches: torch.Tensor,
-                     temperature: float = 0.1) -> torch.Tensor:
+def contrastive_loss(
+    mu_img: torch.Tensor, mu_txt: torch.Tensor, matches: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
     """The deterministic baseline: InfoNCE on cosine similarity, both directions, every matching
     caption a positive (a multi-positive form, since a caption like "face" fits many images).
 
@@ -159,23 +178,38 @@ def contrastive_loss(mu_img: torch.Tensor, mu_txt: torch.Tensor, matches: torch.
 
 
 @torch.no_grad()
-def match_scores(mu_q, log_sigma_q, mu_g, log_sigma_g, a, b, n_samples: int = 7, chunk_size: int = 256,
-                 seed: int = 0, budget: int = 1 << 24) -> torch.Tensor:
+def match_scores(
+    mu_q,
+    log_sigma_q,
+    mu_g,
+    log_sigma_g,
+    a,
+    b,
+    n_samples: int = 7,
+    chunk_size: int = 256,
+    seed: int = 0,
+    budget: int = 1 << 24,
+) -> torch.Tensor:
     """The match probability of every query with every gallery item, (Q, G), larger is better.
 
     Samples are drawn once per item (seeded, by a CPU generator) and reused for all pairs. Memory:
     the (Q, G) result plus at most about ``budget`` sample-pair distances at a time (``chunk_size``
-    queries against as many gallery items as fit, J² distances per pair), whatever the gallery's size.
+    queries against as many gallery items as fit, J² distances per pair), whatever the gallery's
+    size.
     """
     check_positive_int(n_samples, "n_samples")
     check_positive_int(chunk_size, "chunk_size")
     check_positive_int(budget, "budget")
-    g = torch.Generator().manual_seed(seed)   # on the CPU: the same samples, so the same table, on any device
+    g = torch.Generator().manual_seed(
+        seed
+    )  # on the CPU: the same samples, so the same table, on any device
     z_q = sample(mu_q, log_sigma_q, n_samples, g)
     z_g = sample(mu_g, log_sigma_g, n_samples, g)
     out = torch.empty(len(z_q), len(z_g), dtype=z_q.dtype, device=z_q.device)
-    g_step = max(1, budget // (min(chunk_size, max(len(z_q), 1)) * n_samples ** 2))
+    g_step = max(1, budget // (min(chunk_size, max(len(z_q), 1)) * n_samples**2))
     for i in range(0, len(z_q), chunk_size):
         for j in range(0, len(z_g), g_step):
-            out[i:i + chunk_size, j:j + g_step] = match_log_p(z_q[i:i + chunk_size], z_g[j:j + g_step], a, b).exp()
+            out[i : i + chunk_size, j : j + g_step] = match_log_p(
+                z_q[i : i + chunk_size], z_g[j : j + g_step], a, b
+            ).exp()
     return out

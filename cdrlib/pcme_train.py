@@ -14,6 +14,7 @@
 * :func:`evaluate` — image→text and text→image: R@1/5/10 (relevant = the same emoji),
   R-Precision (relevant = the same class) and PMRP (relevant = tag vectors within Hamming ζ).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,27 +45,31 @@ from .validation import check_choice
 class PCMEConfig:
     """Hyper-parameters; the defaults are the embedded data's, :meth:`paper` gives CUB's."""
 
-    dim: int = 64                 # embedding dimension D
-    n_samples: int = 7            # J, training and evaluation (the official code's 7)
-    a_init: float = 5.0           # CUB's initial a and b
+    dim: int = 64  # embedding dimension D
+    n_samples: int = 7  # J, training and evaluation (the official code's 7)
+    a_init: float = 5.0  # CUB's initial a and b
     b_init: float = 5.0
-    kl_weight: float = 1e-3       # CUB's
-    temperature: float = 0.1      # the deterministic baseline's InfoNCE
+    kl_weight: float = 1e-3  # CUB's
+    temperature: float = 0.1  # the deterministic baseline's InfoNCE
     probabilistic: bool = True
-    positives: str = "caption"    # "caption": every image the caption fits; "pair": only its own image (COCO's)
+    positives: str = (
+        "caption"  # "caption": every image the caption fits; "pair": only its own image (COCO's)
+    )
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    embed_dim: int = 128          # word embeddings
+    embed_dim: int = 128  # word embeddings
     gru_hidden: int = 128
     seed: int = 0
 
     @staticmethod
     def paper() -> "PCMEConfig":
-        """CUB, as in the official configuration: a = b = 5, KL weight 1e-3, J = 7; D = 512, bi-GRU 512
-        (GloVe-sized words)."""
-        return PCMEConfig(dim=512, epochs=50, batch_size=128, lr=2e-4, embed_dim=300, gru_hidden=512)
+        """CUB, as in the official configuration: a = b = 5, KL weight 1e-3, J = 7; D = 512, bi-GRU
+        512 (GloVe-sized words)."""
+        return PCMEConfig(
+            dim=512, epochs=50, batch_size=128, lr=2e-4, embed_dim=300, gru_hidden=512
+        )
 
 
 class ImageTextData:
@@ -86,7 +91,9 @@ class ImageTextData:
         self.labels, self.tags = labels, tags
 
     @classmethod
-    def from_emoji(cls, vit: nn.Module, split: str, device="cpu", batch_size: int = 256) -> "ImageTextData":
+    def from_emoji(
+        cls, vit: nn.Module, split: str, device="cpu", batch_size: int = 256
+    ) -> "ImageTextData":
         """Every domain's images of the split, through the frozen ViT once."""
         ds = load_emoji_domains()
         idx = ds.indices(split)
@@ -95,24 +102,38 @@ class ImageTextData:
         with torch.no_grad():
             for d in range(len(ds.domains)):
                 for i in range(0, len(idx), batch_size):
-                    x = normalize(to_float(ds.images[d, idx[i:i + batch_size]])).to(device)
+                    x = normalize(to_float(ds.images[d, idx[i : i + batch_size]])).to(device)
                     p, t = _vit_features(vit, x)
                     pooled.append(p)
                     tokens.append(t)
                 emoji.append(torch.as_tensor(idx))
-        return cls(torch.cat(pooled), torch.cat(tokens), torch.cat(emoji),
-                   {int(e): ds.captions(int(e)) for e in idx}, {int(e): int(ds.labels[e]) for e in idx},
-                   {int(e): torch.tensor(ds.tags[e]) for e in idx})
+        return cls(
+            torch.cat(pooled),
+            torch.cat(tokens),
+            torch.cat(emoji),
+            {int(e): ds.captions(int(e)) for e in idx},
+            {int(e): int(ds.labels[e]) for e in idx},
+            {int(e): torch.tensor(ds.tags[e]) for e in idx},
+        )
 
     @classmethod
-    def from_cub(cls, vit: nn.Module, split: str, root=None, device="cpu", batch_size: int = 64,
-                 local_grid: int = 7) -> "ImageTextData":
-        """CUB-200-2011 with Reed et al.'s captions (the paper profile): every image is its own item.
+    def from_cub(
+        cls,
+        vit: nn.Module,
+        split: str,
+        root=None,
+        device="cpu",
+        batch_size: int = 64,
+        local_grid: int = 7,
+    ) -> "ImageTextData":
+        """CUB-200-2011 with Reed et al.'s captions (the paper profile): every image is its own
+        item.
 
         Captions: ``<root>/text_c10/<class>/<image>.txt`` (10 per image). Tags for PMRP: the image's
         312 binary attributes (``CUB_200_2011/attributes/image_attribute_labels.txt``) when present,
         otherwise its class one-hot (then PMRP@0 is R-Precision by class). The patch tokens are
-        average-pooled to ``local_grid`` × ``local_grid`` positions to keep the cache in memory (ViT-B/16: 196 → 49).
+        average-pooled to ``local_grid`` × ``local_grid`` positions to keep the cache in memory
+        (ViT-B/16: 196 → 49).
         """
         ds = get_dataset("cub", "image", split, root=root, image_size=vit.patch_embed.img_size)
         base = dataset_root("cub", root)
@@ -120,20 +141,33 @@ class ImageTextData:
         for i, f in enumerate(ds.files):
             txt = base / "text_c10" / f.parent.name / (f.stem + ".txt")
             if not txt.is_file():
-                raise DataError(f"caption file {txt} is missing: put Reed et al.'s text_c10 folder at {base / 'text_c10'}")
+                raise DataError(
+                    f"caption file {txt} is missing: put Reed et al.'s text_c10 folder at "
+                    f"{base / 'text_c10'}"
+                )
             captions[i] = [ln.strip() for ln in txt.read_text().splitlines() if ln.strip()]
-        tags = cls._cub_attributes(base, ds) or {i: F.one_hot(torch.tensor(int(y)), len(ds.classes)).to(torch.uint8)
-                                                 for i, y in enumerate(ds.labels)}
+        tags = cls._cub_attributes(base, ds) or {
+            i: F.one_hot(torch.tensor(int(y)), len(ds.classes)).to(torch.uint8)
+            for i, y in enumerate(ds.labels)
+        }
         pooled, tokens = [], []
         vit = vit.to(device).eval()
         with torch.no_grad():
             for i in range(0, len(ds), batch_size):
-                x = torch.stack([ds[j][0] for j in range(i, min(i + batch_size, len(ds)))]).to(device)
+                x = torch.stack([ds[j][0] for j in range(i, min(i + batch_size, len(ds)))]).to(
+                    device
+                )
                 p, t = _vit_features(vit, x, local_grid)
                 pooled.append(p)
                 tokens.append(t)
-        return cls(torch.cat(pooled), torch.cat(tokens), torch.arange(len(ds)), captions,
-                   {i: int(y) for i, y in enumerate(ds.labels)}, tags)
+        return cls(
+            torch.cat(pooled),
+            torch.cat(tokens),
+            torch.arange(len(ds)),
+            captions,
+            {i: int(y) for i, y in enumerate(ds.labels)},
+            tags,
+        )
 
     @staticmethod
     def _cub_attributes(base, ds) -> dict | None:
@@ -141,7 +175,11 @@ class ImageTextData:
         images = base / "CUB_200_2011" / "images.txt"
         if not (attr.is_file() and images.is_file()):
             return None
-        image_id = {ln.split()[1]: int(ln.split()[0]) for ln in images.read_text().splitlines() if ln.strip()}
+        image_id = {
+            ln.split()[1]: int(ln.split()[0])
+            for ln in images.read_text().splitlines()
+            if ln.strip()
+        }
         present: dict[int, set] = {}
         for ln in attr.read_text().splitlines():
             parts = ln.split()
@@ -156,10 +194,15 @@ class ImageTextData:
         return out
 
     def with_captions(self, captions: dict) -> "ImageTextData":
-        """The same images with other captions (emoji → list of captions, every emoji of the split)."""
+        """The same images with other captions (emoji → list of captions, every emoji of the
+        split)."""
         if set(captions) != set(self.captions):
-            raise ValueError("captions must give a list for every emoji of the split, and no other emoji")
-        return ImageTextData(self.pooled, self.tokens, self.image_emoji, captions, self.labels, self.tags)
+            raise ValueError(
+                "captions must give a list for every emoji of the split, and no other emoji"
+            )
+        return ImageTextData(
+            self.pooled, self.tokens, self.image_emoji, captions, self.labels, self.tags
+        )
 
     def caption_fits(self) -> Counter:
         """caption → the number of emoji of this split it fits (one-to-many when above 1)."""
@@ -173,7 +216,8 @@ class ImageTextData:
 @torch.no_grad()
 def _vit_features(vit: nn.Module, x: torch.Tensor, local_grid: int | None = None):
     """The image side's inputs: the ViT's feature (B, D) and its patch tokens (B, n, d) in half
-    precision (the cache of every image stays in memory), average-pooled to ``local_grid``² if given."""
+    precision (the cache of every image stays in memory), average-pooled to ``local_grid``² if
+    given."""
     t = vit.forward_features(x)
     pooled = vit.proj(t[:, 0]) if vit.proj is not None else t[:, 0]
     local = t[:, 1:]
@@ -192,8 +236,12 @@ class PCME(nn.Module):
         self.cfg, self.vocab = cfg, vocab
         self.image_head = pcme.GaussianHead(d_pooled, d_local, cfg.dim, cfg.probabilistic)
         self.text_encoder = BiGRUText(len(vocab), cfg.embed_dim, cfg.gru_hidden)
-        self.text_head = pcme.GaussianHead(self.text_encoder.num_features, self.text_encoder.num_features, cfg.dim,
-                                           cfg.probabilistic)
+        self.text_head = pcme.GaussianHead(
+            self.text_encoder.num_features,
+            self.text_encoder.num_features,
+            cfg.dim,
+            cfg.probabilistic,
+        )
         self.a = nn.Parameter(torch.tensor(float(cfg.a_init)))
         self.b = nn.Parameter(torch.tensor(float(cfg.b_init)))
 
@@ -217,8 +265,15 @@ class PCME(nn.Module):
         match = pcme.soft_contrastive_loss(z_i, z_t, matches, self.a, self.b)
         kl = (pcme.kl_to_standard_normal(mu_i, ls_i) + pcme.kl_to_standard_normal(mu_t, ls_t)) / 2
         loss = match + c.kl_weight * kl
-        return loss, {"loss": loss.item(), "match": match.item(), "kl": kl.item(), "a": self.a.item(),
-                      "b": self.b.item(), "sigma_img": ls_i.exp().mean().item(), "sigma_txt": ls_t.exp().mean().item()}
+        return loss, {
+            "loss": loss.item(),
+            "match": match.item(),
+            "kl": kl.item(),
+            "a": self.a.item(),
+            "b": self.b.item(),
+            "sigma_img": ls_i.exp().mean().item(),
+            "sigma_txt": ls_t.exp().mean().item(),
+        }
 
 
 def train(cfg: PCMEConfig, data: ImageTextData, device="cpu", vocab: Vocabulary | None = None):
@@ -240,12 +295,19 @@ def train(cfg: PCMEConfig, data: ImageTextData, device="cpu", vocab: Vocabulary 
         t0, sums, steps = time.perf_counter(), {}, 0
         perm = torch.randperm(n, generator=gen)
         for s in progress(range(n // cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}"):
-            ids = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            ids = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
             emoji = data.image_emoji[ids]
-            texts = [data.captions[int(e)][int(torch.randint(len(data.captions[int(e)]), (1,), generator=gen))]
-                     for e in emoji]
-            matches = (data.matches(emoji, texts) if cfg.positives == "caption"
-                       else torch.eye(len(ids), dtype=torch.bool)).to(device)
+            texts = [
+                data.captions[int(e)][
+                    int(torch.randint(len(data.captions[int(e)]), (1,), generator=gen))
+                ]
+                for e in emoji
+            ]
+            matches = (
+                data.matches(emoji, texts)
+                if cfg.positives == "caption"
+                else torch.eye(len(ids), dtype=torch.bool)
+            ).to(device)
             img = model.embed_images(data.pooled[ids].to(device), data.tokens[ids].to(device))
             loss, parts = model.loss(img, model.embed_texts(texts), matches)
             opt.zero_grad(set_to_none=True)
@@ -254,8 +316,13 @@ def train(cfg: PCMEConfig, data: ImageTextData, device="cpu", vocab: Vocabulary 
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps += 1
-        history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
-                        **{k: v / steps for k, v in sums.items()}})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "seconds": time.perf_counter() - t0,
+                **{k: v / steps for k, v in sums.items()},
+            }
+        )
     return model.eval(), history
 
 
@@ -284,8 +351,10 @@ def _captions_where(data: ImageTextData, bound, keep, fallback, name: str) -> Im
     if not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:
         raise ValueError(f"{name} must be a positive int or None, got {bound!r}")
     fits = data.caption_fits()
-    kept = {e: [c for c in caps if keep(fits[c], bound)] or [fallback(caps, key=lambda c: fits[c])]
-            for e, caps in data.captions.items()}
+    kept = {
+        e: [c for c in caps if keep(fits[c], bound)] or [fallback(caps, key=lambda c: fits[c])]
+        for e, caps in data.captions.items()
+    }
     return data.with_captions(kept)
 
 
@@ -308,7 +377,7 @@ class PCMERun:
         self.model: PCME | None = None
 
     def trainer(self):
-        return self                                   # the store calls trainer().fit()
+        return self  # the store calls trainer().fit()
 
     def fit(self) -> list[dict]:
         self.model, history = train(self.cfg, self.data, device=self.device, vocab=self.vocab)
@@ -323,8 +392,13 @@ class PCMERun:
         self.model = model.to(self.device).eval()
 
 
-def train_or_load(cfg: PCMEConfig, data: ImageTextData, store: RunStore | None = None, key: str | None = None,
-                  device="cpu"):
+def train_or_load(
+    cfg: PCMEConfig,
+    data: ImageTextData,
+    store: RunStore | None = None,
+    key: str | None = None,
+    device="cpu",
+):
     """:func:`train`, or the run ``key`` of ``store`` when it is stored with the same settings.
 
     Returns ``(model, history)``; with a store the weights are the stored float16 ones (also right
@@ -335,19 +409,32 @@ def train_or_load(cfg: PCMEConfig, data: ImageTextData, store: RunStore | None =
     if key is None:
         raise ValueError("a run store needs the run's key")
     run = PCMERun(cfg, data, device)
-    settings = {"config": asdict(cfg), "images": list(data.pooled.shape), "tokens": list(data.tokens.shape),
-                "texts": len(data.texts), "vocabulary": len(run.vocab),
-                "captions": hashlib.sha256("\n".join(data.texts).encode()).hexdigest()[:16]}
+    settings = {
+        "config": asdict(cfg),
+        "images": list(data.pooled.shape),
+        "tokens": list(data.tokens.shape),
+        "texts": len(data.texts),
+        "vocabulary": len(run.vocab),
+        "captions": hashlib.sha256("\n".join(data.texts).encode()).hexdigest()[:16],
+    }
     history = store.fit(key, run, settings)
     return run.model, history
 
 
 @torch.no_grad()
 def embed(model: PCME, data: ImageTextData, batch_size: int = 512, device="cpu") -> dict:
-    """μ and log σ of every image and text item: ``{"img": (mu, log_sigma), "txt": (mu, log_sigma)}``."""
-    img = [model.embed_images(data.pooled[i:i + batch_size].to(device), data.tokens[i:i + batch_size].to(device))
-           for i in range(0, len(data.pooled), batch_size)]
-    txt = [model.embed_texts(data.texts[i:i + batch_size]) for i in range(0, len(data.texts), batch_size)]
+    """μ and log σ of every image and text item: ``{"img": (mu, log_sigma), "txt": (mu,
+    log_sigma)}``."""
+    img = [
+        model.embed_images(
+            data.pooled[i : i + batch_size].to(device), data.tokens[i : i + batch_size].to(device)
+        )
+        for i in range(0, len(data.pooled), batch_size)
+    ]
+    txt = [
+        model.embed_texts(data.texts[i : i + batch_size])
+        for i in range(0, len(data.texts), batch_size)
+    ]
 
     def cat(parts):
         mu = torch.cat([p[0] for p in parts]).cpu()
@@ -357,40 +444,62 @@ def embed(model: PCME, data: ImageTextData, batch_size: int = 512, device="cpu")
     return {"img": cat(img), "txt": cat(txt)}
 
 
-def score_tables(model: PCME, data: ImageTextData, by: str = "match", device="cpu", seed: int = 0) -> torch.Tensor:
-    """Image × text scores (N_img, N_txt): ``"match"`` (match probability, J samples) or ``"mu"`` (cosine of μ)."""
+def score_tables(
+    model: PCME, data: ImageTextData, by: str = "match", device="cpu", seed: int = 0
+) -> torch.Tensor:
+    """Image × text scores (N_img, N_txt): ``"match"`` (match probability, J samples) or ``"mu"``
+    (cosine of μ)."""
     e = embed(model, data, device=device)
     (mu_i, ls_i), (mu_t, ls_t) = e["img"], e["txt"]
     if by == "mu" or ls_i is None:
         return mu_i @ mu_t.t()
     if by != "match":
         raise ValueError(f"by must be 'match' or 'mu', not {by!r}")
-    return pcme.match_scores(mu_i, ls_i, mu_t, ls_t, model.a.detach().cpu(), model.b.detach().cpu(),
-                             model.cfg.n_samples, seed=seed)
+    return pcme.match_scores(
+        mu_i,
+        ls_i,
+        mu_t,
+        ls_t,
+        model.a.detach().cpu(),
+        model.b.detach().cpu(),
+        model.cfg.n_samples,
+        seed=seed,
+    )
 
 
-def evaluate(scores: torch.Tensor, data: ImageTextData, ks=(1, 5, 10), zetas=(0, 1, 2)) -> list[dict]:
+def evaluate(
+    scores: torch.Tensor, data: ImageTextData, ks=(1, 5, 10), zetas=(0, 1, 2)
+) -> list[dict]:
     """Both directions from one image × text score table (larger is better).
 
     Returns one row per direction: R@K (relevant = the same emoji), R-Precision (the same class)
     and PMRP@ζ with their mean (tag vectors within Hamming distance ζ).
     """
     if scores.shape != (len(data.image_emoji), len(data.texts)):
-        raise ValueError(f"scores must be (images, texts) = {(len(data.image_emoji), len(data.texts))}, "
-                         f"got {tuple(scores.shape)}")
+        raise ValueError(
+            f"scores must be (images, texts) = {(len(data.image_emoji), len(data.texts))}, "
+            f"got {tuple(scores.shape)}"
+        )
     if not torch.isfinite(scores).all():
         raise ValueError("scores contain NaN or inf")
-    lab = lambda emo: torch.tensor([data.labels[int(e)] for e in emo])
-    tag = lambda emo: torch.stack([data.tags[int(e)] for e in emo])
+
+    def lab(emo):
+        return torch.tensor([data.labels[int(e)] for e in emo])
+
+    def tag(emo):
+        return torch.stack([data.tags[int(e)] for e in emo])
+
     rows = []
-    for name, s, q_emo, g_emo in (("image→text", scores, data.image_emoji, data.text_emoji),
-                                  ("text→image", scores.t(), data.text_emoji, data.image_emoji)):
+    for name, s, q_emo, g_emo in (
+        ("image→text", scores, data.image_emoji, data.text_emoji),
+        ("text→image", scores.t(), data.text_emoji, data.image_emoji),
+    ):
         row = {"direction": name}
 
-        def metrics(relevance, ks=()):  # 1024 queries at a time: a few numbers per query are kept
+        def metrics(relevance, ks=(), s=s):  # 1024 queries at a time: a few numbers per query kept
             sums = MetricSums(s.shape[1], ks)
             for i in range(0, len(s), 1024):
-                sums.add(ranks_from_scores(s[i:i + 1024], relevance(slice(i, i + 1024))))
+                sums.add(ranks_from_scores(s[i : i + 1024], relevance(slice(i, i + 1024))))
             return sums.result()
 
         same_emoji = metrics(label_relevance(q_emo, g_emo), ks)
@@ -405,8 +514,13 @@ def evaluate(scores: torch.Tensor, data: ImageTextData, ks=(1, 5, 10), zetas=(0,
     return rows
 
 
-def raw_pixel_scores(query_images: torch.Tensor, train_images: torch.Tensor, train_emoji, train_captions: dict,
-                     texts: list[str]) -> torch.Tensor:
+def raw_pixel_scores(
+    query_images: torch.Tensor,
+    train_images: torch.Tensor,
+    train_emoji,
+    train_captions: dict,
+    texts: list[str],
+) -> torch.Tensor:
     """The raw-pixel baseline: a text's score for an image is the cosine similarity (raw pixels)
     of the image to the most similar training image whose emoji has that caption; −1 if none has it.
 

@@ -1,4 +1,5 @@
 """Figures the chapters share: image grids, ranked lists, retrieval results."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -17,15 +18,24 @@ def _as_hwc(img) -> np.ndarray:
     return a.squeeze(-1) if a.shape[-1] == 1 else a
 
 
-def image_grid(rows: Sequence[Sequence], row_labels: Sequence[str] | None = None,
-               col_labels: Sequence[str] | None = None, size: float = 1.1, title: str | None = None,
-               frames: Sequence[Sequence[str | None]] | None = None):
-    """Show images in a grid. ``rows[r][c]`` is an image; ``frames[r][c]`` an optional border colour."""
+def image_grid(
+    rows: Sequence[Sequence],
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    size: float = 1.1,
+    title: str | None = None,
+    frames: Sequence[Sequence[str | None]] | None = None,
+    colorbar: tuple[str, float, float, str] | None = None,
+):
+    """Show images in a grid. ``rows[r][c]`` is an image; ``frames[r][c]`` an optional border
+    colour; ``colorbar = (cmap, vmin, vmax, label)`` adds the colour scale of the maps drawn with
+    :func:`value_colours` on that scale."""
     import matplotlib.pyplot as plt
 
     n_r, n_c = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_r, n_c, figsize=(size * n_c + (1.2 if row_labels else 0), size * n_r + 0.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        n_r, n_c, figsize=(size * n_c + (1.2 if row_labels else 0), size * n_r + 0.3), squeeze=False
+    )
     for r in range(n_r):
         for c in range(n_c):
             ax = axes[r][c]
@@ -34,7 +44,9 @@ def image_grid(rows: Sequence[Sequence], row_labels: Sequence[str] | None = None
             for side in ax.spines.values():
                 side.set_visible(False)
             if c < len(rows[r]) and rows[r][c] is not None:
-                ax.imshow(_as_hwc(rows[r][c]), cmap="gray" if _as_hwc(rows[r][c]).ndim == 2 else None)
+                ax.imshow(
+                    _as_hwc(rows[r][c]), cmap="gray" if _as_hwc(rows[r][c]).ndim == 2 else None
+                )
                 colour = frames[r][c] if frames is not None else None
                 if colour:
                     for side in ax.spines.values():
@@ -48,7 +60,29 @@ def image_grid(rows: Sequence[Sequence], row_labels: Sequence[str] | None = None
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    if colorbar is not None:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        cmap, vmin, vmax, label = colorbar
+        bar = fig.colorbar(
+            ScalarMappable(Normalize(vmin, vmax), cmap),
+            ax=axes.ravel().tolist(),
+            fraction=0.03,
+            pad=0.02,
+        )
+        bar.set_label(label, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     return fig
+
+
+def value_colours(values, vmin: float, vmax: float, cmap: str = "viridis") -> np.ndarray:
+    """A map of values (H, W) as RGB (H, W, 3) on a fixed scale [vmin, vmax] (clipped), so that maps
+    drawn side by side compare, and :func:`image_grid`'s ``colorbar`` can show the scale."""
+    import matplotlib.pyplot as plt
+
+    a = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    return plt.get_cmap(cmap)(np.clip((a - vmin) / (vmax - vmin), 0.0, 1.0))[..., :3]
 
 
 def ranked_list(relevant: Sequence[bool], ax=None, label: str = "", k_marks: Sequence[int] = ()):
@@ -59,7 +93,15 @@ def ranked_list(relevant: Sequence[bool], ax=None, label: str = "", k_marks: Seq
         _, ax = plt.subplots(figsize=(0.45 * len(relevant) + 1, 0.9))
     for r, rel in enumerate(relevant):
         ax.add_patch(plt.Rectangle((r, 0), 0.9, 0.9, color="#2e9e44" if rel else "#c8c8c8"))
-        ax.text(r + 0.45, 0.45, str(r + 1), ha="center", va="center", fontsize=8, color="white" if rel else "black")
+        ax.text(
+            r + 0.45,
+            0.45,
+            str(r + 1),
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if rel else "black",
+        )
     for k in k_marks:
         ax.axvline(k - 0.05, color="#d62728", lw=1.5)
         ax.text(k - 0.05, 1.0, f"K={k}", color="#d62728", fontsize=8, ha="center", va="bottom")

@@ -1,4 +1,5 @@
-"""Premise dials: how much a method gains over its own ablation as the quality of what it relies on varies.
+"""Premise dials: how much a method gains over its own ablation as the quality of what it relies on
+varies.
 
 Every method of the book rests on one premise — UCDIR's cluster-wise loss on clusters that are
 classes, DoD on matched clusters that are the same class, ICFRR on neighbours that are relevant.
@@ -11,6 +12,7 @@ method's reported result.
 The records follow one schema (:data:`PREMISE_FIELDS`), saved by each chapter as its ``premise``
 table and gathered by the closing page.
 """
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -21,12 +23,25 @@ from scipy.optimize import linear_sum_assignment
 
 from .ucdir import match_centroids
 
-PREMISE_FIELDS = ("regime", "premise", "premise_value", "method", "ablation", "metric", "value",
-                  "ablation_value", "gain", "seed_spread", "seeds", "protocol")
+PREMISE_FIELDS = (
+    "regime",
+    "premise",
+    "premise_value",
+    "method",
+    "ablation",
+    "metric",
+    "value",
+    "ablation_value",
+    "gain",
+    "seed_spread",
+    "seeds",
+    "protocol",
+)
 
 
 def match_clusters_to_classes(assignments, labels, k: int) -> torch.Tensor:
-    """A one-to-one map cluster → class that maximises the images on which the two agree (Hungarian).
+    """A one-to-one map cluster → class that maximises the images on which the two agree
+    (Hungarian).
 
     Args:
         assignments: (N,) cluster ids in [0, k). labels: (N,) class ids in [0, C), C ≤ k.
@@ -38,9 +53,13 @@ def match_clusters_to_classes(assignments, labels, k: int) -> torch.Tensor:
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     n_classes = int(y.max()) + 1
     if n_classes > k:
-        raise ValueError(f"{n_classes} classes but only k={k} clusters: the map needs k ≥ the number of classes")
+        raise ValueError(
+            f"{n_classes} classes but only k={k} clusters: the map needs k ≥ the number of classes"
+        )
     overlap = torch.zeros(k, k, dtype=torch.int64)
-    overlap.index_put_((a, y), torch.ones_like(a), accumulate=True)     # (clusters, classes padded to k)
+    overlap.index_put_(
+        (a, y), torch.ones_like(a), accumulate=True
+    )  # (clusters, classes padded to k)
     rows, cols = linear_sum_assignment(overlap.numpy(), maximize=True)
     out = torch.empty(k, dtype=torch.int64)
     out[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.int64)
@@ -48,7 +67,8 @@ def match_clusters_to_classes(assignments, labels, k: int) -> torch.Tensor:
 
 
 class ClassMixedClusters:
-    """Oracle analysis: k-means pseudo-labels of which a fraction ``p`` is replaced by the true class.
+    """Oracle analysis: k-means pseudo-labels of which a fraction ``p`` is replaced by the true
+    class.
 
     Each k-means cluster is first renamed to the class it overlaps most (one-to-one), then the
     images of a fixed random subset (a share ``p`` of each domain, nested as ``p`` grows, so one
@@ -64,7 +84,9 @@ class ClassMixedClusters:
     def __init__(self, labels: Mapping[str, np.ndarray], p: float, seed: int = 0):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be a share in [0, 1], got {p}")
-        self.labels = {d: torch.as_tensor(np.asarray(y), dtype=torch.int64) for d, y in labels.items()}
+        self.labels = {
+            d: torch.as_tensor(np.asarray(y), dtype=torch.int64) for d, y in labels.items()
+        }
         self.p = p
         g = torch.Generator().manual_seed(seed)
         self.order = {d: torch.randperm(len(y), generator=g) for d, y in self.labels.items()}
@@ -109,9 +131,17 @@ class OracleMatching:
         return pi
 
 
-def premise_record(regime: str, premise: str, premise_value: float, method: str, ablation: str,
-                   values: Mapping[int, float], ablation_values: Mapping[int, float],
-                   metric: str = "mAP@all", protocol: str = "heldout") -> dict:
+def premise_record(
+    regime: str,
+    premise: str,
+    premise_value: float,
+    method: str,
+    ablation: str,
+    values: Mapping[int, float],
+    ablation_values: Mapping[int, float],
+    metric: str = "mAP@all",
+    protocol: str = "heldout",
+) -> dict:
     """One row of a chapter's ``premise`` table from per-seed results.
 
     Args:
@@ -123,20 +153,33 @@ def premise_record(regime: str, premise: str, premise_value: float, method: str,
         gain — the run-to-run variation a gain has to clear.
     """
     if set(values) != set(ablation_values) or not values:
-        raise ValueError(f"the method and its ablation need the same seeds, got {sorted(values)} and "
-                         f"{sorted(ablation_values)}")
+        raise ValueError(
+            f"the method and its ablation need the same seeds, got {sorted(values)} and "
+            f"{sorted(ablation_values)}"
+        )
     seeds = sorted(values)
     gains = np.array([values[s] - ablation_values[s] for s in seeds])
     value = float(np.mean([values[s] for s in seeds]))
     ablation_value = float(np.mean([ablation_values[s] for s in seeds]))
-    return {"regime": regime, "premise": premise, "premise_value": float(premise_value), "method": method,
-            "ablation": ablation, "metric": metric, "value": value, "ablation_value": ablation_value,
-            "gain": value - ablation_value, "seed_spread": float(gains.max() - gains.min()),
-            "seeds": len(seeds), "protocol": protocol}
+    return {
+        "regime": regime,
+        "premise": premise,
+        "premise_value": float(premise_value),
+        "method": method,
+        "ablation": ablation,
+        "metric": metric,
+        "value": value,
+        "ablation_value": ablation_value,
+        "gain": value - ablation_value,
+        "seed_spread": float(gains.max() - gains.min()),
+        "seeds": len(seeds),
+        "protocol": protocol,
+    }
 
 
 def holds(record: Mapping) -> bool:
-    """Whether a premise record shows the method working: gain > 3 × its seed spread, over ≥ 3 seeds."""
+    """Whether a premise record shows the method working: gain > 3 × its seed spread, over ≥ 3
+    seeds."""
     return record["seeds"] >= 3 and record["gain"] > 3 * record["seed_spread"]
 
 

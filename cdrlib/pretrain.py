@@ -21,6 +21,7 @@ Objectives:
 Run it through ``scripts/pretrain_backbone.py``; the curve (mAP against minutes) is written as
 JSON lines beside the checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,11 +44,11 @@ from .progress import progress
 
 @dataclass
 class PretrainConfig:
-    arch: str = "resnet"            # "resnet" or "vit"
-    objective: str = "simclr"       # "simclr" or "distill"
-    teacher: str | None = None      # checkpoint of the teacher (distill)
-    minutes: float = 60.0           # wall-clock budget; training stops at the first epoch past it
-    epochs: int | None = None       # a fixed schedule length instead (then ``minutes`` is only a cap)
+    arch: str = "resnet"  # "resnet" or "vit"
+    objective: str = "simclr"  # "simclr" or "distill"
+    teacher: str | None = None  # checkpoint of the teacher (distill)
+    minutes: float = 60.0  # wall-clock budget; training stops at the first epoch past it
+    epochs: int | None = None  # a fixed schedule length instead (then ``minutes`` is only a cap)
     max_epochs: int = 1000
     batch_size: int = 256
     lr: float = 2e-3
@@ -55,12 +56,12 @@ class PretrainConfig:
     temperature: float = 0.2
     p_sketch: float = 0.3
     p_outline: float = 0.0
-    negatives: str = "all"          # "all" the batch, or "in-domain" (only images of the anchor's domain)
+    negatives: str = "all"  # "all" the batch, or "in-domain" (only images of the anchor's domain)
     proj_dim: int = 128
-    simclr_weight: float = 1.0      # distill: weight of the NT-Xent term beside the regression
-    eval_every: int = 5             # epochs
+    simclr_weight: float = 1.0  # distill: weight of the NT-Xent term beside the regression
+    eval_every: int = 5  # epochs
     seed: int = 0
-    threads: int = 0                # 0: torch's default
+    threads: int = 0  # 0: torch's default
     arch_kwargs: dict = field(default_factory=dict)
 
 
@@ -69,8 +70,12 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 512, out: int = 128):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden, out))
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, out),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -110,8 +115,12 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
         # the student's feature lives in the teacher's space: its linear map is part of the model
         cfg.arch_kwargs = {**cfg.arch_kwargs, "out_dim": teacher.num_features}
         with torch.no_grad():  # the teacher's mean feature over the training images (no labels)
-            t_mean = torch.cat([teacher(normalize(images[i:i + 512]).to(device))
-                                for i in range(0, len(images), 512)]).mean(0, keepdim=True)
+            t_mean = torch.cat(
+                [
+                    teacher(normalize(images[i : i + 512]).to(device))
+                    for i in range(0, len(images), 512)
+                ]
+            ).mean(0, keepdim=True)
     model = build_backbone(cfg.arch, **cfg.arch_kwargs).to(device)
     head = ProjectionHead(model.num_features, out=cfg.proj_dim).to(device)
     params = list(model.parameters()) + list(head.parameters())
@@ -138,11 +147,12 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
         perm = torch.randperm(len(images))
         losses = []
         for b in progress(range(steps_per_epoch), desc=f"epoch {epoch}"):
-            batch = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            batch = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             x = images[batch].to(device)
             v1, v2 = augment.two_views(x)
             f1, f2 = model(v1), model(v2)
-            # images are stacked domain by domain, so an index's domain id is index // N_train (not a label)
+            # images are stacked domain by domain, so an index's domain id is index // N_train (not
+            # a label)
             groups = batch // len(idx) if cfg.negatives == "in-domain" else None
             if teacher is None:
                 loss = nt_xent_loss(head(f1), head(f2), cfg.temperature, groups=groups)
@@ -151,9 +161,15 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
                     t1, t2 = teacher(v1) - t_mean, teacher(v2) - t_mean
                 loss = 2 - F.cosine_similarity(f1, t1).mean() - F.cosine_similarity(f2, t2).mean()
                 if cfg.simclr_weight:
-                    loss = loss + cfg.simclr_weight * nt_xent_loss(head(f1), head(f2), cfg.temperature, groups=groups)
+                    loss = loss + cfg.simclr_weight * nt_xent_loss(
+                        head(f1), head(f2), cfg.temperature, groups=groups
+                    )
             if total_steps is not None:
-                lr = cfg.lr * 0.5 * (1 + torch.cos(torch.tensor(min(step / total_steps, 1.0) * torch.pi)).item())
+                lr = (
+                    cfg.lr
+                    * 0.5
+                    * (1 + torch.cos(torch.tensor(min(step / total_steps, 1.0) * torch.pi)).item())
+                )
                 for g in opt.param_groups:
                     g["lr"] = lr
             opt.zero_grad(set_to_none=True)
@@ -170,7 +186,19 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
             log({"loss": round(sum(losses) / len(losses), 4), **_mean_map(model, device)})
         if done:
             break
-    state = {k: v.half().contiguous() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    torch.save({"arch": cfg.arch, "arch_kwargs": cfg.arch_kwargs, "config": asdict(cfg), "state_dict": state,
-                "epochs": epoch, "minutes": round((time.time() - t0) / 60, 1)}, out_path)
+    state = {
+        k: v.half().contiguous() if v.is_floating_point() else v
+        for k, v in model.state_dict().items()
+    }
+    torch.save(
+        {
+            "arch": cfg.arch,
+            "arch_kwargs": cfg.arch_kwargs,
+            "config": asdict(cfg),
+            "state_dict": state,
+            "epochs": epoch,
+            "minutes": round((time.time() - t0) / 60, 1),
+        },
+        out_path,
+    )
     return out_path

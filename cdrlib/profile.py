@@ -13,6 +13,7 @@ that one switch changes every chapter, on a laptop, in CI and on Colab alike::
     P = cdrlib.setup(seed=0)        # reads CDR_PROFILE, seeds everything, picks the device
     P.pick(default=20, paper=200)   # one knob, two values
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,17 @@ from .paths import REPO_ROOT, default_results_dir
 from .progress import progress
 
 PROFILES = ("default", "paper")
-__all__ = ["PROFILES", "REPO_ROOT", "Profile", "default_results_dir", "pick_device", "profile_name", "progress",
-           "seed_everything", "setup"]   # REPO_ROOT, default_results_dir and progress are re-exported for chapters
+__all__ = [
+    "PROFILES",
+    "REPO_ROOT",
+    "Profile",
+    "default_results_dir",
+    "pick_device",
+    "profile_name",
+    "progress",
+    "seed_everything",
+    "setup",
+]  # REPO_ROOT, default_results_dir and progress are re-exported for chapters
 
 
 @dataclass(frozen=True)
@@ -69,21 +79,26 @@ class Profile:
                 load_paper_split(dataset, d, "all", self.data_root / dataset)
 
     def __repr__(self) -> str:  # shown in every chapter's first cell
-        return (f"Profile(name={self.name!r}, device={self.device.type}, seed={self.seed}, "
-                f"threads={torch.get_num_threads()})")
+        return (
+            f"Profile(name={self.name!r}, device={self.device.type}, seed={self.seed}, "
+            f"threads={torch.get_num_threads()})"
+        )
 
 
 def profile_name() -> str:
     """The profile named by ``CDR_PROFILE`` (``default`` when unset)."""
     name = os.environ.get("CDR_PROFILE", "default").strip().lower() or "default"
     if name not in PROFILES:
-        raise ValueError(f"CDR_PROFILE={name!r} is not a profile; use one of {PROFILES} "
-                         f"(for example: export CDR_PROFILE=paper).")
+        raise ValueError(
+            f"CDR_PROFILE={name!r} is not a profile; use one of {PROFILES} "
+            f"(for example: export CDR_PROFILE=paper)."
+        )
     return name
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
-    """``cuda`` when a GPU is visible, otherwise ``cpu``; ``prefer`` (or ``CDR_DEVICE``) overrides."""
+    """``cuda`` when a GPU is visible, otherwise ``cpu``; ``prefer`` (or ``CDR_DEVICE``)
+    overrides."""
     prefer = prefer or os.environ.get("CDR_DEVICE")
     if prefer:
         return torch.device(prefer)
@@ -91,7 +106,8 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices). Kernels stay free to be non-deterministic on GPUs."""
+    """Seed Python, NumPy and torch (all devices). Kernels stay free to be non-deterministic on
+    GPUs."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -106,5 +122,14 @@ def setup(seed: int = 0, profile: str | None = None) -> Profile:
     seed_everything(seed)
     device = pick_device() if name == "paper" else pick_device(os.environ.get("CDR_DEVICE", "cpu"))
     if name == "paper" and device.type != "cuda":
-        print("note: the paper profile runs without a GPU here; expect hours, not minutes.", file=sys.stderr)
-    return Profile(name=name, device=device, seed=seed, data_root=data_home(), results_dir=default_results_dir())
+        print(
+            "note: the paper profile runs without a GPU here; expect hours, not minutes.",
+            file=sys.stderr,
+        )
+    return Profile(
+        name=name,
+        device=device,
+        seed=seed,
+        data_root=data_home(),
+        results_dir=default_results_dir(),
+    )

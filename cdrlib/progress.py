@@ -1,4 +1,5 @@
 """Progress bars for long work, silent where nobody watches (CI, nbval, logs)."""
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ def progress(iterable=None, **kwargs):
 
 def _in_notebook() -> bool:
     try:
-        from IPython import get_ipython   # optional: IPython comes with the book's extras only
+        from IPython import get_ipython  # optional: IPython comes with the book's extras only
     except ImportError:  # pragma: no cover
         return False
     shell = get_ipython()

@@ -21,6 +21,7 @@ official code. Queries are processed in chunks, so memory is bounded for any Q.
 :func:`icfrr_dense` is the slow reference written straight from the specification (full rank table,
 a loop over queries); tests and the benchmark compare the two.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,11 +38,12 @@ VARIANTS = ("official", "paper")
 
 @dataclass
 class GalleryNeighbours:
-    """The sparse form of the weights: for each gallery item its KG nearest others and their weights.
+    """The sparse form of the weights: for each gallery item its KG nearest others and their
+    weights.
 
     Attributes:
-        index: int64 or int32 (G, KG), positions 1…KG of each item's own ranking (position 0 — itself —
-            dropped).
+        index: int64 or int32 (G, KG), positions 1…KG of each item's own ranking (position 0 —
+            itself — dropped).
         weight: float (KG,), ``1 − r/(G−1)`` for r = 0…KG−1 (the same for every row).
     """
 
@@ -65,14 +67,18 @@ def neighbours_from_distances(gg: torch.Tensor, kg: int) -> GalleryNeighbours:
     for s in range(0, g, step):
         # top-k instead of a full sort (G log G per row), with exact ties in gallery order, also at
         # the KG boundary: the first KG + 1 entries of a stable argsort of the whole row
-        rows.append(top_k_exact(gg[s:s + step], kg + 1, larger_first=False)[1][:, 1:])
+        rows.append(top_k_exact(gg[s : s + step], kg + 1, larger_first=False)[1][:, 1:])
     return GalleryNeighbours(torch.cat(rows), _weights(kg, g, gg.dtype, gg.device))
 
 
-def neighbours_from_features(gallery: torch.Tensor, kg: int, backend: str = "auto") -> GalleryNeighbours:
+def neighbours_from_features(
+    gallery: torch.Tensor, kg: int, backend: str = "auto"
+) -> GalleryNeighbours:
     """Sparse weights from gallery features (L2-normalised inside): no G×G matrix is ever formed."""
     _, idx = knn_search(gallery, gallery, kg + 1, metric="cosine", backend=backend)
-    return GalleryNeighbours(idx[:, 1:].to(gallery.device), _weights(kg, len(gallery), gallery.dtype, gallery.device))
+    return GalleryNeighbours(
+        idx[:, 1:].to(gallery.device), _weights(kg, len(gallery), gallery.dtype, gallery.device)
+    )
 
 
 def _euclidean_normalised(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -102,7 +108,8 @@ def _in_row_threads(n_rows: int, work) -> None:
 
 
 def _descending_key(x: np.ndarray) -> np.ndarray:
-    """Float rows → unsigned integers of the same width whose ascending order is x's descending order.
+    """Float rows → unsigned integers of the same width whose ascending order is x's descending
+    order.
 
     Flip the sign bit of non-negatives and every bit of negatives (an order-preserving map), then
     invert all: ``key = b ^ 0x7F…F`` for ``b ≥ 0``, ``b`` for ``b < 0``, with b the float's bits.
@@ -179,13 +186,13 @@ def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-MERGE_MAX_MOVED = 0.25   # above this share of moved items, a full sort is faster than the merge
+MERGE_MAX_MOVED = 0.25  # above this share of moved items, a full sort is faster than the merge
 
 
 def _merge_row(ps: np.ndarray, moved: np.ndarray) -> np.ndarray:
     """One row of :func:`_resort_desc`: sort the moved entries, merge them into the unmoved ones."""
     idx_m = np.flatnonzero(moved)
-    idx_u = np.flatnonzero(~moved)                       # already in descending order of ps
+    idx_u = np.flatnonzero(~moved)  # already in descending order of ps
     if len(idx_m) == 0:
         return idx_u
     if np.isin(ps[idx_m], ps[idx_u]).any():
@@ -236,8 +243,8 @@ class Voter:
 
     def __init__(self, nb: GalleryNeighbours, c: int, kq: int):
         self.nb, self.c, self.kq, self.g = nb, c, kq, nb.gallery_size
-        self.total = None      # (C·G,) running sum of the top items' weight rows, in units of 1/(G−1)
-        self.in_top = None     # (C, G) bool
+        self.total = None  # (C·G,) running sum of the top items' weight rows, in units of 1/(G−1)
+        self.in_top = None  # (C, G) bool
         # Every weight is 1 − r/(G−1) = (G−1−r)/(G−1): the votes are summed as exact integers
         # G−1−r (at most KQ·(G−1) per entry) and scaled once. int32 halves the scatter's and the
         # gathers' memory traffic against float64, and the sums no longer depend on their order.
@@ -245,18 +252,21 @@ class Voter:
         self.dtype = torch.int32 if kq * (self.g - 1) < 2**31 else torch.int64
         self.scale = 1.0 / (self.g - 1)
         # the weights repeat every KG entries: one long copy, sliced per call, instead of a new one
-        self.values = (self.g - 1 - torch.arange(kg, device=nb.index.device)).to(self.dtype).repeat(c * kq)
+        self.values = (
+            (self.g - 1 - torch.arange(kg, device=nb.index.device)).to(self.dtype).repeat(c * kq)
+        )
 
     def _add(self, rows: torch.Tensor, items: torch.Tensor, sign: float) -> None:
         # index_select + one flat index_add_ over (row, column) ids: the fastest form measured on
         # CPU, several times faster than advanced indexing and a row-wise scatter_add_.
-        cols = torch.index_select(self.nb.index, 0, items)       # (n, KG), int32 where it fits
+        cols = torch.index_select(self.nb.index, 0, items)  # (n, KG), int32 where it fits
         cols += (rows * self.g).to(cols.dtype).unsqueeze(1)
         vals = self.values[: cols.numel()]
         self.total.index_add_(0, cols.view(-1), vals if sign > 0 else -vals)
 
     def sums(self, top: torch.Tensor) -> torch.Tensor:
-        """(C, KQ) top items → KQ·(G−1)·Δ (C, G), their weight rows' integer sum (a view; no copy)."""
+        """(C, KQ) top items → KQ·(G−1)·Δ (C, G), their weight rows' integer sum (a view; no
+        copy)."""
         dev = top.device
         mask = torch.zeros(self.c, self.g, dtype=torch.bool, device=dev).scatter_(1, top, True)
         if self.total is None:
@@ -277,17 +287,19 @@ class Voter:
 
 
 def vote_delta(top: torch.Tensor, nb: GalleryNeighbours, kq: int) -> torch.Tensor:
-    """Δ for a chunk: (C, KQ) top items → (C, G) mean of their sparse weight rows (the chapter's view)."""
+    """Δ for a chunk: (C, KQ) top items → (C, G) mean of their sparse weight rows (the chapter's
+    view)."""
     return Voter(nb, top.shape[0], kq)(top)
 
 
-def _rerank_chunk(dist: torch.Tensor, nb: GalleryNeighbours, kq: int, beta: float, n_iter: int,
-                  variant: str) -> torch.Tensor:
+def _rerank_chunk(
+    dist: torch.Tensor, nb: GalleryNeighbours, kq: int, beta: float, n_iter: int, variant: str
+) -> torch.Tensor:
     """Re-rank one chunk of queries from their distances (C, G); returns the final π (C, G)."""
     pi = _argsort_desc(-dist)
     vote = Voter(nb, dist.shape[0], kq)
     if variant == "official":
-        v = torch.gather(-dist, 1, pi)                         # sorted original scores, never updated
+        v = torch.gather(-dist, 1, pi)  # sorted original scores, never updated
         for _ in range(n_iter):
             # v[p] + β Δ(π[p]), with β/(KQ·(G−1)) folded into one multiply of the gathered sums;
             # items without a vote keep v[p], which is sorted: only the voted-for ones need sorting
@@ -325,9 +337,21 @@ def _check(kq: int, kg: int, g: int, beta: float, n_iter: int, variant: str) -> 
         raise ValueError(f"beta must be finite, got {beta}")
 
 
-def icfrr(qg=None, gg=None, *, query=None, gallery=None, kg: int = 256, kq: int = 250, beta: float = 0.5,
-          n_iter: int = 5, variant: str = "official", keep: int | None = None, chunk_size: int = 64,
-          device=None) -> torch.Tensor:
+def icfrr(
+    qg=None,
+    gg=None,
+    *,
+    query=None,
+    gallery=None,
+    kg: int = 256,
+    kq: int = 250,
+    beta: float = 0.5,
+    n_iter: int = 5,
+    variant: str = "official",
+    keep: int | None = None,
+    chunk_size: int = 64,
+    device=None,
+) -> torch.Tensor:
     """Re-rank a gallery for every query with ICFRR.
 
     Give either distances ``qg`` (Q, G) and ``gg`` (G, G), or features ``query`` (Q, d) and
@@ -349,13 +373,19 @@ def icfrr(qg=None, gg=None, *, query=None, gallery=None, kg: int = 256, kq: int 
     Returns:
         int64 (Q, keep or G): gallery indices, best first.
     """
-    if (qg is None) == (query is None) or (qg is None) != (gg is None) or (query is None) != (gallery is None):
+    if (
+        (qg is None) == (query is None)
+        or (qg is None) != (gg is None)
+        or (query is None) != (gallery is None)
+    ):
         raise ValueError("give either qg= and gg= (distances) or query= and gallery= (features)")
     if qg is not None:
         qg = check_features(qg, "qg", products=False)
         gg = check_features(gg, "gg", products=False)
         if gg.shape[0] != gg.shape[1] or gg.shape[0] != qg.shape[1]:
-            raise ValueError(f"gg must be (G, G) with G = qg.shape[1] = {qg.shape[1]}, got {tuple(gg.shape)}")
+            raise ValueError(
+                f"gg must be (G, G) with G = qg.shape[1] = {qg.shape[1]}, got {tuple(gg.shape)}"
+            )
         g = gg.shape[0]
     else:
         query = check_features(query, "query")
@@ -381,27 +411,41 @@ def icfrr(qg=None, gg=None, *, query=None, gallery=None, kg: int = 256, kq: int 
     out = torch.empty(n_q, keep, dtype=torch.int64)
 
     for s in progress(range(0, n_q, chunk_size), desc="ICFRR"):
-        dist = qg[s:s + chunk_size] if qg is not None else _euclidean_normalised(query[s:s + chunk_size], gallery)
-        out[s:s + chunk_size] = _rerank_chunk(dist, nb, kq, beta, n_iter, variant)[:, :keep].cpu()
+        dist = (
+            qg[s : s + chunk_size]
+            if qg is not None
+            else _euclidean_normalised(query[s : s + chunk_size], gallery)
+        )
+        out[s : s + chunk_size] = _rerank_chunk(dist, nb, kq, beta, n_iter, variant)[:, :keep].cpu()
     return out
 
 
 def dense_weight_table(gg: torch.Tensor, kg: int) -> torch.Tensor:
-    """The official code's dense table ``w[R[g, j]]`` (G, G): memory G², what the sparse form avoids."""
+    """The official code's dense table ``w[R[g, j]]`` (G, G): memory G², what the sparse form
+    avoids."""
     g = gg.shape[0]
     order = torch.argsort(gg, dim=1, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(g).expand(g, -1).contiguous())
-    rank -= 1                                                   # R[g, j]: position − 1, self −1
-    w = torch.zeros(g, dtype=gg.dtype)                          # w[r] for r = −1 … G−2, stored at r + 1
+    rank -= 1  # R[g, j]: position − 1, self −1
+    w = torch.zeros(g, dtype=gg.dtype)  # w[r] for r = −1 … G−2, stored at r + 1
     r = torch.arange(g - 1)
     w[1:] = torch.where(r < kg, 1.0 - r.to(gg.dtype) / (g - 1), torch.zeros((), dtype=gg.dtype))
     return w[rank + 1]
 
 
-def icfrr_dense(qg: torch.Tensor, gg: torch.Tensor, kg: int = 256, kq: int = 250, beta: float = 0.5,
-                n_iter: int = 5, variant: str = "official", weight_table: torch.Tensor | None = None) -> torch.Tensor:
-    """The slow reference, straight from the specification: full G×G rank table, a loop over queries.
+def icfrr_dense(
+    qg: torch.Tensor,
+    gg: torch.Tensor,
+    kg: int = 256,
+    kq: int = 250,
+    beta: float = 0.5,
+    n_iter: int = 5,
+    variant: str = "official",
+    weight_table: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The slow reference, straight from the specification: full G×G rank table, a loop over
+    queries.
 
     Memory G² (the rank table); time Q·n_iter·KQ·G. Used by the tests and the benchmark, which
     may pass a precomputed ``weight_table`` (:func:`dense_weight_table`). Returns int64 (Q, G).
@@ -414,7 +458,7 @@ def icfrr_dense(qg: torch.Tensor, gg: torch.Tensor, kg: int = 256, kq: int = 250
         v = -qg[q][pi]
         s = -qg[q].clone()
         for _ in range(n_iter):
-            delta = table[pi[:kq]].mean(0)                      # Δ(j) over the current top KQ
+            delta = table[pi[:kq]].mean(0)  # Δ(j) over the current top KQ
             if variant == "official":
                 pi = pi[torch.argsort(-(v + beta * delta[pi]), stable=True)]
             else:

@@ -1,4 +1,5 @@
-"""Results tables that stay honest: saved when a chapter runs, checked against the committed notebook.
+"""Results tables that stay honest: saved when a chapter runs, checked against the committed
+notebook.
 
 :func:`save_results` does three things with a chapter's final table:
 
@@ -11,6 +12,7 @@
 run wrote) with the numbers in the committed notebooks: a table the code can no longer reproduce
 fails CI.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,10 +25,12 @@ METADATA_KEY = "cdrlib_results"
 # per trained table: the measured run-to-run differences and the tolerance derived from them
 # (written by scripts/measure_variation.py)
 VARIATION_FILE = "book/results/variation.json"
-FALLBACK_TOLERANCE = 1e-3   # a trained table not measured yet
+FALLBACK_TOLERANCE = 1e-3  # a trained table not measured yet
 
 
-MIN_TOLERANCE = 1e-3   # no measured tolerance below this: the tables keep six decimals of noise-free numbers
+MIN_TOLERANCE = (
+    1e-3  # no measured tolerance below this: the tables keep six decimals of noise-free numbers
+)
 
 
 def tolerance_from(differences) -> float:
@@ -41,15 +45,17 @@ def tolerance_from(differences) -> float:
     return round(math.ceil(worst / step) * step, 12)
 
 
-def measured_tolerance(chapter: str, table: str, rows=None, root: str | Path | None = None) -> tuple[float, dict | None]:
+def measured_tolerance(
+    chapter: str, table: str, rows=None, root: str | Path | None = None
+) -> tuple[float, dict | None]:
     """The tolerance ``scripts/measure_variation.py`` derived for a table, and its measurements.
 
     Args:
         rows: optional row labels (a row's first text field, e.g. its ``method``): the tolerance of
             those rows only, from the per-row differences of every measurement (a table whose
             rows mix trained and untrained methods varies by row).
-    Returns ``(tolerance, entry)``; ``entry`` is None (and the tolerance the fallback, 1e-3) when the
-    table has not been measured yet.
+    Returns ``(tolerance, entry)``; ``entry`` is None (and the tolerance the fallback, 1e-3) when
+    the table has not been measured yet.
     """
     path = Path(root or REPO_ROOT) / VARIATION_FILE
     record = json.loads(path.read_text()) if path.is_file() else {}
@@ -59,26 +65,33 @@ def measured_tolerance(chapter: str, table: str, rows=None, root: str | Path | N
     if rows is None:
         return float(entry["tolerance"]), entry
     per_row = [m.get("rows") for m in entry["measurements"]]
-    if any(r is None for r in per_row):   # a measurement without per-row numbers: the table's
+    if any(r is None for r in per_row):  # a measurement without per-row numbers: the table's
         return float(entry["tolerance"]), entry
     return tolerance_from(r[label] for r in per_row for label in rows if label in r), entry
 
 
 def row_label(row: dict) -> str:
-    """A row's name in a results table: its first text field (``method``, ``regime``, ``query``…)."""
+    """A row's name in a results table: its first text field (``method``, ``regime``,
+    ``query``…)."""
     return next((str(v) for v in row.values() if isinstance(v, str)), "")
 
 
 def row_differences(committed: list[dict], rerun: list[dict]) -> dict[str, float]:
     """Row label → the largest absolute difference between the numbers of that row in two tables."""
     if len(committed) != len(rerun):
-        raise ValueError(f"{len(committed)} rows committed, {len(rerun)} produced: not the same table")
+        raise ValueError(
+            f"{len(committed)} rows committed, {len(rerun)} produced: not the same table"
+        )
     out = {}
-    for a, b in zip(committed, rerun):
+    for a, b in zip(committed, rerun, strict=True):
         worst = 0.0
         for k, x in a.items():
             y = b.get(k)
-            if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+            if (
+                isinstance(x, (int, float))
+                and isinstance(y, (int, float))
+                and not isinstance(x, bool)
+            ):
                 if math.isfinite(x) and math.isfinite(y):
                     worst = max(worst, abs(x - y))
         label = row_label(a)
@@ -93,24 +106,44 @@ def largest_difference(committed: list[dict], rerun: list[dict]) -> float:
 
 def committed_tables(notebook: str | Path) -> dict[str, dict]:
     """Table name → the payload :func:`save_results` left in a notebook's outputs (its metadata)."""
-    import nbformat   # the book and test extras have it; the library proper does not need it
+    import nbformat  # the book and test extras have it; the library proper does not need it
 
     nb = nbformat.read(Path(notebook), as_version=4)
-    return {out["metadata"][METADATA_KEY]["table"]: out["metadata"][METADATA_KEY]
-            for cell in nb.cells for out in cell.get("outputs", []) if out.get("metadata", {}).get(METADATA_KEY)}
+    return {
+        out["metadata"][METADATA_KEY]["table"]: out["metadata"][METADATA_KEY]
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+        if out.get("metadata", {}).get(METADATA_KEY)
+    }
 
 
 def _records(df) -> list[dict]:
     out = []
     for row in df.to_dict(orient="records"):
         # NaN (a cell with no value) becomes None: notebook metadata must be valid JSON
-        out.append({k: (None if isinstance(v, float) and not math.isfinite(v) else round(v, 6) if isinstance(v, float)
-                        else v) for k, v in row.items()})
+        out.append(
+            {
+                k: (
+                    None
+                    if isinstance(v, float) and not math.isfinite(v)
+                    else round(v, 6)
+                    if isinstance(v, float)
+                    else v
+                )
+                for k, v in row.items()
+            }
+        )
     return out
 
 
-def save_results(df, chapter: str, table: str = "results", atol: float | str = 1e-6,
-                 results_dir: str | Path | None = None, display_table: bool = True):
+def save_results(
+    df,
+    chapter: str,
+    table: str = "results",
+    atol: float | str = 1e-6,
+    results_dir: str | Path | None = None,
+    display_table: bool = True,
+):
     """Save and show a chapter's results table.
 
     Args:
@@ -120,7 +153,8 @@ def save_results(df, chapter: str, table: str = "results", atol: float | str = 1
         atol: absolute tolerance for re-runs. 1e-6 for computations without training (they are
             deterministic). ``"measured"`` for trained tables: the tolerance is the one
             ``scripts/measure_variation.py`` measured (``book/results/variation.json``), read again
-            when the re-run is checked, and a line under the table states it and how it was measured.
+            when the re-run is checked, and a line under the table states it and how it was
+            measured.
         results_dir: default: the profile's results directory.
     Returns:
         the path of the JSON file.
@@ -131,13 +165,18 @@ def save_results(df, chapter: str, table: str = "results", atol: float | str = 1
     if atol == "measured":
         tolerance, entry = measured_tolerance(chapter, table)
         if entry is None:
-            note = (f"re-run tolerance: {tolerance:g} (not measured yet: run "
-                    f"python scripts/measure_variation.py {chapter})")
+            note = (
+                f"re-run tolerance: {tolerance:g} (not measured yet: run "
+                f"python scripts/measure_variation.py {chapter})"
+            )
         else:
             runs = ", ".join(sorted({m["variant"] for m in entry["measurements"]}))
             worst = max(m["max_abs_diff"] for m in entry["measurements"])
-            note = (f"re-run tolerance: ±{tolerance:g}, twice the largest difference ({worst:.4f}) measured between "
-                    f"this table and re-runs under {runs} (scripts/measure_variation.py)")
+            note = (
+                f"re-run tolerance: ±{tolerance:g}, twice the largest difference ({worst:.4f}) "
+                "measured between "
+                f"this table and re-runs under {runs} (scripts/measure_variation.py)"
+            )
     elif not isinstance(atol, (int, float)) or isinstance(atol, bool) or not atol >= 0:
         raise ValueError(f"atol must be a non-negative number or 'measured', got {atol!r}")
     payload = {"chapter": chapter, "table": table, "atol": atol, "records": _records(df)}
@@ -147,7 +186,8 @@ def save_results(df, chapter: str, table: str = "results", atol: float | str = 1
         try:
             from IPython.display import display
 
-            # a plain (rounded) DataFrame: its text form is stable from run to run, unlike a Styler's
+            # a plain (rounded) DataFrame: its text form is stable from run to run, unlike a
+            # Styler's
             display(df.round(4), metadata={METADATA_KEY: payload})
         except ImportError:  # plain Python: print it
             print(df.to_string(index=False))
@@ -157,19 +197,27 @@ def save_results(df, chapter: str, table: str = "results", atol: float | str = 1
 
 
 def compare_records(committed: list[dict], rerun: list[dict], atol: float) -> list[str]:
-    """The differences between two tables beyond ``atol`` (numbers) or at all (text), as messages."""
+    """The differences between two tables beyond ``atol`` (numbers) or at all (text), as
+    messages."""
     problems = []
     if len(committed) != len(rerun):
         return [f"{len(committed)} rows committed, {len(rerun)} produced"]
-    for i, (a, b) in enumerate(zip(committed, rerun)):
+    for i, (a, b) in enumerate(zip(committed, rerun, strict=True)):
         if set(a) != set(b):
             problems.append(f"row {i}: columns differ: {sorted(set(a) ^ set(b))}")
             continue
         for k in a:
             x, y = a[k], b[k]
-            if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+            if (
+                isinstance(x, (int, float))
+                and isinstance(y, (int, float))
+                and not isinstance(x, bool)
+            ):
                 if not (math.isclose(x, y, abs_tol=atol) or (math.isnan(x) and math.isnan(y))):
-                    problems.append(f"row {i} ({a.get('method', a.get('query', ''))}), {k}: committed {x}, re-run {y}")
+                    problems.append(
+                        f"row {i} ({a.get('method', a.get('query', ''))}), {k}: committed {x}, "
+                        f"re-run {y}"
+                    )
             elif x != y:
                 problems.append(f"row {i}, {k}: committed {x!r}, re-run {y!r}")
     return problems

@@ -4,8 +4,8 @@ A method chapter trains many short runs (methods × pairs × seeds × premise-di
 2-core CPU they take minutes; a reader re-running the chapter, and CI, need only their results. A
 :class:`RunStore` keeps, for each run, what evaluation and the chapter's figures read — the trained
 modules (float16: a UCDIR head is 0.4 MB), the last clusters, the training history — in a folder of
-the repository, with a manifest (``RUNS.json``) that records each file's sha256, the run's settings and
-how long it trained. A stored run is used only when its settings are the ones asked for and its
+the repository, with a manifest (``RUNS.json``) that records each file's sha256, the run's settings
+and how long it trained. A stored run is used only when its settings are the ones asked for and its
 sha256 matches; otherwise the run trains and is stored again.
 
 The trained weights are always rounded to float16 before evaluation, also when the run was just
@@ -15,6 +15,7 @@ trained, so the table a chapter shows is the same whether its runs were loaded o
 again), ``off`` (train every run, read and write nothing: what ``scripts/measure_variation.py`` does
 to measure training's run-to-run variation).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,13 +38,14 @@ MODES = ("use", "retrain", "off")
 class StorableMethod(Protocol):
     """What a method gives the store (``UCDIR`` and ``IBNM`` do)."""
 
-    def trainer(self): ...                       # a :class:`~cdrlib.training.Trainer` (no checkpoint)
-    def kept_state(self) -> dict: ...            # tensors evaluation and figures need
+    def trainer(self): ...  # a :class:`~cdrlib.training.Trainer` (no checkpoint)
+    def kept_state(self) -> dict: ...  # tensors evaluation and figures need
     def load_kept_state(self, state: dict) -> None: ...
 
 
 def _cast_floats(x, dtype: torch.dtype):
-    """Floating tensors (nested in dicts) cast to ``dtype`` on the CPU: float16 to store, float32 to use."""
+    """Floating tensors (nested in dicts) cast to ``dtype`` on the CPU: float16 to store, float32 to
+    use."""
     if isinstance(x, dict):
         return {k: _cast_floats(v, dtype) for k, v in x.items()}
     if isinstance(x, torch.Tensor) and x.is_floating_point():
@@ -72,8 +74,11 @@ class RunStore:
     @classmethod
     def for_chapter(cls, chapter: str, mode: str | None = None) -> "RunStore":
         """The store of a chapter of the book: ``book/runs/<chapter>/``."""
-        return cls(REPO_ROOT / "book" / "runs" / chapter,
-                   command=f"CDR_RUN_STORE=retrain python scripts/run_chapters.py {chapter}", mode=mode)
+        return cls(
+            REPO_ROOT / "book" / "runs" / chapter,
+            command=f"CDR_RUN_STORE=retrain python scripts/run_chapters.py {chapter}",
+            mode=mode,
+        )
 
     def train_seconds(self, key: str) -> float:
         """How long the stored run ``key`` trained (NaN when it is not stored)."""
@@ -92,7 +97,8 @@ class RunStore:
         return f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.pt"
 
     def fit(self, key: str, method: StorableMethod, settings: dict) -> list[dict]:
-        """Load the run ``key`` into ``method`` if stored with these ``settings``, otherwise train it.
+        """Load the run ``key`` into ``method`` if stored with these ``settings``, otherwise train
+        it.
 
         Args:
             key: unique within the store (method name, pair, seed).
@@ -105,11 +111,18 @@ class RunStore:
         text = json.dumps(settings, sort_keys=True, default=str)
         entry = self.manifest()["runs"].get(key)
         path = self.folder / self.file_name(key)
-        if self.mode == "use" and entry is not None and entry["settings"] == text and path.is_file():
+        if (
+            self.mode == "use"
+            and entry is not None
+            and entry["settings"] == text
+            and path.is_file()
+        ):
             if file_sha256(path) != entry["sha256"]:
-                raise CheckpointError(f"the stored run {path} does not match the sha256 in {self.manifest_file}: "
-                                      f"a damaged or replaced file. Delete it (it will train again) or set "
-                                      f"CDR_RUN_STORE=retrain")
+                raise CheckpointError(
+                    f"the stored run {path} does not match the sha256 in {self.manifest_file}: "
+                    f"a damaged or replaced file. Delete it (it will train again) or set "
+                    f"CDR_RUN_STORE=retrain"
+                )
             state = load_state(path, "stored run")
             method.load_kept_state(_cast_floats(state["kept"], torch.float32))
             self.loaded += 1
@@ -118,7 +131,7 @@ class RunStore:
         history = method.trainer().fit()
         seconds = time.time() - t0
         kept = _cast_floats(method.kept_state(), torch.float16)
-        method.load_kept_state(_cast_floats(kept, torch.float32))   # evaluate exactly what is stored
+        method.load_kept_state(_cast_floats(kept, torch.float32))  # evaluate exactly what is stored
         self.trained += 1
         if self.mode != "off":
             self._write(key, path, {"kept": kept, "history": history}, text, seconds)
@@ -131,18 +144,26 @@ class RunStore:
         os.replace(tmp, path)
         manifest = self.manifest()
         manifest["command"] = self.command or manifest.get("command", "")
-        manifest["runs"][key] = {"file": path.name, "sha256": file_sha256(path), "settings": settings,
-                                 "train_seconds": round(seconds, 1)}
+        manifest["runs"][key] = {
+            "file": path.name,
+            "sha256": file_sha256(path),
+            "settings": settings,
+            "train_seconds": round(seconds, 1),
+        }
         manifest["runs"] = dict(sorted(manifest["runs"].items()))
         tmp = self.manifest_file.with_name(self.manifest_file.name + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=1) + "\n")
         os.replace(tmp, self.manifest_file)
 
     def summary(self) -> str:
-        """One line for the chapter: how many runs were loaded and trained, and how to retrain them."""
+        """One line for the chapter: how many runs were loaded and trained, and how to retrain
+        them."""
         if self.mode == "off":
             return f"{self.trained} runs trained (run store off)"
         folder = self.folder.resolve()
         shown = folder.relative_to(REPO_ROOT) if folder.is_relative_to(REPO_ROOT) else folder
-        return (f"{self.loaded} runs loaded from {shown.as_posix()}/, {self.trained} trained and stored; "
-                f"to train every run again: CDR_RUN_STORE=retrain")
+        return (
+            f"{self.loaded} runs loaded from {shown.as_posix()}/, {self.trained} trained and "
+            "stored; "
+            f"to train every run again: CDR_RUN_STORE=retrain"
+        )

@@ -1,4 +1,5 @@
-"""Exact k-nearest-neighbour search: faiss when installed (a GPU index when a GPU is there), torch otherwise.
+"""Exact k-nearest-neighbour search: faiss when installed (a GPU index when a GPU is there), torch
+otherwise.
 
 Both backends return the same thing: for every query the k best gallery items, best first, with
 exact ties ordered by gallery index (smaller first) — also at the k-th place, where the smallest
@@ -9,13 +10,20 @@ memory stays bounded (a chunk's score table, not Q×G) even for 100k × 100k.
 Similarities: ``"cosine"`` (rows L2-normalised, inner product, larger is better), ``"dot"``, and
 ``"euclidean"`` (squared distance, smaller is better; the returned values are squared distances).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .metrics import (METRICS, MetricSums, chunk_rows, label_columns, ranks_from_scores,
-                      return_freed_memory)
+from .metrics import (
+    METRICS,
+    MetricSums,
+    chunk_rows,
+    label_columns,
+    ranks_from_scores,
+    return_freed_memory,
+)
 from .validation import check_choice, check_features, check_k, check_labels, check_positive_int
 
 
@@ -35,7 +43,9 @@ def tie_order(values: torch.Tensor, indices: torch.Tensor, larger_first: bool):
     return torch.gather(vals, 1, order), torch.gather(idx_sorted, 1, order)
 
 
-def top_k_exact(scores: torch.Tensor, k: int, larger_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k_exact(
+    scores: torch.Tensor, k: int, larger_first: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best entries of every row of a score block, best first, exact ties by ascending column.
 
     ``torch.topk`` picks *some* of the entries tied at the k-th value; a stable argsort of the whole
@@ -57,17 +67,19 @@ def top_k_exact(scores: torch.Tensor, k: int, larger_first: bool = True) -> tupl
         better = s > kth if larger_first else s < kth
         tied = s == kth
         chosen = better | (tied & (tied.cumsum(1) <= k - better.sum(1, keepdim=True)))
-        cols = chosen.nonzero()[:, 1].view(len(redo), k)      # exactly k per row, in column order
+        cols = chosen.nonzero()[:, 1].view(len(redo), k)  # exactly k per row, in column order
         v[redo], i[redo] = tie_order(torch.gather(s, 1, cols), cols, larger_first)
     return v, i
 
 
-def _scores(q: torch.Tensor, g: torch.Tensor, metric: str, g_sq: torch.Tensor | None = None) -> torch.Tensor:
+def _scores(
+    q: torch.Tensor, g: torch.Tensor, metric: str, g_sq: torch.Tensor | None = None
+) -> torch.Tensor:
     """Similarities (cosine, dot) or squared Euclidean distances (Q, G) of one chunk of queries."""
     s = q @ g.T
     if metric == "euclidean":
         g_sq = (g * g).sum(1) if g_sq is None else g_sq
-        s = (q ** 2).sum(1, keepdim=True) + g_sq.unsqueeze(0) - 2 * s
+        s = (q**2).sum(1, keepdim=True) + g_sq.unsqueeze(0) - 2 * s
     return s
 
 
@@ -84,7 +96,9 @@ def knn_torch(q: torch.Tensor, g: torch.Tensor, k: int, metric: str, chunk_size:
     g_sq = (g * g).sum(1) if metric == "euclidean" else None
     vals, idxs = [], []
     for start in range(0, len(q), chunk_size):
-        v, i = top_k_exact(_scores(q[start:start + chunk_size], g, metric, g_sq), k, metric != "euclidean")
+        v, i = top_k_exact(
+            _scores(q[start : start + chunk_size], g, metric, g_sq), k, metric != "euclidean"
+        )
         vals.append(v)
         idxs.append(i)
     return torch.cat(vals), torch.cat(idxs)
@@ -103,7 +117,7 @@ def knn_faiss(q: torch.Tensor, g: torch.Tensor, k: int, metric: str, chunk_size:
     extra = 1 if k < len(g) else 0
     vals, idxs = [], []
     for start in range(0, len(q), chunk_size):
-        chunk = q[start:start + chunk_size]
+        chunk = q[start : start + chunk_size]
         v, i = index.search(np.ascontiguousarray(chunk.cpu().numpy(), dtype=np.float32), k + extra)
         v, i = torch.from_numpy(v), torch.from_numpy(i)
         redo = torch.zeros(len(v), dtype=torch.bool)
@@ -113,14 +127,22 @@ def knn_faiss(q: torch.Tensor, g: torch.Tensor, k: int, metric: str, chunk_size:
         v, i = tie_order(v[:, :k], i[:, :k], larger_first)
         if redo.any():
             rows = redo.nonzero().flatten()
-            v[rows], i[rows] = top_k_exact(_scores(chunk[rows].cpu(), g.cpu(), metric), k, larger_first)
+            v[rows], i[rows] = top_k_exact(
+                _scores(chunk[rows].cpu(), g.cpu(), metric), k, larger_first
+            )
         vals.append(v)
         idxs.append(i)
     return torch.cat(vals).to(q.device), torch.cat(idxs).to(q.device)
 
 
-def knn_search(query, gallery, k: int, metric: str = "cosine", backend: str = "auto",
-               chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_search(
+    query,
+    gallery,
+    k: int,
+    metric: str = "cosine",
+    backend: str = "auto",
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k nearest gallery items of every query.
 
     Args:
@@ -139,14 +161,26 @@ def knn_search(query, gallery, k: int, metric: str = "cosine", backend: str = "a
         backend = "faiss" if faiss_available() else "torch"
     if backend not in ("faiss", "torch"):
         raise ValueError(f"backend must be 'faiss', 'torch' or 'auto', not {backend!r}")
-    chunk_size = max(1, min(8192, (1 << 24) // len(g))) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
+    chunk_size = (
+        max(1, min(8192, (1 << 24) // len(g)))
+        if chunk_size is None
+        else check_positive_int(chunk_size, "chunk_size")
+    )
     if backend == "faiss":
         return knn_faiss(q, g, k, metric, chunk_size)
     return knn_torch(q, g, k, metric, chunk_size)
 
 
-def search_and_evaluate(query, gallery, k: int, query_labels, gallery_labels, metric: str = "cosine",
-                        ks=None, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def search_and_evaluate(
+    query,
+    gallery,
+    k: int,
+    query_labels,
+    gallery_labels,
+    metric: str = "cosine",
+    ks=None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The k nearest gallery items of every query and every label-based metric, from one pass.
 
     :func:`knn_search` followed by :func:`cdrlib.metrics.retrieval_metrics` computes the Q × G
@@ -172,7 +206,9 @@ def search_and_evaluate(query, gallery, k: int, query_labels, gallery_labels, me
     k = check_k(k, len(g))
     ql = check_labels(query_labels, "query_labels", len(q))
     gl = check_labels(gallery_labels, "gallery_labels", len(g))
-    step = chunk_rows(len(g)) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
+    step = (
+        chunk_rows(len(g)) if chunk_size is None else check_positive_int(chunk_size, "chunk_size")
+    )
     relevance = label_columns(ql.to(q.device), gl.to(q.device))
     larger_first = metric != "euclidean"
     g_sq = (g * g).sum(1) if metric == "euclidean" else None

@@ -17,6 +17,7 @@ faster on these small problems). Batched over a leading dimension, stopped by a 
 row marginals or an iteration cap, differentiable by autograd.
 Used by the centroid form of distance-of-distance (``dod="seed"``, UCDIR chapters).
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,8 @@ SCALING_MAX_SPREAD = 100.0
 
 @dataclass
 class SinkhornResult:
-    """plan: (B, n, m) or (n, m); f, g: dual potentials; iterations run; err: final row-marginal L1 error."""
+    """plan: (B, n, m) or (n, m); f, g: dual potentials; iterations run; err: final row-marginal L1
+    error."""
 
     plan: torch.Tensor
     f: torch.Tensor
@@ -43,9 +45,16 @@ class SinkhornResult:
     err: float
 
 
-def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor | None = None,
-             eps: float = 0.05, max_iter: int = 1000, tol: float = 1e-6, method: str = "auto",
-             warn: bool = True) -> SinkhornResult:
+def sinkhorn(
+    cost: torch.Tensor,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    eps: float = 0.05,
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+    method: str = "auto",
+    warn: bool = True,
+) -> SinkhornResult:
     """Entropic OT plan(s) between a and b under ``cost``.
 
     Args:
@@ -53,13 +62,15 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
         a: (n,) or (B, n) source marginal, positive; default uniform 1/n.
         b: (m,) or (B, m) target marginal, positive, same total mass as a; default uniform 1/m.
         eps: entropic regularisation ε > 0 (smaller: closer to the exact plan, slower to converge).
-        max_iter: iteration cap. tol: stop when ``sum_i abs(P 1 − a)_i < tol`` for every problem of the batch.
+        max_iter: iteration cap. tol: stop when ``sum_i abs(P 1 − a)_i < tol`` for every problem of
+            the batch.
         method: ``"log"`` (any ε), ``"scaling"`` (float64; only where the cost spread is at most
             ``SCALING_MAX_SPREAD`` ε) or ``"auto"`` (scaling where it is safe, else log).
-        warn: warn when ``max_iter`` ends before ``tol`` is reached (the plan's marginals are then off
-            by ``err``); callers that use only each row's argmax may turn it off.
+        warn: warn when ``max_iter`` ends before ``tol`` is reached (the plan's marginals are then
+            off by ``err``); callers that use only each row's argmax may turn it off.
     Returns:
-        plan, f, g in the cost's dtype; both methods give the same potentials (f absorbs the cost's minimum).
+        plan, f, g in the cost's dtype; both methods give the same potentials (f absorbs the cost's
+        minimum).
     """
     cost = as_tensor(cost, "cost")
     if not cost.is_floating_point():
@@ -78,23 +89,45 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
     single = cost.dim() == 2
     c = cost.unsqueeze(0) if single else cost
     bsz, n, m = c.shape
-    a = torch.full((bsz, n), 1.0 / n, dtype=c.dtype, device=c.device) if a is None else _marginal(a, "a", n, c)
-    b = torch.full((bsz, m), 1.0 / m, dtype=c.dtype, device=c.device) if b is None else _marginal(b, "b", m, c)
+    a = (
+        torch.full((bsz, n), 1.0 / n, dtype=c.dtype, device=c.device)
+        if a is None
+        else _marginal(a, "a", n, c)
+    )
+    b = (
+        torch.full((bsz, m), 1.0 / m, dtype=c.dtype, device=c.device)
+        if b is None
+        else _marginal(b, "b", m, c)
+    )
     if (a <= 0).any() or (b <= 0).any():
         raise ValueError("marginals must be positive (drop empty bins first)")
     if not torch.allclose(a.sum(-1), b.sum(-1), rtol=1e-5, atol=1e-8):
-        raise ValueError(f"a and b must have the same total mass, got {a.sum(-1).tolist()} and {b.sum(-1).tolist()}")
+        raise ValueError(
+            f"a and b must have the same total mass, got {a.sum(-1).tolist()} and "
+            f"{b.sum(-1).tolist()}"
+        )
     low = c.amin(dim=(1, 2), keepdim=True)
     safe = bool(((c.amax(dim=(1, 2), keepdim=True) - low) <= SCALING_MAX_SPREAD * eps).all())
     if method == "scaling" and not safe:
-        raise ValueError(f"the scaling form would underflow: the cost spread exceeds {SCALING_MAX_SPREAD:g} ε "
-                         f"(ε = {eps}); use method='log' or 'auto'")
-    solve = scaling_iterations if method == "scaling" or (method == "auto" and safe) else log_domain_iterations
+        raise ValueError(
+            f"the scaling form would underflow: the cost spread exceeds {SCALING_MAX_SPREAD:g} ε "
+            f"(ε = {eps}); use method='log' or 'auto'"
+        )
+    solve = (
+        scaling_iterations
+        if method == "scaling" or (method == "auto" and safe)
+        else log_domain_iterations
+    )
     plan, f, g, it, err = solve(c, a, b, eps, max_iter, tol)
     plan, f, g = plan.to(c.dtype), f.to(c.dtype), g.to(c.dtype)
     if warn and tol > 0 and err >= tol:
-        warnings.warn(f"Sinkhorn stopped at max_iter={max_iter} with a row-marginal error of {err:.2e} > tol={tol:g}: "
-                      f"raise max_iter or eps, or loosen tol", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"Sinkhorn stopped at max_iter={max_iter} with a row-marginal error of {err:.2e} > "
+            f"tol={tol:g}: "
+            f"raise max_iter or eps, or loosen tol",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if single:
         plan, f, g = plan[0], f[0], g[0]
     return SinkhornResult(plan, f, g, it, err)
@@ -103,8 +136,10 @@ def sinkhorn(cost: torch.Tensor, a: torch.Tensor | None = None, b: torch.Tensor 
 def _marginal(x, name: str, size: int, c: torch.Tensor) -> torch.Tensor:
     t = as_tensor(x, name).to(c)
     if t.shape[-1] != size or t.dim() > 2:
-        raise ValueError(f"{name} must be ({size},) or (B, {size}) for a cost of shape {tuple(c.shape)}, "
-                         f"got {tuple(t.shape)}")
+        raise ValueError(
+            f"{name} must be ({size},) or (B, {size}) for a cost of shape {tuple(c.shape)}, "
+            f"got {tuple(t.shape)}"
+        )
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} holds NaN or infinite values")
     return t.expand(c.shape[0], size)
@@ -119,7 +154,8 @@ def _checks(it: int, max_iter: int) -> bool:
 def log_domain_iterations(c, a, b, eps, max_iter, tol):
     """The dual updates with log-sum-exp, for any ε.
 
-    Args: c (B, n, m) costs, a (B, n) and b (B, m) marginals. Returns ``(plan, f, g, iterations, err)``; :func:`sinkhorn` checks the input.
+    Args: c (B, n, m) costs, a (B, n) and b (B, m) marginals. Returns ``(plan, f, g, iterations,
+        err)``; :func:`sinkhorn` checks the input.
     """
     log_a, log_b = a.log(), b.log()
     f = torch.zeros_like(a)
@@ -141,8 +177,8 @@ def scaling_iterations(c, a, b, eps, max_iter, tol):
     """u ← a / (K v), v ← b / (Kᵀ u) with K = exp(−(C − min C)/ε), in float64 (arguments and result
     as :func:`log_domain_iterations`; only for a cost spread of at most ``SCALING_MAX_SPREAD`` ε).
 
-    Subtracting each problem's minimum cost keeps K ≤ 1 without changing the plan; u = exp((f − min C)/ε)
-    and v = exp(g/ε) are the log form's iterates, so the returned potentials are the same.
+    Subtracting each problem's minimum cost keeps K ≤ 1 without changing the plan; u = exp((f − min
+    C)/ε) and v = exp(g/ε) are the log form's iterates, so the returned potentials are the same.
     """
     c64, a64, b64 = c.double(), a.double(), b.double()
     low = c64.amin(dim=(1, 2), keepdim=True)

@@ -4,6 +4,7 @@ PCME's text encoder is GloVe + a bidirectional GRU; the default profile may not 
 the word embeddings are learnt from the captions themselves (the paper profile can load GloVe into
 :attr:`BiGRUText.embed`).
 """
+
 from __future__ import annotations
 
 import re
@@ -22,7 +23,8 @@ def words(caption: str) -> list[str]:
 
 
 class Vocabulary:
-    """Word ↔ id; id 0 is padding, id 1 stands for words never seen when the vocabulary was built."""
+    """Word ↔ id; id 0 is padding, id 1 stands for words never seen when the vocabulary was
+    built."""
 
     def __init__(self, tokens: Sequence[str]):
         self.itos = [PAD, UNK, *tokens]
@@ -42,7 +44,7 @@ class Vocabulary:
         t = max(len(r) for r in rows)
         ids = torch.zeros(len(rows), t, dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r)
+            ids[i, : len(r)] = torch.tensor(r)
         return ids, ids != 0
 
 
@@ -61,8 +63,12 @@ class BiGRUText(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor):
         lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.embed(ids), lengths, batch_first=True, enforce_sorted=False
+        )
         out, _ = self.gru(packed)
-        local, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        local, _ = nn.utils.rnn.pad_packed_sequence(
+            out, batch_first=True, total_length=ids.shape[1]
+        )
         pooled = (local * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return pooled, local

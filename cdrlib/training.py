@@ -11,6 +11,7 @@ configuration as JSON text), so it loads with ``weights_only=True`` (:mod:`cdrli
 it carries a digest of its contents, so a damaged file is refused, and its configuration, so that
 resuming with different settings is refused with the fields that differ.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,8 @@ class Trainer:
         batches: ``batches(epoch, generator) -> iterable`` of batches for one epoch.
         epochs: the number of epochs to reach.
         checkpoint: where the run is saved after each epoch (``None``: not saved).
-        on_epoch_end: ``f(epoch) -> dict`` (re-clustering, evaluation); its numbers join the history.
+        on_epoch_end: ``f(epoch) -> dict`` (re-clustering, evaluation); its numbers join the
+            history.
         extra_state: name → object with ``state_dict``/``load_state_dict`` (memory banks, …).
         seed: seeds the data order and the generators.
         config: the run's settings (JSON-serialisable); a checkpoint written with other settings is
@@ -89,7 +91,9 @@ class Trainer:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
-            raise CheckpointError(f"cannot write the run checkpoint {path}: {e}; choose a writable folder") from None
+            raise CheckpointError(
+                f"cannot write the run checkpoint {path}: {e}; choose a writable folder"
+            ) from None
 
     def resume(self) -> int:
         """Load the checkpoint if there is one; return the first epoch still to run."""
@@ -97,11 +101,15 @@ class Trainer:
             return 0
         state = load_state(self.checkpoint, "run checkpoint")
         if "digest" not in state:
-            raise CheckpointError(f"the checkpoint {self.checkpoint} does not belong to this run (it has no digest: "
-                                  f"another program or an older cdrlib wrote it): delete it to start afresh")
+            raise CheckpointError(
+                f"the checkpoint {self.checkpoint} does not belong to this run (it has no digest: "
+                f"another program or an older cdrlib wrote it): delete it to start afresh"
+            )
         if state["digest"] != state_digest({k: v for k, v in state.items() if k != "digest"}):
-            raise CheckpointError(f"the run checkpoint {self.checkpoint} is damaged (its contents do not match "
-                                  f"the digest written with them): delete it to start afresh")
+            raise CheckpointError(
+                f"the run checkpoint {self.checkpoint} is damaged (its contents do not match "
+                f"the digest written with them): delete it to start afresh"
+            )
         if self.config is not None and state.get("config") is not None:
             saved = json.loads(state["config"])
             now = json.loads(_config_text(self.config))
@@ -109,8 +117,11 @@ class Trainer:
             if changed:
                 raise CheckpointError(
                     f"the run checkpoint {self.checkpoint} was written with other settings: "
-                    + ", ".join(f"{k} = {saved.get(k)!r} there, {now.get(k)!r} now" for k in changed)
-                    + ". Resume with the same settings, or write this run elsewhere.")
+                    + ", ".join(
+                        f"{k} = {saved.get(k)!r} there, {now.get(k)!r} now" for k in changed
+                    )
+                    + ". Resume with the same settings, or write this run elsewhere."
+                )
         try:
             for k, m in self.modules.items():
                 m.load_state_dict(state["modules"][k])
@@ -119,8 +130,11 @@ class Trainer:
                 v.load_state_dict(state["extra"][k])
         except (RuntimeError, KeyError, ValueError, EOFError) as e:
             raise RuntimeError(
-                f"the checkpoint {self.checkpoint} does not belong to this run (another model, configuration or "
-                f"a damaged file): delete it to start afresh, or write this run elsewhere. ({str(e)[:200]})") from None
+                f"the checkpoint {self.checkpoint} does not belong to this run (another model, "
+                "configuration or "
+                "a damaged file): delete it to start afresh, or write this run elsewhere. "
+                f"({str(e)[:200]})"
+            ) from None
         self.history = state["history"]
         set_rng_state(state["rng"])
         return state["epoch"] + 1
@@ -134,13 +148,16 @@ class Trainer:
                 m.train()
             gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             sums, n = {}, 0
-            for batch in progress(self.batches(epoch, gen), desc=f"epoch {epoch + 1}/{self.epochs}"):
+            for batch in progress(
+                self.batches(epoch, gen), desc=f"epoch {epoch + 1}/{self.epochs}"
+            ):
                 for k, v in self.step(batch, epoch).items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n += 1
             row = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}}
             if self.on_epoch_end is not None:
-                # plain floats: the history is saved in checkpoints that load without unpickling objects
+                # plain floats: the history is saved in checkpoints that load without unpickling
+                # objects
                 row.update({k: _plain(v) for k, v in (self.on_epoch_end(epoch) or {}).items()})
             self.history.append(row)
             if self.checkpoint is not None:
@@ -165,19 +182,33 @@ def _config_text(config: dict | None) -> str | None:
 
 def rng_state() -> dict:
     """The torch, NumPy and Python generators' states as tensors and plain values (loadable with
-    ``weights_only=True``; NumPy's and Python's own forms are a tuple with an array and a pickle)."""
+    ``weights_only=True``; NumPy's and Python's own forms are a tuple with an array and a
+    pickle)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, words, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
-            "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss_next}}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {
+            "version": version,
+            "words": torch.tensor(words, dtype=torch.int64),
+            "gauss": gauss_next,
+        },
+    }
 
 
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(w) for w in p["words"].tolist()), p["gauss"]))

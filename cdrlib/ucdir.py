@@ -1,4 +1,5 @@
-"""UCDIR's losses (Hu & Lee, ECCV 2022): instance-wise, cluster-wise, self-entropy, distance-of-distance.
+"""UCDIR's losses (Hu & Lee, ECCV 2022): instance-wise, cluster-wise, self-entropy,
+distance-of-distance.
 
 Notation: ``q`` (B, d) are L2-normalised embeddings of the query encoder, ``k`` of the momentum
 (key) encoder, ``bank`` (N, d) the domain's memory bank (one key per image id), ``centroids``
@@ -7,6 +8,7 @@ Notation: ``q`` (B, d) are L2-normalised embeddings of the query encoder, ``k`` 
 The training loop, memory banks and clustering that feed these are :mod:`cdrlib.ucdir_train`;
 the book's notation page writes every loss out.
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,29 +17,44 @@ import torch.nn.functional as F
 from .sinkhorn import sinkhorn
 
 
-def instance_wise_loss(q: torch.Tensor, k: torch.Tensor, bank: torch.Tensor, ids: torch.Tensor,
-                       temperature: float = 0.2) -> torch.Tensor:
+def instance_wise_loss(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    bank: torch.Tensor,
+    ids: torch.Tensor,
+    temperature: float = 0.2,
+) -> torch.Tensor:
     """L_IW: InfoNCE with the own key as positive and the bank minus the own entry as negatives.
 
     Args:
         q, k: (B, d); bank: (N, d); ids: (B,) the images' indices in the bank.
     """
-    pos = (q * k).sum(1, keepdim=True)                          # (B, 1)
-    neg = q @ bank.T                                            # (B, N)
-    neg = neg.scatter(1, ids.view(-1, 1), float("-inf"))        # the own id is not a negative
+    pos = (q * k).sum(1, keepdim=True)  # (B, 1)
+    neg = q @ bank.T  # (B, N)
+    neg = neg.scatter(1, ids.view(-1, 1), float("-inf"))  # the own id is not a negative
     logits = torch.cat([pos, neg], dim=1) / temperature
     return -torch.log_softmax(logits, dim=1)[:, 0].mean()
 
 
-def cluster_confidence(k: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
-                       temperature: float = 0.2) -> torch.Tensor:
+def cluster_confidence(
+    k: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, temperature: float = 0.2
+) -> torch.Tensor:
     """softmax(k · Cᵀ / T) at each anchor's own cluster, (B,)."""
-    return torch.softmax(k @ centroids.T / temperature, dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+    return (
+        torch.softmax(k @ centroids.T / temperature, dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+    )
 
 
-def cluster_wise_loss(q: torch.Tensor, k: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
-                      labels: torch.Tensor, centroids: torch.Tensor, temperature: float = 0.2,
-                      threshold: float = 0.2) -> torch.Tensor:
+def cluster_wise_loss(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    labels: torch.Tensor,
+    centroids: torch.Tensor,
+    temperature: float = 0.2,
+    threshold: float = 0.2,
+) -> torch.Tensor:
     """L_CW: −mean over the bank entries of the anchor's cluster of log softmax(q · bank / T).
 
     Only anchors whose key is confidently in its cluster (:func:`cluster_confidence` > threshold)
@@ -46,8 +63,8 @@ def cluster_wise_loss(q: torch.Tensor, k: torch.Tensor, bank: torch.Tensor, bank
     Args:
         bank_labels: (N,) cluster of every bank entry; labels: (B,) cluster of each anchor.
     """
-    log_p = torch.log_softmax(q @ bank.T / temperature, dim=1)          # (B, N)
-    same = (labels.view(-1, 1) == bank_labels.view(1, -1)).to(log_p)    # positives
+    log_p = torch.log_softmax(q @ bank.T / temperature, dim=1)  # (B, N)
+    same = (labels.view(-1, 1) == bank_labels.view(1, -1)).to(log_p)  # positives
     per_anchor = -(log_p * same).sum(1) / same.sum(1).clamp(min=1)
     keep = cluster_confidence(k, centroids, labels, temperature) > threshold
     return per_anchor[keep].mean() if keep.any() else q.sum() * 0
@@ -59,11 +76,17 @@ def self_entropy(q: torch.Tensor, centroids: torch.Tensor, tau: float) -> torch.
     return -(log_p.exp() * log_p).sum(1).mean()
 
 
-def self_entropy_loss(q_a: torch.Tensor, q_b: torch.Tensor, c_a: torch.Tensor, c_b: torch.Tensor,
-                      tau: float = 0.01) -> torch.Tensor:
-    """L_SE: the four terms (queries of A and of B, against the centroids of A and of B), averaged."""
-    return (self_entropy(q_a, c_a, tau) + self_entropy(q_a, c_b, tau)
-            + self_entropy(q_b, c_a, tau) + self_entropy(q_b, c_b, tau)) / 4
+def self_entropy_loss(
+    q_a: torch.Tensor, q_b: torch.Tensor, c_a: torch.Tensor, c_b: torch.Tensor, tau: float = 0.01
+) -> torch.Tensor:
+    """L_SE: the four terms (queries of A and of B, against the centroids of A and of B),
+    averaged."""
+    return (
+        self_entropy(q_a, c_a, tau)
+        + self_entropy(q_a, c_b, tau)
+        + self_entropy(q_b, c_a, tau)
+        + self_entropy(q_b, c_b, tau)
+    ) / 4
 
 
 def _pattern_distances(q: torch.Tensor, centroids: torch.Tensor, tau: float) -> torch.Tensor:
@@ -72,13 +95,14 @@ def _pattern_distances(q: torch.Tensor, centroids: torch.Tensor, tau: float) -> 
     return 1 - p @ p.T
 
 
-def dod_loss_code(q_a: torch.Tensor, q_b: torch.Tensor, c_a: torch.Tensor, c_b: torch.Tensor,
-                  tau: float = 0.01) -> torch.Tensor:
+def dod_loss_code(
+    q_a: torch.Tensor, q_b: torch.Tensor, c_a: torch.Tensor, c_b: torch.Tensor, tau: float = 0.01
+) -> torch.Tensor:
     """Distance-of-distance as the official code computes it (no matching of centroids).
 
     For the queries of each domain, the distance patterns of the batch measured against A's
-    centroids and against B's must agree: mean_i ‖D_A[i] − D_B[i]‖², for A's and B's queries, averaged.
-    Cluster order never matters: only distances between batch items are compared.
+    centroids and against B's must agree: mean_i ‖D_A[i] − D_B[i]‖², for A's and B's queries,
+    averaged. Cluster order never matters: only distances between batch items are compared.
     """
     out = 0.0
     for q in (q_a, q_b):
@@ -87,16 +111,24 @@ def dod_loss_code(q_a: torch.Tensor, q_b: torch.Tensor, c_a: torch.Tensor, c_b: 
     return out / 2
 
 
-def match_centroids(c_a: torch.Tensor, c_b: torch.Tensor, eps: float = 0.05, max_iter: int = 1000) -> torch.Tensor:
-    """The centroid form's matching: entropic OT between the centroids (uniform 1/K, cost ‖c_i − c_j‖²),
-    then each centroid of A is matched to the centroid of B with the largest plan entry. Returns π (K,)."""
+def match_centroids(
+    c_a: torch.Tensor, c_b: torch.Tensor, eps: float = 0.05, max_iter: int = 1000
+) -> torch.Tensor:
+    """The centroid form's matching: entropic OT between the centroids (uniform 1/K, cost ‖c_i −
+    c_j‖²), then each centroid of A is matched to the centroid of B with the largest plan entry.
+    Returns π (K,)."""
     # only each row's argmax is used: a plan whose marginals are off by 1e-5 gives the same one
     plan = sinkhorn(torch.cdist(c_a, c_b) ** 2, eps=eps, max_iter=max_iter, warn=False).plan
     return plan.argmax(dim=1)
 
 
-def dod_loss_seed(c_a: torch.Tensor, c_b: torch.Tensor, matching: torch.Tensor | None = None,
-                  eps: float = 0.05, reduction: str = "sum") -> torch.Tensor:
+def dod_loss_seed(
+    c_a: torch.Tensor,
+    c_b: torch.Tensor,
+    matching: torch.Tensor | None = None,
+    eps: float = 0.05,
+    reduction: str = "sum",
+) -> torch.Tensor:
     """Distance-of-distance, the centroid form (``dod="seed"``):
     ``Σ_ij abs(d(c_i^A, c_j^A) − d(c_π(i)^B, c_π(j)^B))``.
 
@@ -109,7 +141,8 @@ def dod_loss_seed(c_a: torch.Tensor, c_b: torch.Tensor, matching: torch.Tensor |
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     pi = match_centroids(c_a.detach(), c_b.detach(), eps) if matching is None else matching
-    # cdist's gradient is NaN at zero distance (the diagonal): compute the distances from the Gram matrix
+    # cdist's gradient is NaN at zero distance (the diagonal): compute the distances from the Gram
+    # matrix
     d_a = _pairwise_distances(c_a)
     d_b = _pairwise_distances(c_b[pi])
     out = (d_a - d_b).abs()
@@ -129,18 +162,23 @@ def _pairwise_distances(c: torch.Tensor) -> torch.Tensor:
     return torch.where(eye, torch.zeros_like(d2), d2.sqrt())
 
 
-def batch_centroids(bank: torch.Tensor, bank_labels: torch.Tensor, ids: torch.Tensor, q: torch.Tensor,
-                    k: int) -> torch.Tensor:
-    """Cluster centroids (k, d) of a memory bank whose batch entries are replaced by the current queries.
+def batch_centroids(
+    bank: torch.Tensor, bank_labels: torch.Tensor, ids: torch.Tensor, q: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Cluster centroids (k, d) of a memory bank whose batch entries are replaced by the current
+    queries.
 
     The k-means centroids are constants of the step; these are the same clusters seen through the
     current query encoder, so a loss on them reaches the network. L2-normalised like the k-means
     centroids; an empty cluster gives a zero row.
 
     Args:
-        bank: (N, d); bank_labels: (N,) cluster of each entry; ids: (B,) the batch's bank ids (distinct);
+        bank: (N, d); bank_labels: (N,) cluster of each entry; ids: (B,) the batch's bank ids
+            (distinct);
         q: (B, d) the batch's queries; k: number of clusters.
     """
-    sums = torch.zeros(k, bank.shape[1], dtype=bank.dtype, device=bank.device).index_add_(0, bank_labels, bank)
+    sums = torch.zeros(k, bank.shape[1], dtype=bank.dtype, device=bank.device).index_add_(
+        0, bank_labels, bank
+    )
     sums = sums.index_add(0, bank_labels[ids], q - bank[ids])
     return F.normalize(sums, dim=1)

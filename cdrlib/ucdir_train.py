@@ -1,4 +1,5 @@
-"""UCDIR training: two domains, a memory bank each, momentum keys, k-means every epoch (Hu & Lee, ECCV 2022).
+"""UCDIR training: two domains, a memory bank each, momentum keys, k-means every epoch (Hu & Lee,
+ECCV 2022).
 
 The loss of one step is
 
@@ -20,6 +21,7 @@ The images of a domain are given in one of three forms:
   papers fine-tune the whole backbone; on 2 CPU cores that costs about 12 s per epoch (minutes per
   run), so the chapters train the head and say so.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -44,30 +46,31 @@ from .training import Trainer
 
 @dataclass
 class UCDIRConfig:
-    """Hyper-parameters; the defaults are the embedded-data ones, :meth:`paper` gives the papers'."""
+    """Hyper-parameters; the defaults are the embedded-data ones, :meth:`paper` gives the
+    papers'."""
 
     backbone: str = "emoji-resnet"
     image_size: int = 64
     proj_hidden: int = 512
     proj_dim: int = 128
     epochs: int = 12
-    batch_size: int = 64            # per domain
+    batch_size: int = 64  # per domain
     lr: float = 0.03
     momentum: float = 0.9
     weight_decay: float = 1e-4
     key_momentum: float = 0.99
     temperature: float = 0.2
-    k: int = 54                     # clusters per domain
-    warmup_epoch: int = 2           # L_CW starts (and k-means runs) from this epoch on
-    w_cw: float = 1.0               # the maximum of the ramp
+    k: int = 54  # clusters per domain
+    warmup_epoch: int = 2  # L_CW starts (and k-means runs) from this epoch on
+    w_cw: float = 1.0  # the maximum of the ramp
     se_epoch: int = 6
     w_se: float = 0.5
     tau_se: float = 0.1
     dd_epoch: int = 6
     w_dd: float = 0.1
-    dod: str | None = None          # None, "code" or "seed"
-    tau_dd: float = 0.01            # "code": the temperature of the distance patterns
-    sinkhorn_eps: float = 0.05      # "seed": ε of the centroid matching
+    dod: str | None = None  # None, "code" or "seed"
+    tau_dd: float = 0.01  # "code": the temperature of the distance patterns
+    sinkhorn_eps: float = 0.05  # "seed": ε of the centroid matching
     use_cw: bool = True
     use_se: bool = True
     kmeans_niter: int = 20
@@ -76,19 +79,37 @@ class UCDIRConfig:
 
     @staticmethod
     def frozen(**overrides) -> "UCDIRConfig":
-        """The chapters' CPU setting: the head trains on cached views of the frozen backbone, so epochs
-        are cheap; the schedule keeps the papers' proportions (clusters from 10%, SE and DoD from 50%).
-        ``overrides`` change any field (``k=`` the number of classes of one's own data)."""
-        return UCDIRConfig(**{"epochs": 30, "warmup_epoch": 3, "se_epoch": 15, "dd_epoch": 15, **overrides})
+        """The chapters' CPU setting: the head trains on cached views of the frozen backbone, so
+        epochs are cheap; the schedule keeps the papers' proportions (clusters from 10%, SE and DoD
+        from 50%). ``overrides`` change any field (``k=`` the number of classes of one's own
+        data)."""
+        return UCDIRConfig(
+            **{"epochs": 30, "warmup_epoch": 3, "se_epoch": 15, "dd_epoch": 15, **overrides}
+        )
 
     @staticmethod
     def paper(dataset: str = "office_home") -> "UCDIRConfig":
         """The paper's settings for Office-Home or DomainNet."""
         oh = dataset == "office_home"
-        return UCDIRConfig(backbone="moco-v2-resnet50", image_size=224, proj_hidden=2048, proj_dim=128, epochs=200,
-                           batch_size=64, lr=2e-4, key_momentum=0.999, k=65 if oh else 7, warmup_epoch=20,
-                           w_cw=0.5 if oh else 1.0, se_epoch=100, w_se=1.0 if oh else 0.5,
-                           tau_se=0.01 if oh else 0.1, dd_epoch=100, w_dd=0.5 if oh else 0.1, dod="code")
+        return UCDIRConfig(
+            backbone="moco-v2-resnet50",
+            image_size=224,
+            proj_hidden=2048,
+            proj_dim=128,
+            epochs=200,
+            batch_size=64,
+            lr=2e-4,
+            key_momentum=0.999,
+            k=65 if oh else 7,
+            warmup_epoch=20,
+            w_cw=0.5 if oh else 1.0,
+            se_epoch=100,
+            w_se=1.0 if oh else 0.5,
+            tau_se=0.01 if oh else 0.1,
+            dd_epoch=100,
+            w_dd=0.5 if oh else 0.1,
+            dod="code",
+        )
 
 
 class Encoder(nn.Module):
@@ -97,15 +118,19 @@ class Encoder(nn.Module):
     def __init__(self, backbone: nn.Module, hidden: int, out: int):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(getattr(backbone, "num_features", 2048), hidden),
-                                  nn.ReLU(inplace=True), nn.Linear(hidden, out))
+        self.head = nn.Sequential(
+            nn.Linear(getattr(backbone, "num_features", 2048), hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, out),
+        )
 
     def forward(self, x):
         return F.normalize(self.head(self.backbone(x)), dim=1)
 
 
 class FrozenFeatures(nn.Module):
-    """The identity on cached backbone features (N, D): the encoder's "backbone" when it is frozen."""
+    """The identity on cached backbone features (N, D): the encoder's "backbone" when it is
+    frozen."""
 
     def __init__(self, num_features: int):
         super().__init__()
@@ -116,14 +141,23 @@ class FrozenFeatures(nn.Module):
 
 
 @torch.no_grad()
-def cache_view_features(backbone: nn.Module, images: torch.Tensor, n_views: int = 16, image_size: int = 64,
-                        batch_size: int = 256, device="cpu", seed: int = 0) -> torch.Tensor:
+def cache_view_features(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    n_views: int = 16,
+    image_size: int = 64,
+    batch_size: int = 256,
+    device="cpu",
+    seed: int = 0,
+) -> torch.Tensor:
     """Backbone features of ``n_views`` views of every image: (N, n_views, D).
 
     View 0 is the un-augmented image, views 1.. are :class:`TwoViewAugment` draws (seeded).
     """
     if n_views < 3:
-        raise ValueError(f"n_views must be at least 3 (the plain view and two augmented ones), got {n_views}")
+        raise ValueError(
+            f"n_views must be at least 3 (the plain view and two augmented ones), got {n_views}"
+        )
     gen_state = torch.get_rng_state()
     torch.manual_seed(seed)
     augment = TwoViewAugment(image_size)
@@ -131,7 +165,7 @@ def cache_view_features(backbone: nn.Module, images: torch.Tensor, n_views: int 
     backbone.eval().to(device)
     out = []
     for i in progress(range(0, len(images), batch_size), desc="caching view features"):
-        x = images[i:i + batch_size].to(device)
+        x = images[i : i + batch_size].to(device)
         views = [normalize(x)] + [augment(x) for _ in range(n_views - 1)]
         out.append(torch.stack([backbone(v).cpu() for v in views], dim=1))
     backbone.train(was)
@@ -149,8 +183,10 @@ class TrainingViews:
         if self.cached and images.shape[1] < 3:
             raise ValueError("cached view features need at least 3 views (N, V>=3, D)")
         if not self.cached and not self.files and images.dim() != 4:
-            raise ValueError(f"images must be (N, 3, H, W), (N, V, D) features or a DomainDataset, "
-                             f"got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be (N, 3, H, W), (N, V, D) features or a DomainDataset, "
+                f"got shape {tuple(images.shape)}"
+            )
         self.augment = TwoViewAugment(image_size)
         self.pool = ThreadPoolExecutor(workers) if self.files else None
 
@@ -209,11 +245,22 @@ class UCDIR:
             instead of Sinkhorn's matching (chapter 05's premise dial).
     """
 
-    def __init__(self, cfg: UCDIRConfig, images_a, images_b, backbone: nn.Module, device="cpu",
-                 relabel=None, matching=None):
+    def __init__(
+        self,
+        cfg: UCDIRConfig,
+        images_a,
+        images_b,
+        backbone: nn.Module,
+        device="cpu",
+        relabel=None,
+        matching=None,
+    ):
         self.cfg, self.device = cfg, torch.device(device)
-        self.relabel, self.matching = relabel, matching   # the premise dials' hooks (see above)
-        self.views = {"A": TrainingViews(images_a, cfg.image_size), "B": TrainingViews(images_b, cfg.image_size)}
+        self.relabel, self.matching = relabel, matching  # the premise dials' hooks (see above)
+        self.views = {
+            "A": TrainingViews(images_a, cfg.image_size),
+            "B": TrainingViews(images_b, cfg.image_size),
+        }
         if self.views["A"].cached != self.views["B"].cached:
             raise ValueError("give both domains as images or both as cached view features")
         self.frozen_backbone = None
@@ -223,36 +270,52 @@ class UCDIR:
         torch.manual_seed(cfg.seed)
         self.encoder = Encoder(backbone, cfg.proj_hidden, cfg.proj_dim).to(self.device)
         self.key_encoder = momentum_copy(self.encoder)
-        self.banks = {d: MemoryBank(len(v), cfg.proj_dim, seed=cfg.seed + i, device=self.device)
-                      for i, (d, v) in enumerate(self.views.items())}
+        self.banks = {
+            d: MemoryBank(len(v), cfg.proj_dim, seed=cfg.seed + i, device=self.device)
+            for i, (d, v) in enumerate(self.views.items())
+        }
         self.clusters = _Clusters()
         self.model = self.encoder
         if rank_and_world_size()[1] > 1:
             # The encoder runs twice a step (domain A, then B). With DDP's default buffer broadcast
             # before every forward, the second forward overwrites BatchNorm buffers that the first
-            # one's graph saved (an in-place error on rank 1 under torch 2.11); each process keeps its
+            # one's graph saved (an in-place error on rank 1 under torch 2.11); each process keeps
+            # its
             # own statistics instead, and the checkpoint and evaluation take rank 0's.
             self.model = nn.parallel.DistributedDataParallel(self.encoder, broadcast_buffers=False)
-        self.optimizer = torch.optim.SGD(self.encoder.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.encoder.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )
 
     # -- schedule
     def weights(self, epoch: int) -> dict:
         c = self.cfg
-        ramp = 0.0 if epoch < c.warmup_epoch else min(1.0, (epoch - c.warmup_epoch + 1) / max(1, c.epochs - c.warmup_epoch))
-        return {"cw": c.w_cw * ramp if c.use_cw else 0.0,
-                "se": c.w_se if (c.use_se and epoch >= c.se_epoch) else 0.0,
-                "dd": c.w_dd if (c.dod and epoch >= c.dd_epoch) else 0.0}
+        ramp = (
+            0.0
+            if epoch < c.warmup_epoch
+            else min(1.0, (epoch - c.warmup_epoch + 1) / max(1, c.epochs - c.warmup_epoch))
+        )
+        return {
+            "cw": c.w_cw * ramp if c.use_cw else 0.0,
+            "se": c.w_se if (c.use_se and epoch >= c.se_epoch) else 0.0,
+            "dd": c.w_dd if (c.dod and epoch >= c.dd_epoch) else 0.0,
+        }
 
     # -- data
     def batches(self, epoch: int, gen: torch.Generator):
-        """Index batches (ids_A, ids_B), drawn independently per domain; each process takes its share."""
+        """Index batches (ids_A, ids_B), drawn independently per domain; each process takes its
+        share."""
         rank, world = rank_and_world_size()
         na, nb = len(self.views["A"]), len(self.views["B"])
         steps = max(na, nb) // self.cfg.batch_size
         bs = self.cfg.batch_size
         if bs > min(na, nb):
-            raise ValueError(f"batch_size {bs} is larger than a domain ({na} and {nb} training images)")
+            raise ValueError(
+                f"batch_size {bs} is larger than a domain ({na} and {nb} training images)"
+            )
         pa, pb = torch.randperm(na, generator=gen), torch.randperm(nb, generator=gen)
         for s in range(steps):
             # the smaller domain wraps around its permutation; a batch never holds an image twice
@@ -262,20 +325,28 @@ class UCDIR:
 
     # -- clustering
     @torch.no_grad()
-    def embed_all(self, domain: str, encoder: nn.Module | None = None, batch_size: int = 256) -> torch.Tensor:
-        """Embeddings (N, proj_dim) of a domain's training images, un-augmented (key encoder by default)."""
+    def embed_all(
+        self, domain: str, encoder: nn.Module | None = None, batch_size: int = 256
+    ) -> torch.Tensor:
+        """Embeddings (N, proj_dim) of a domain's training images, un-augmented (key encoder by
+        default)."""
         enc = encoder or self.key_encoder
         was = enc.training
         enc.eval()
         v = self.views[domain]
-        out = torch.cat([enc(v.plain(torch.arange(i, min(i + batch_size, len(v))), self.device)).cpu()
-                         for i in range(0, len(v), batch_size)])
+        out = torch.cat(
+            [
+                enc(v.plain(torch.arange(i, min(i + batch_size, len(v))), self.device)).cpu()
+                for i in range(0, len(v), batch_size)
+            ]
+        )
         enc.train(was)
         return out
 
     def retrieval_model(self) -> nn.Module:
         """The model whose output is the retrieval embedding (B, proj_dim), from normalised images
-        (B, 3, H, W); use it with :func:`~cdrlib.evaluation.extract_features` or ``dataset_features``."""
+        (B, 3, H, W); use it with :func:`~cdrlib.evaluation.extract_features` or
+        ``dataset_features``."""
         if self.frozen_backbone is None:
             return self.encoder
         return nn.Sequential(self.frozen_backbone, self.encoder)
@@ -291,7 +362,8 @@ class UCDIR:
         return extract_features(self.retrieval_model(), x, device=device)
 
     def recluster(self, epoch: int) -> dict:
-        """k-means per domain on the key encoder's plain-view embeddings (from the warm-up epoch on).
+        """k-means per domain on the key encoder's plain-view embeddings (from the warm-up epoch
+        on).
 
         With ``relabel`` the assignments are replaced and the centroids become the L2-normalised
         means of the new clusters' embeddings (a cluster left empty gets a zero centroid).
@@ -300,14 +372,27 @@ class UCDIR:
             return {}
         for d in ("A", "B"):
             emb = self.embed_all(d)
-            c, labels = kmeans(emb, self.cfg.k, self.cfg.kmeans_niter, self.cfg.kmeans_nredo,
-                               seed=self.cfg.seed + epoch)
+            c, labels = kmeans(
+                emb,
+                self.cfg.k,
+                self.cfg.kmeans_niter,
+                self.cfg.kmeans_nredo,
+                seed=self.cfg.seed + epoch,
+            )
             if self.relabel is not None:
                 labels = torch.as_tensor(self.relabel(d, labels), dtype=torch.int64)
-                if labels.shape != (len(emb),) or int(labels.min()) < 0 or int(labels.max()) >= self.cfg.k:
-                    raise ValueError(f"relabel must return (N,) cluster ids in [0, {self.cfg.k}); "
-                                     f"got shape {tuple(labels.shape)}")
-                c = F.normalize(torch.zeros(self.cfg.k, emb.shape[1]).index_add_(0, labels, emb), dim=1)
+                if (
+                    labels.shape != (len(emb),)
+                    or int(labels.min()) < 0
+                    or int(labels.max()) >= self.cfg.k
+                ):
+                    raise ValueError(
+                        f"relabel must return (N,) cluster ids in [0, {self.cfg.k}); "
+                        f"got shape {tuple(labels.shape)}"
+                    )
+                c = F.normalize(
+                    torch.zeros(self.cfg.k, emb.shape[1]).index_add_(0, labels, emb), dim=1
+                )
             self.clusters.set(d, c.to(self.device), labels.to(self.device))
         return {}
 
@@ -325,7 +410,8 @@ class UCDIR:
         return parts
 
     def loss(self, ids: dict, epoch: int):
-        """UCDIR's loss of one step: ``(loss, parts, keys)``; methods built on UCDIR add their terms here."""
+        """UCDIR's loss of one step: ``(loss, parts, keys)``; methods built on UCDIR add their terms
+        here."""
         w = self.weights(epoch)
         cfg = self.cfg
         q, k = {}, {}
@@ -337,13 +423,16 @@ class UCDIR:
         loss, parts = 0.0, {}
         for d in ("A", "B"):
             bank = self.banks[d].keys
-            l_iw = ucdir.instance_wise_loss(q[d], k[d], bank, ids[d].to(self.device), cfg.temperature)
+            l_iw = ucdir.instance_wise_loss(
+                q[d], k[d], bank, ids[d].to(self.device), cfg.temperature
+            )
             parts[f"iw_{d}"] = l_iw.item()
             term = l_iw
             if w["cw"] > 0 and self.clusters.ready:
                 c, labels = self.clusters.get(d)
-                l_cw = ucdir.cluster_wise_loss(q[d], k[d], bank, labels, labels[ids[d].to(self.device)], c,
-                                               cfg.temperature)
+                l_cw = ucdir.cluster_wise_loss(
+                    q[d], k[d], bank, labels, labels[ids[d].to(self.device)], c, cfg.temperature
+                )
                 parts[f"cw_{d}"] = l_cw.item()
                 term = term + w["cw"] * l_cw
             loss = loss + term / 2
@@ -363,10 +452,17 @@ class UCDIR:
                     cur = {}
                     for d in ("A", "B"):
                         c, labels = self.clusters.get(d)
-                        cur[d] = ucdir.batch_centroids(self.banks[d].keys, labels, ids[d].to(self.device), q[d], len(c))
-                    pi = None if self.matching is None else self.matching(cur["A"].detach(), cur["B"].detach())
-                    l_dd = ucdir.dod_loss_seed(cur["A"], cur["B"], matching=pi, eps=cfg.sinkhorn_eps,
-                                               reduction="mean")
+                        cur[d] = ucdir.batch_centroids(
+                            self.banks[d].keys, labels, ids[d].to(self.device), q[d], len(c)
+                        )
+                    pi = (
+                        None
+                        if self.matching is None
+                        else self.matching(cur["A"].detach(), cur["B"].detach())
+                    )
+                    l_dd = ucdir.dod_loss_seed(
+                        cur["A"], cur["B"], matching=pi, eps=cfg.sinkhorn_eps, reduction="mean"
+                    )
                 parts["dd"] = l_dd.item()
                 loss = loss + w["dd"] * l_dd
         return loss, parts, k
@@ -374,14 +470,26 @@ class UCDIR:
     def trainer(self, checkpoint: str | Path | None = None, on_epoch_end=None) -> Trainer:
         def end(epoch):
             out = self.recluster(epoch)
-            if hasattr(self.matching, "agreement"):   # an oracle matching reports its share of right matches
+            if hasattr(
+                self.matching, "agreement"
+            ):  # an oracle matching reports its share of right matches
                 out["matching_agreement"] = self.matching.agreement
             if on_epoch_end is not None:
                 out.update(on_epoch_end(epoch) or {})
             return out
 
-        return Trainer(self.modules(), self.optimizer, self.step, self.batches, self.cfg.epochs, checkpoint, end,
-                       self.state(), seed=self.cfg.seed, config=self.config_dict())
+        return Trainer(
+            self.modules(),
+            self.optimizer,
+            self.step,
+            self.batches,
+            self.cfg.epochs,
+            checkpoint,
+            end,
+            self.state(),
+            seed=self.cfg.seed,
+            config=self.config_dict(),
+        )
 
     def modules(self) -> dict:
         """The trained modules, saved in checkpoints."""
@@ -395,10 +503,12 @@ class UCDIR:
         return asdict(self.cfg)
 
     def kept_state(self) -> dict:
-        """What a stored run keeps (:class:`~cdrlib.run_store.RunStore`): the trained modules but the
-        key encoder (evaluation reads the query encoder), and the last clusters."""
-        return {"modules": {k: m.state_dict() for k, m in self.modules().items() if k != "key_encoder"},
-                "clusters": self.clusters.state_dict()}
+        """What a stored run keeps (:class:`~cdrlib.run_store.RunStore`): the trained modules but
+        the key encoder (evaluation reads the query encoder), and the last clusters."""
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules().items() if k != "key_encoder"},
+            "clusters": self.clusters.state_dict(),
+        }
 
     def load_kept_state(self, state: dict) -> None:
         """Restore what :meth:`kept_state` returned."""
@@ -431,9 +541,19 @@ class _Clusters:
         self.state = dict(s)
 
 
-def train_and_evaluate(cfg: UCDIRConfig, inputs: tuple, backbone: nn.Module, evaluation: dict,
-                       ks=(10,), device="cpu", checkpoint: str | Path | None = None, relabel=None,
-                       matching=None, store: RunStore | None = None, key: str | None = None):
+def train_and_evaluate(
+    cfg: UCDIRConfig,
+    inputs: tuple,
+    backbone: nn.Module,
+    evaluation: dict,
+    ks=(10,),
+    device="cpu",
+    checkpoint: str | Path | None = None,
+    relabel=None,
+    matching=None,
+    store: RunStore | None = None,
+    key: str | None = None,
+):
     """Train UCDIR on one pair of domains and evaluate it under each protocol.
 
     Args:
@@ -447,33 +567,47 @@ def train_and_evaluate(cfg: UCDIRConfig, inputs: tuple, backbone: nn.Module, eva
     Returns:
         ``(method, history, table)``: the table has the two directions and their mean per protocol.
     """
-    method = UCDIR(cfg, inputs[0], inputs[1], backbone, device=device, relabel=relabel, matching=matching)
+    method = UCDIR(
+        cfg, inputs[0], inputs[1], backbone, device=device, relabel=relabel, matching=matching
+    )
     history = fit_or_load(method, checkpoint, store, key, [tuple(x.shape) for x in inputs])
     return method, history, evaluate_method(method, evaluation, ks, device)
 
 
-def fit_or_load(method, checkpoint, store: RunStore | None, key: str | None, input_shapes) -> list[dict]:
-    """Train ``method`` (resumable with ``checkpoint``), or through a run store when one is given."""
+def fit_or_load(
+    method, checkpoint, store: RunStore | None, key: str | None, input_shapes
+) -> list[dict]:
+    """Train ``method`` (resumable with ``checkpoint``), or through a run store when one is
+    given."""
     if store is None:
         return method.trainer(checkpoint).fit()
     if key is None or checkpoint is not None:
         raise ValueError("a run store needs the run's key, and no run checkpoint beside it")
-    return store.fit(key, method, {"config": method.config_dict(), "inputs": input_shapes,
-                                   "method": type(method).__name__})
+    return store.fit(
+        key,
+        method,
+        {"config": method.config_dict(), "inputs": input_shapes, "method": type(method).__name__},
+    )
 
 
 def evaluate_method(method: UCDIR, evaluation: dict, ks=(10,), device="cpu"):
     """Cross-domain retrieval of a trained method under each protocol.
 
     Args:
-        evaluation: protocol → ``(images, labels)``, each a dict domain → float (N, 3, H, W) images in
-            [0, 1] — or, with a frozen backbone, its features (N, D), computed once for all runs —
-            and domain → (N,) labels (evaluation only), of the two domains, A first
+        evaluation: protocol → ``(images, labels)``, each a dict domain → float (N, 3, H, W) images
+            in [0, 1] — or, with a frozen backbone, its features (N, D), computed once for all runs
+            — and domain → (N,) labels (evaluation only), of the two domains, A first
             (:func:`cdrlib.evaluation.pair_protocols` builds it).
     Returns:
         a table (:func:`~cdrlib.evaluation.cross_domain_table`) per protocol, concatenated.
     """
-    tables = [cross_domain_table({d: method.embed(x, device) for d, x in images.items()}, labels, ks=ks,
-                                 protocol=protocol)
-              for protocol, (images, labels) in evaluation.items()]
+    tables = [
+        cross_domain_table(
+            {d: method.embed(x, device) for d, x in images.items()},
+            labels,
+            ks=ks,
+            protocol=protocol,
+        )
+        for protocol, (images, labels) in evaluation.items()
+    ]
     return pd.concat(tables, ignore_index=True)

@@ -1,9 +1,10 @@
-"""Argument checks shared by the search, metric and re-ranking code: fail early, name the argument."""
+"""Argument checks shared by the search, metric and re-ranking code: fail early, name the
+argument."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
-
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
@@ -14,16 +15,24 @@ def as_tensor(x, name: str) -> torch.Tensor:
     try:
         arr = np.asarray(x)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}") from e
+        raise TypeError(
+            f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}"
+        ) from e
     if arr.dtype.kind == "O":
-        raise TypeError(f"{name} must be a numpy array or a torch tensor of numbers, got {type(x).__name__}")
+        raise TypeError(
+            f"{name} must be a numpy array or a torch tensor of numbers, got {type(x).__name__}"
+        )
     if arr.dtype.kind in "US":
-        raise TypeError(f"{name} holds {arr.dtype} values (names?); give integer ids, e.g. "
-                        f"ids = np.unique(names, return_inverse=True)[1]")
+        raise TypeError(
+            f"{name} holds {arr.dtype} values (names?); give integer ids, e.g. "
+            f"ids = np.unique(names, return_inverse=True)[1]"
+        )
     try:
         return torch.as_tensor(arr)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}") from e
+        raise TypeError(
+            f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}"
+        ) from e
 
 
 def check_features(x, name: str, dim: int | None = None, products: bool = True) -> torch.Tensor:
@@ -46,17 +55,21 @@ def check_features(x, name: str, dim: int | None = None, products: bool = True) 
     # aminmax is one pass without a temporary and propagates NaN; isfinite(t).all() builds a full
     # boolean copy first (seconds for a 20k × 20k distance matrix)
     if t.requires_grad:
-        t = t.detach()                 # scores need no gradient; faiss and NumPy cannot take one
+        t = t.detach()  # scores need no gradient; faiss and NumPy cannot take one
     lo, hi = torch.aminmax(t)
     if not (torch.isfinite(lo) and torch.isfinite(hi)):
         bad = int((~torch.isfinite(t)).any(1).sum())
-        raise ValueError(f"{name} holds NaN or infinite values in {bad} row(s); check the model's output "
-                         f"(a diverged loss?) or drop those rows")
+        raise ValueError(
+            f"{name} holds NaN or infinite values in {bad} row(s); check the model's output "
+            f"(a diverged loss?) or drop those rows"
+        )
     # scores are computed in float32: an inner product of rows this large would overflow to inf
     largest = max(abs(float(lo)), abs(float(hi)))
     if products and largest * largest * t.shape[1] > FLOAT32_MAX / 4:
-        raise ValueError(f"{name} holds values up to {largest:.3g}: their inner products overflow float32 "
-                         f"scores. Rescale the features (e.g. L2-normalise them) first")
+        raise ValueError(
+            f"{name} holds values up to {largest:.3g}: their inner products overflow float32 "
+            f"scores. Rescale the features (e.g. L2-normalise them) first"
+        )
     return t
 
 
@@ -76,7 +89,9 @@ def check_ids(x, name: str) -> torch.Tensor:
     """Non-negative integer ids (N,) (cluster assignments, class ids used as indices)."""
     t = check_labels(x, name)
     if len(t) and int(t.min()) < 0:
-        raise ValueError(f"{name} must be non-negative ids, got {int(t.min())}; renumber them from 0")
+        raise ValueError(
+            f"{name} must be non-negative ids, got {int(t.min())}; renumber them from 0"
+        )
     return t
 
 

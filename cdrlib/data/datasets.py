@@ -4,6 +4,7 @@ A chapter asks :func:`get_dataset` for ``(dataset, domain, split, transform)`` a
 :class:`DomainDataset` whichever profile runs; items are ``(image, label, index)`` where ``image``
 is whatever the transform returns (one tensor, or two views for contrastive training).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,15 +27,26 @@ class DomainDataset(Dataset):
 
     Attributes:
         name, domain, split: where the images come from.
-        labels: int64 array (N,) of class indices (for evaluation; training code must not read them).
+        labels: int64 array (N,) of class indices (for evaluation; training code must not read
+            them).
         classes: the class names.
         ids: int64 array (N,), the item's index in its source (the same emoji has the same id in
             every domain of the embedded data; used for memory banks and for analysis only).
     """
 
-    def __init__(self, name: str, domain: str, split: str, labels: Sequence[int], classes: Sequence[str],
-                 images: np.ndarray | None = None, files: Sequence[str | Path] | None = None,
-                 transform: Callable | None = None, image_size: int = 64, ids: Sequence[int] | None = None):
+    def __init__(
+        self,
+        name: str,
+        domain: str,
+        split: str,
+        labels: Sequence[int],
+        classes: Sequence[str],
+        images: np.ndarray | None = None,
+        files: Sequence[str | Path] | None = None,
+        transform: Callable | None = None,
+        image_size: int = 64,
+        ids: Sequence[int] | None = None,
+    ):
         if (images is None) == (files is None):
             raise ValueError("give exactly one of images= or files=")
         self.name, self.domain, self.split = name, domain, split
@@ -44,7 +56,9 @@ class DomainDataset(Dataset):
         self.files = [Path(f) for f in files] if files is not None else None
         self.image_size = image_size
         self.transform = transform if transform is not None else EvalTransform(image_size)
-        self.ids = np.asarray(ids if ids is not None else np.arange(len(self.labels)), dtype=np.int64)
+        self.ids = np.asarray(
+            ids if ids is not None else np.arange(len(self.labels)), dtype=np.int64
+        )
         n = len(images) if images is not None else len(self.files)
         if n != len(self.labels):
             raise ValueError(f"{n} images but {len(self.labels)} labels")
@@ -69,12 +83,20 @@ class DomainDataset(Dataset):
         return to_float(self.images)
 
     def __repr__(self) -> str:
-        return (f"DomainDataset({self.name}/{self.domain}, split={self.split}, n={len(self)}, "
-                f"classes={len(self.classes)})")
+        return (
+            f"DomainDataset({self.name}/{self.domain}, split={self.split}, n={len(self)}, "
+            f"classes={len(self.classes)})"
+        )
 
 
-def get_dataset(name: str, domain: str, split: str = "train", transform: Callable | None = None,
-                root: str | Path | None = None, image_size: int | None = None) -> DomainDataset:
+def get_dataset(
+    name: str,
+    domain: str,
+    split: str = "train",
+    transform: Callable | None = None,
+    root: str | Path | None = None,
+    image_size: int | None = None,
+) -> DomainDataset:
     """The images of one domain of a dataset.
 
     Args:
@@ -93,10 +115,27 @@ def get_dataset(name: str, domain: str, split: str = "train", transform: Callabl
         ds = load_emoji_domains(root)
         d = ds.domain_index(domain)
         idx = ds.indices(split)
-        return DomainDataset("emoji", domain, split, ds.labels[idx], ds.classes, images=ds.images[d, idx],
-                             transform=transform, image_size=image_size or 64, ids=idx)
+        return DomainDataset(
+            "emoji",
+            domain,
+            split,
+            ds.labels[idx],
+            ds.classes,
+            images=ds.images[d, idx],
+            transform=transform,
+            image_size=image_size or 64,
+            ids=idx,
+        )
     from .paper import load_paper_split
 
     files, labels, classes = load_paper_split(name, domain, split, root)
-    return DomainDataset(name, domain, split, labels, classes, files=files, transform=transform,
-                         image_size=image_size or 224)
+    return DomainDataset(
+        name,
+        domain,
+        split,
+        labels,
+        classes,
+        files=files,
+        transform=transform,
+        image_size=image_size or 224,
+    )

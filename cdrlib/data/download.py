@@ -12,6 +12,7 @@ was not verified against a published digest. A file already at the destination i
 Archives are unpacked into a staging folder with limits on the total size and the compression
 ratio (a zip bomb stops before it fills the disk) and moved into place only when complete.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,10 @@ def file_sha256(path: Path) -> str:
 
 def _manual(url: str, dest: Path, sha256: str | None, what: str) -> str:
     check = f"\n  and check: sha256sum {dest.name}  →  {sha256}" if sha256 else ""
-    return (f"To install {what} by hand, download\n  {url}\nand save it as\n  {dest}{check}\n"
-            f"then run the same command again.")
+    return (
+        f"To install {what} by hand, download\n  {url}\nand save it as\n  {dest}{check}\n"
+        f"then run the same command again."
+    )
 
 
 def pin_file(dest: Path) -> Path:
@@ -64,23 +67,35 @@ def pin_file(dest: Path) -> Path:
 def _pin(dest: Path, what: str) -> None:
     digest = file_sha256(dest)
     pin_file(dest).write_text(f"{digest}  {dest.name}\n")
-    print(f"{what}: no published sha256 to verify against; pinned {digest} in {pin_file(dest).name} "
-          f"(later uses are checked against this first download)")
+    print(
+        f"{what}: no published sha256 to verify against; pinned {digest} in {pin_file(dest).name} "
+        f"(later uses are checked against this first download)"
+    )
 
 
 def _verify_existing(dest: Path, sha256: str | None, size: int | None, what: str, url: str) -> None:
     if size is not None and dest.stat().st_size != size:
-        raise DownloadError(f"{dest} has {dest.stat().st_size} bytes, not the {size} of {what}: an incomplete or "
-                            f"other file. Delete it and run again.\n" + _manual(url, dest, sha256, what))
+        raise DownloadError(
+            f"{dest} has {dest.stat().st_size} bytes, not the {size} of {what}: an incomplete or "
+            f"other file. Delete it and run again.\n" + _manual(url, dest, sha256, what)
+        )
     if sha256 is None:
         _pin(dest, what)
     elif file_sha256(dest) != sha256:
-        raise DownloadError(f"{dest} is not {what} (sha256 differs from {sha256}): a damaged or other file. "
-                            f"Delete it and run again.\n" + _manual(url, dest, sha256, what))
+        raise DownloadError(
+            f"{dest} is not {what} (sha256 differs from {sha256}): a damaged or other file. "
+            f"Delete it and run again.\n" + _manual(url, dest, sha256, what)
+        )
 
 
-def download(url: str, dest: str | Path, sha256: str | None = None, size: int | None = None,
-             what: str | None = None, timeout: float = 60.0) -> Path:
+def download(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    size: int | None = None,
+    what: str | None = None,
+    timeout: float = 60.0,
+) -> Path:
     """Fetch ``url`` to ``dest`` unless a verified copy is already there.
 
     Args:
@@ -111,46 +126,64 @@ def download(url: str, dest: str | Path, sha256: str | None = None, size: int | 
         request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             if start and getattr(resp, "status", 200) != 206:
-                start = 0                      # the server sent the whole file: start over
+                start = 0  # the server sent the whole file: start over
             resumable = resp.headers.get("Accept-Ranges", "").lower() == "bytes" or bool(start)
             length = int(resp.headers.get("Content-Length") or 0)
             full = re.search(r"/(\d+)$", resp.headers.get("Content-Range", ""))
             total = size or (int(full.group(1)) if full else (start + length if length else None))
-            with open(part, "ab" if start else "wb") as out, \
-                    progress(total=total, unit="B", unit_scale=True, desc=what) as bar:
+            with (
+                open(part, "ab" if start else "wb") as out,
+                progress(total=total, unit="B", unit_scale=True, desc=what) as bar,
+            ):
                 bar.update(start)
                 for block in iter(lambda: resp.read(1 << 20), b""):
                     out.write(block)
                     got += len(block)
                     bar.update(len(block))
         if total and start + got != total:
-            raise DownloadError(f"the transfer of {what} stopped after {start + got} of {total} bytes.\n"
-                                + _manual(url, dest, sha256, what))
+            raise DownloadError(
+                f"the transfer of {what} stopped after {start + got} of {total} bytes.\n"
+                + _manual(url, dest, sha256, what)
+            )
     except BaseException as e:
-        kept = resumable and part.is_file() and part.stat().st_size > 0 and (total is None or
-                                                                             part.stat().st_size < total)
+        kept = (
+            resumable
+            and part.is_file()
+            and part.stat().st_size > 0
+            and (total is None or part.stat().st_size < total)
+        )
         if not kept:
             part.unlink(missing_ok=True)
-        note = f" {part.stat().st_size} bytes are kept in {part.name}: run again to resume." if kept else ""
+        note = (
+            f" {part.stat().st_size} bytes are kept in {part.name}: run again to resume."
+            if kept
+            else ""
+        )
         if isinstance(e, DownloadError):
             raise DownloadError(str(e) + note) from None
         if isinstance(e, (urllib.error.URLError, OSError, ValueError)):
-            raise DownloadError(f"could not download {what} from {url}: {e}.{note}\n"
-                                + _manual(url, dest, sha256, what)) from e
-        raise                                  # Ctrl-C and the like: as they are, the .part kept if resumable
+            raise DownloadError(
+                f"could not download {what} from {url}: {e}.{note}\n"
+                + _manual(url, dest, sha256, what)
+            ) from e
+        raise  # Ctrl-C and the like: as they are, the .part kept if resumable
     digest = file_sha256(part)
     if sha256 is not None and digest != sha256:
         part.unlink(missing_ok=True)
-        raise DownloadError(f"{what} failed its checksum (sha256 {digest}, expected {sha256}); the file was "
-                            f"removed. The server may have changed the file or the transfer was corrupted.\n"
-                            + _manual(url, dest, sha256, what))
+        raise DownloadError(
+            f"{what} failed its checksum (sha256 {digest}, expected {sha256}); the file was "
+            f"removed. The server may have changed the file or the transfer was corrupted.\n"
+            + _manual(url, dest, sha256, what)
+        )
     part.replace(dest)
     if sha256 is None:
         _pin(dest, what)
     return dest
 
 
-def extract(archive: Path, into: Path, max_bytes: int = MAX_EXTRACTED_BYTES, max_ratio: float = MAX_RATIO) -> Path:
+def extract(
+    archive: Path, into: Path, max_bytes: int = MAX_EXTRACTED_BYTES, max_ratio: float = MAX_RATIO
+) -> Path:
     """Unpack a .zip or .tar(.gz) archive into ``into``.
 
     Members that would land outside ``into`` (``..``, absolute paths), links and devices are
@@ -168,9 +201,11 @@ def extract(archive: Path, into: Path, max_bytes: int = MAX_EXTRACTED_BYTES, max
     def check_total(total: int) -> None:
         limit = min(max_bytes, max_ratio * max(archive.stat().st_size, 1))
         if total > limit:
-            raise DownloadError(f"{archive} would unpack to {total} bytes, more than the limit of {int(limit)} "
-                                f"(max_bytes={max_bytes}, max_ratio={max_ratio} × its size): a damaged archive or "
-                                f"a zip bomb. Raise the limits only for an archive you trust.")
+            raise DownloadError(
+                f"{archive} would unpack to {total} bytes, more than the limit of {int(limit)} "
+                f"(max_bytes={max_bytes}, max_ratio={max_ratio} × its size): a damaged archive or "
+                f"a zip bomb. Raise the limits only for an archive you trust."
+            )
 
     try:
         if zipfile.is_zipfile(archive):
@@ -178,7 +213,9 @@ def extract(archive: Path, into: Path, max_bytes: int = MAX_EXTRACTED_BYTES, max
                 infos = z.infolist()
                 for info in infos:
                     if not (root / info.filename).resolve().is_relative_to(root):
-                        raise DownloadError(f"{archive} holds a path outside the target folder: {info.filename}")
+                        raise DownloadError(
+                            f"{archive} holds a path outside the target folder: {info.filename}"
+                        )
                 check_total(sum(i.file_size for i in infos))
                 z.extractall(stage)
         elif tarfile.is_tarfile(archive):
@@ -187,15 +224,21 @@ def extract(archive: Path, into: Path, max_bytes: int = MAX_EXTRACTED_BYTES, max
                 check_total(sum(m.size for m in members if m.isfile()))
                 t.extractall(stage, members=members, filter="data")
         else:
-            raise DownloadError(f"{archive} is neither a zip nor a tar archive; delete it and download again.")
+            raise DownloadError(
+                f"{archive} is neither a zip nor a tar archive; delete it and download again."
+            )
         for child in stage.iterdir():
             target = into / child.name
             if target.is_dir() and child.is_dir():
-                shutil.copytree(child, target, dirs_exist_ok=True)   # a second archive into the same tree
+                shutil.copytree(
+                    child, target, dirs_exist_ok=True
+                )  # a second archive into the same tree
             else:
                 os.replace(child, target)
     except tarfile.TarError as e:
-        raise DownloadError(f"{archive} holds a member that is refused ({e}); delete it and download again") from None
+        raise DownloadError(
+            f"{archive} holds a member that is refused ({e}); delete it and download again"
+        ) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return into

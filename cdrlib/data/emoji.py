@@ -9,6 +9,7 @@ Domains: ``twemoji`` (flat cartoon), ``noto`` (glossy), ``openmoji`` (outlined c
 ``face-smiling``, ...). Each emoji is held out or not by a fixed, seeded per-class split
 (``split`` = ``"train"`` or ``"heldout"``), the same in every domain.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,7 +32,8 @@ class EmojiDomains:
     """All four domains in memory.
 
     Attributes:
-        images: uint8 array, (4, N, 64, 64, 3), RGB on white; ``images[d, i]`` is emoji ``i`` in domain ``d``.
+        images: uint8 array, (4, N, 64, 64, 3), RGB on white; ``images[d, i]`` is emoji ``i`` in
+            domain ``d``.
         labels: int64 array, (N,), class index of each emoji (the same in every domain).
         split: array of str, (N,), ``"train"`` or ``"heldout"``.
         tags: uint8 array, (N, V), multi-hot tag vectors over ``tag_vocabulary`` (for PMRP).
@@ -50,7 +52,9 @@ class EmojiDomains:
 
     def domain_index(self, domain: str) -> int:
         if domain not in self.domains:
-            raise DataError(f"unknown emoji domain {domain!r}; the domains are {list(self.domains)}")
+            raise DataError(
+                f"unknown emoji domain {domain!r}; the domains are {list(self.domains)}"
+            )
         return self.domains.index(domain)
 
     def indices(self, split: str = "all") -> np.ndarray:
@@ -62,7 +66,8 @@ class EmojiDomains:
         return np.flatnonzero(self.split == split)
 
     def captions(self, i: int) -> list[str]:
-        """The captions of emoji ``i``: its CLDR label, its tags and its keywords, without repeats."""
+        """The captions of emoji ``i``: its CLDR label, its tags and its keywords, without
+        repeats."""
         r = self.records[i]
         seen, out = set(), []
         for c in [r["label"], *r["tags"], *r["keywords"]]:
@@ -79,13 +84,17 @@ def verify_manifest(root: Path) -> None:
         digest, name = line.split(maxsplit=1)
         path = root / name
         if not path.is_file():
-            raise DataError(f"{path} is listed in {manifest} but missing; restore it with "
-                            f"`git checkout -- {path}` or rebuild with scripts/build_emoji_dataset.py.")
+            raise DataError(
+                f"{path} is listed in {manifest} but missing; restore it with "
+                f"`git checkout -- {path}` or rebuild with scripts/build_emoji_dataset.py."
+            )
         got = file_sha256(path)
         if got != digest:
-            raise DataError(f"{path} does not match its checksum in {manifest} (sha256 {got[:12]}…, "
-                            f"expected {digest[:12]}…): the file is corrupted or was changed. Restore it "
-                            f"with `git checkout -- {path}` or rebuild with scripts/build_emoji_dataset.py.")
+            raise DataError(
+                f"{path} does not match its checksum in {manifest} (sha256 {got[:12]}…, "
+                f"expected {digest[:12]}…): the file is corrupted or was changed. Restore it "
+                f"with `git checkout -- {path}` or rebuild with scripts/build_emoji_dataset.py."
+            )
 
 
 @functools.lru_cache(maxsize=2)
@@ -94,9 +103,11 @@ def _load(root: str, verify: bool) -> EmojiDomains:
     missing = [f for f in EXPECTED_FILES if not (path / f).is_file()]
     if missing:
         raise DataError(
-            f"no emoji-domains dataset at {path} (missing: {', '.join(missing)}). Expected layout:\n"
+            f"no emoji-domains dataset at {path} (missing: {', '.join(missing)}). Expected "
+            "layout:\n"
             f"  {path}/images.npz\n  {path}/metadata.json\n  {path}/MANIFEST.sha256\n"
-            f"It ships with the repository under data/emoji_domains; pass root=None to use it.")
+            f"It ships with the repository under data/emoji_domains; pass root=None to use it."
+        )
     if verify:
         verify_manifest(path)
     meta = json.loads((path / "metadata.json").read_text())

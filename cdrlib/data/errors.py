@@ -6,4 +6,7 @@ class DataError(RuntimeError):
 
     def _render_traceback_(self):
         # IPython shows this instead of a traceback: in a notebook the message is the whole story.
-        return [f"DataError: {line}" if i == 0 else line for i, line in enumerate(str(self).splitlines())]
+        return [
+            f"DataError: {line}" if i == 0 else line
+            for i, line in enumerate(str(self).splitlines())
+        ]

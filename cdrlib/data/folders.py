@@ -1,5 +1,5 @@
-"""Your own images: a folder per domain, a folder per class — or a list of files — read into the same
-datasets as the emoji.
+"""Your own images: a folder per domain, a folder per class — or a list of files — read into the
+same datasets as the emoji.
 
     root/
       photos/   cat/ 001.png 002.jpg …   dog/ …
@@ -23,6 +23,7 @@ guarantee:
   listed in :attr:`FolderDomains.unreadable`) — never found midway through training. Files of a tree
   that are not images (by suffix) are listed in :attr:`FolderDomains.skipped`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -52,8 +53,8 @@ class FolderDomains:
         skipped: files that are not images (by suffix), left out.
         unreadable: ``(file, reason)`` of image files that could not be read, left out
             (``bad_files="skip"`` only; otherwise they stop the load).
-        sources: ``"train"`` / ``"heldout"`` → domain → the file of each item, in the datasets' order
-            (which file a retrieved item is).
+        sources: ``"train"`` / ``"heldout"`` → domain → the file of each item, in the datasets'
+            order (which file a retrieved item is).
     """
 
     root: Path
@@ -74,20 +75,34 @@ class FolderDomains:
         lines = [f"{self.root}: {len(self.classes)} classes"]
         for d in self.domains:
             miss = self.missing.get(d, [])
-            lines.append(f"  {d}: {len(self.train[d])} training and {len(self.heldout[d])} held-out images, "
-                         f"{len(self.classes) - len(miss)} classes" + (f", missing {miss}" if miss else ""))
+            lines.append(
+                f"  {d}: {len(self.train[d])} training and {len(self.heldout[d])} held-out images, "
+                f"{len(self.classes) - len(miss)} classes" + (f", missing {miss}" if miss else "")
+            )
         if self.skipped:
-            lines.append(f"  {len(self.skipped)} files that are not images were skipped (first: {self.skipped[0]})")
+            lines.append(
+                f"  {len(self.skipped)} files that are not images were skipped (first: "
+                f"{self.skipped[0]})"
+            )
         if self.unreadable:
-            lines.append(f"  {len(self.unreadable)} unreadable image files were left out (first: {self.unreadable[0][0]})")
+            lines.append(
+                f"  {len(self.unreadable)} unreadable image files were left out (first: "
+                f"{self.unreadable[0][0]})"
+            )
         return "\n".join(lines)
 
 
 SPLITS = ("train", "heldout")
 
 
-def load_folder_domains(root: str | Path, image_size: int = 64, heldout_fraction: float = 0.3, seed: int = 0,
-                        domains: list[str] | None = None, bad_files: str = "raise") -> FolderDomains:
+def load_folder_domains(
+    root: str | Path,
+    image_size: int = 64,
+    heldout_fraction: float = 0.3,
+    seed: int = 0,
+    domains: list[str] | None = None,
+    bad_files: str = "raise",
+) -> FolderDomains:
     """Read ``root/<domain>/<class>/<image>`` into training and held-out datasets per domain.
 
     Args:
@@ -96,8 +111,8 @@ def load_folder_domains(root: str | Path, image_size: int = 64, heldout_fraction
             profile's). heldout_fraction: the share of each class of each domain held out (rounded;
             a class of one image stays in training). seed: which images.
         domains: the domain folders to read (default: every folder under ``root``).
-        bad_files: ``"raise"`` (default): unreadable image files stop the load, all of them named in one
-            error; ``"skip"``: they are left out, warned about and listed in ``unreadable``.
+        bad_files: ``"raise"`` (default): unreadable image files stop the load, all of them named in
+            one error; ``"skip"``: they are left out, warned about and listed in ``unreadable``.
     Returns:
         :class:`FolderDomains`. Classes missing in a domain are in ``missing`` and warned about.
     Raises:
@@ -107,30 +122,47 @@ def load_folder_domains(root: str | Path, image_size: int = 64, heldout_fraction
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"no folder {root}: give the folder that holds one sub-folder per domain")
-    names = domains or sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = domains or sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
     if len(names) < 2:
-        raise DataError(f"{root} holds {len(names)} domain folder(s) {names}; cross-domain retrieval needs at "
-                        f"least two: root/<domain>/<class>/<image>")
+        raise DataError(
+            f"{root} holds {len(names)} domain folder(s) {names}; cross-domain retrieval needs at "
+            f"least two: root/<domain>/<class>/<image>"
+        )
     files, skipped = {}, []
     for d in names:
         if not (root / d).is_dir():
             raise DataError(f"no domain folder {root / d}")
         files[d] = {}
-        for class_dir in sorted(p for p in (root / d).iterdir() if p.is_dir() and not p.name.startswith(".")):
-            entries = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        for class_dir in sorted(
+            p for p in (root / d).iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
+            entries = sorted(
+                p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".")
+            )
             images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
             skipped += [p for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
             if images:
                 files[d][class_dir.name] = images
         if not files[d]:
-            raise DataError(f"domain {d!r} has no images: expected {root / d}/<class>/<image> "
-                            f"with suffixes {', '.join(IMAGE_SUFFIXES)}")
+            raise DataError(
+                f"domain {d!r} has no images: expected {root / d}/<class>/<image> "
+                f"with suffixes {', '.join(IMAGE_SUFFIXES)}"
+            )
     return _read_domains(root, files, None, image_size, heldout_fraction, seed, bad_files, skipped)
 
 
-def load_list_domains(table: str | Path | Iterable[Mapping], image_size: int = 64, heldout_fraction: float = 0.3,
-                      seed: int = 0, root: str | Path | None = None, bad_files: str = "raise") -> FolderDomains:
-    """Read the images a list names (one row per image) into training and held-out datasets per domain.
+def load_list_domains(
+    table: str | Path | Iterable[Mapping],
+    image_size: int = 64,
+    heldout_fraction: float = 0.3,
+    seed: int = 0,
+    root: str | Path | None = None,
+    bad_files: str = "raise",
+) -> FolderDomains:
+    """Read the images a list names (one row per image) into training and held-out datasets per
+    domain.
 
     Args:
         table: a CSV file with a header row, or rows (dicts, e.g. ``DataFrame.to_dict("records")``),
@@ -149,7 +181,10 @@ def load_list_domains(table: str | Path | Iterable[Mapping], image_size: int = 6
     if isinstance(table, (str, Path)):
         path = Path(table).expanduser()
         if not path.is_file():
-            raise DataError(f"no list file {path}: give a CSV file with the columns path, domain, class[, split]")
+            raise DataError(
+                f"no list file {path}: give a CSV file with the columns path, domain, class[, "
+                "split]"
+            )
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         base = Path(root).expanduser() if root is not None else path.parent
@@ -157,15 +192,21 @@ def load_list_domains(table: str | Path | Iterable[Mapping], image_size: int = 6
         rows = [dict(r) for r in table]
         base = Path(root).expanduser() if root is not None else Path.cwd()
     if not rows:
-        raise DataError("the list has no rows: one row per image, with the columns path, domain, class[, split]")
+        raise DataError(
+            "the list has no rows: one row per image, with the columns path, domain, class[, split]"
+        )
     absent = [c for c in ("path", "domain", "class") if c not in rows[0]]
     if absent:
-        raise DataError(f"the list lacks the column(s) {absent}; it has {list(rows[0])}. "
-                        f"Columns: path, domain, class, and optionally split (train or heldout)")
+        raise DataError(
+            f"the list lacks the column(s) {absent}; it has {list(rows[0])}. "
+            f"Columns: path, domain, class, and optionally split (train or heldout)"
+        )
     has_split = [bool(str(r.get("split") or "").strip()) for r in rows]
     if any(has_split) and not all(has_split):
-        raise DataError(f"{has_split.count(False)} of {len(rows)} rows have no split: give a split (train or "
-                        f"heldout) for every row, or for none (then a seeded share of each class is held out)")
+        raise DataError(
+            f"{has_split.count(False)} of {len(rows)} rows have no split: give a split (train or "
+            f"heldout) for every row, or for none (then a seeded share of each class is held out)"
+        )
     files, split_of = {}, {} if all(has_split) else None
     for i, r in enumerate(rows):
         p = Path(str(r["path"]).strip()).expanduser()
@@ -174,7 +215,9 @@ def load_list_domains(table: str | Path | Iterable[Mapping], image_size: int = 6
         if not d or not c:
             raise DataError(f"row {i + 1} ({r['path']}) has an empty domain or class")
         if not p.is_file():
-            raise DataError(f"row {i + 1}: no file {p} (relative paths are relative to {base}; pass root=)")
+            raise DataError(
+                f"row {i + 1}: no file {p} (relative paths are relative to {base}; pass root=)"
+            )
         files.setdefault(d, {}).setdefault(c, []).append(p)
         if split_of is not None:
             split = str(r["split"]).strip()
@@ -182,14 +225,28 @@ def load_list_domains(table: str | Path | Iterable[Mapping], image_size: int = 6
                 raise DataError(f"row {i + 1} ({p.name}) has split {split!r}: use one of {SPLITS}")
             split_of[p] = split
     if len(files) < 2:
-        raise DataError(f"the list names {len(files)} domain(s) {sorted(files)}; cross-domain retrieval needs at "
-                        f"least two")
-    files = {d: {c: sorted(ps) for c, ps in sorted(per_class.items())} for d, per_class in sorted(files.items())}
+        raise DataError(
+            f"the list names {len(files)} domain(s) {sorted(files)}; cross-domain retrieval needs "
+            "at "
+            f"least two"
+        )
+    files = {
+        d: {c: sorted(ps) for c, ps in sorted(per_class.items())}
+        for d, per_class in sorted(files.items())
+    }
     return _read_domains(base, files, split_of, image_size, heldout_fraction, seed, bad_files, [])
 
 
-def _read_domains(root: Path, files: dict, split_of: dict | None, image_size: int, heldout_fraction: float,
-                  seed: int, bad_files: str, skipped: list) -> FolderDomains:
+def _read_domains(
+    root: Path,
+    files: dict,
+    split_of: dict | None,
+    image_size: int,
+    heldout_fraction: float,
+    seed: int,
+    bad_files: str,
+    skipped: list,
+) -> FolderDomains:
     """Shared by both loaders: one class vocabulary, the split, every file read, the datasets.
 
     Args:
@@ -206,10 +263,14 @@ def _read_domains(root: Path, files: dict, split_of: dict | None, image_size: in
     missing = {d: [c for c in classes if c not in files[d]] for d in names}
     missing = {d: m for d, m in missing.items() if m}
     if missing:
-        warnings.warn("classes missing in some domains (their ids stay the same everywhere): "
-                      + "; ".join(f"{d}: {m}" for d, m in missing.items()), stacklevel=3)
+        warnings.warn(
+            "classes missing in some domains (their ids stay the same everywhere): "
+            + "; ".join(f"{d}: {m}" for d, m in missing.items()),
+            stacklevel=3,
+        )
     # the split is decided on the file list, before reading (a bad file moves no other file between
-    # parts), by a generator of its own per (domain, class): files added to one class move no other's
+    # parts), by a generator of its own per (domain, class): files added to one class move no
+    # other's
     chosen = {d: {s: [] for s in SPLITS} for d in names}
     for d in names:
         for c in classes:
@@ -221,7 +282,7 @@ def _read_domains(root: Path, files: dict, split_of: dict | None, image_size: in
                 parts = ["heldout" if i in held else "train" for i in range(len(paths))]
             else:
                 parts = [split_of[p] for p in paths]
-            for p, part in zip(paths, parts):
+            for p, part in zip(paths, parts, strict=True):
                 chosen[d][part].append((p, class_id[c]))
     pixels, unreadable = {}, []
     for d in names:
@@ -235,19 +296,35 @@ def _read_domains(root: Path, files: dict, split_of: dict | None, image_size: in
         listed = "\n".join(f"  {p}: {why}" for p, why in unreadable[:20])
         more = f"\n  … and {len(unreadable) - 20} more" if len(unreadable) > 20 else ""
         if bad_files == "raise":
-            raise DataError(f"{len(unreadable)} image file(s) cannot be read:\n{listed}{more}\n"
-                            f"Remove or replace them, or pass bad_files='skip' to leave them out.")
-        warnings.warn(f"{len(unreadable)} unreadable image file(s) left out:\n{listed}{more}", stacklevel=3)
+            raise DataError(
+                f"{len(unreadable)} image file(s) cannot be read:\n{listed}{more}\n"
+                f"Remove or replace them, or pass bad_files='skip' to leave them out."
+            )
+        warnings.warn(
+            f"{len(unreadable)} unreadable image file(s) left out:\n{listed}{more}", stacklevel=3
+        )
     sets, sources = {s: {} for s in SPLITS}, {s: {} for s in SPLITS}
     for d in names:
         for split, items in chosen[d].items():
             items = [(p, y) for p, y in items if p in pixels]
-            images = (np.stack([pixels[p] for p, _ in items]) if items
-                      else np.zeros((0, image_size, image_size, 3), dtype=np.uint8))
-            sets[split][d] = DomainDataset(root.name, d, split, [y for _, y in items], classes, images=images,
-                                           image_size=image_size)
+            images = (
+                np.stack([pixels[p] for p, _ in items])
+                if items
+                else np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
+            )
+            sets[split][d] = DomainDataset(
+                root.name,
+                d,
+                split,
+                [y for _, y in items],
+                classes,
+                images=images,
+                image_size=image_size,
+            )
             sources[split][d] = [p for p, _ in items]
     empty = [d for d in names if len(sets["train"][d]) == 0]
     if empty:
         raise DataError(f"domain(s) {empty} have no readable training image")
-    return FolderDomains(root, classes, sets["train"], sets["heldout"], missing, skipped, unreadable, sources)
+    return FolderDomains(
+        root, classes, sets["train"], sets["heldout"], missing, skipped, unreadable, sources
+    )

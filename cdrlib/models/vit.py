@@ -1,7 +1,7 @@
 """A Vision Transformer that can return every block's attention (the book's ViT chapter).
 
-Parameter names follow timm (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.i.attn.qkv``,
-…), so timm's weights — DINO ViT-B/16 among them — load into it unchanged.
+Parameter names follow timm (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
+``blocks.i.attn.qkv``, …), so timm's weights — DINO ViT-B/16 among them — load into it unchanged.
 
 Two attention paths compute the same function:
 
@@ -10,6 +10,7 @@ Two attention paths compute the same function:
 
 Per block: ``X = X + MSA(LN(X))``, ``X = X + MLP(LN(X))`` (Dosovitskiy et al., ICLR 2021).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,7 @@ class Attention(nn.Module):
         if dim % heads:
             raise ValueError(f"dim={dim} is not divisible by heads={heads}")
         self.heads, self.head_dim = heads, dim // heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -75,7 +76,8 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Cut the image into p×p patches and project each to D: (B, 3, H, W) → (B, n, D), n = (H/p)(W/p)."""
+    """Cut the image into p×p patches and project each to D: (B, 3, H, W) → (B, n, D), n =
+    (H/p)(W/p)."""
 
     def __init__(self, img_size: int, patch_size: int, dim: int):
         super().__init__()
@@ -87,8 +89,11 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(f"expected {self.img_size}×{self.img_size} images, got {tuple(x.shape[-2:])}: load "
-                             f"them at this size (image_size={self.img_size} in get_dataset or load_folder_domains)")
+            raise ValueError(
+                f"expected {self.img_size}×{self.img_size} images, got {tuple(x.shape[-2:])}: load "
+                f"them at this size (image_size={self.img_size} in get_dataset or "
+                "load_folder_domains)"
+            )
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -102,8 +107,16 @@ class VisionTransformer(nn.Module):
             distilled ViT learns it to match its teacher's feature space); attention is unaffected.
     """
 
-    def __init__(self, img_size: int = 64, patch_size: int = 8, dim: int = 192, depth: int = 6,
-                 heads: int = 3, mlp_ratio: float = 4.0, out_dim: int | None = None):
+    def __init__(
+        self,
+        img_size: int = 64,
+        patch_size: int = 8,
+        dim: int = 192,
+        depth: int = 6,
+        heads: int = 3,
+        mlp_ratio: float = 4.0,
+        out_dim: int | None = None,
+    ):
         super().__init__()
         self.patch_embed = PatchEmbed(img_size, patch_size, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -133,7 +146,10 @@ class VisionTransformer(nn.Module):
         Returns the normalised tokens (B, n+1, D), and with ``return_attention`` also the list of
         L attention tensors (B, H, n+1, n+1).
         """
-        x = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
+        x = (
+            torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+            + self.pos_embed
+        )
         attns = []
         for blk in self.blocks:
             if return_attention:
@@ -148,7 +164,8 @@ class VisionTransformer(nn.Module):
         return self.forward_tokens(self.patch_tokens(x), return_attention)
 
     def feature_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The image feature from patch embeddings (B, n, D): what :meth:`forward` returns for an image."""
+        """The image feature from patch embeddings (B, n, D): what :meth:`forward` returns for an
+        image."""
         cls = self.forward_tokens(tokens)[:, 0]
         return self.proj(cls) if self.proj is not None else cls
 
