@@ -1,8 +1,11 @@
 """pyproject.toml and environment.yml name the same dependencies; the book's files are consistent."""
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 
@@ -91,3 +94,26 @@ def test_every_figure_has_a_caption():
             if draws and not figure.get("caption"):
                 missing.append(f"{nb.name}: {''.join(cell['source'])[:60]!r}")
     assert not missing, "figures without a caption:\n" + "\n".join(missing)
+
+
+def test_no_code_line_wider_than_the_code_box():
+    """The rendered code box holds about 100 characters: cdrlib and every chapter's code stay within."""
+    wide = []
+    for path in sorted((ROOT / "cdrlib").rglob("*.py")):
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if len(line) > 100:
+                wide.append(f"{path.relative_to(ROOT)}:{i}")
+    for nb in sorted((ROOT / "book").glob("*.ipynb")):
+        for k, cell in enumerate(json.loads(nb.read_text())["cells"]):
+            if cell["cell_type"] == "code":
+                wide += [f"{nb.name} cell {k}" for line in "".join(cell["source"]).splitlines() if len(line) > 100]
+    assert not wide, "lines wider than 100 characters:\n" + "\n".join(wide[:30])
+
+
+def test_ruff_finds_nothing():
+    """The lint rules of pyproject.toml ([tool.ruff]) hold for the library and the chapters."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (it comes with the test extra)")
+    done = subprocess.run([ruff, "check", "cdrlib", "book"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
