@@ -1,4 +1,5 @@
 """pyproject.toml and environment.yml name the same dependencies; the book's files are consistent."""
+
 import json
 import re
 import shutil
@@ -41,26 +42,38 @@ def test_every_dependency_is_in_both_files():
     env = environment_deps()
     py = pyproject_deps()
     missing_in_env = {d for d in py if CONDA_NAME.get(d, d) not in env}
-    assert not missing_in_env, f"in pyproject.toml but not in environment.yml: {sorted(missing_in_env)}"
+    assert not missing_in_env, (
+        f"in pyproject.toml but not in environment.yml: {sorted(missing_in_env)}"
+    )
     reverse = {v: k for k, v in CONDA_NAME.items()}
-    extra_in_env = {d for d in env - {"python", "pip", "pytorch-cuda"} if reverse.get(d, d) not in py}
+    extra_in_env = {
+        d for d in env - {"python", "pip", "pytorch-cuda"} if reverse.get(d, d) not in py
+    }
     assert not extra_in_env, f"in environment.yml but not in pyproject.toml: {sorted(extra_in_env)}"
 
 
 def test_dependencies_have_lower_bounds_only():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     for req in meta["dependencies"]:
-        assert "==" not in req and "<" not in req, f"{req}: use lower bounds only (Colab keeps its own torch)"
-    assert any(r.startswith("jupyter-book") and "<2" in r for r in meta["optional-dependencies"]["book"])
+        assert "==" not in req and "<" not in req, (
+            f"{req}: use lower bounds only (Colab keeps its own torch)"
+        )
+    assert any(
+        r.startswith("jupyter-book") and "<2" in r for r in meta["optional-dependencies"]["book"]
+    )
 
 
 def test_toc_chapters_exist_and_notebooks_carry_no_widget_state():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = [toc["root"]] + [c["file"] for p in toc["parts"] for c in p["chapters"]]
     for f in files:
-        assert (ROOT / f"{f}.ipynb").is_file() or (ROOT / f"{f}.md").is_file(), f"{f} is in _toc.yml but missing"
+        assert (ROOT / f"{f}.ipynb").is_file() or (ROOT / f"{f}.md").is_file(), (
+            f"{f} is in _toc.yml but missing"
+        )
     for nb in (ROOT / "book").glob("*.ipynb"):
-        assert "application/vnd.jupyter.widget-state+json" not in nb.read_text(), f"{nb.name} carries widget state"
+        assert "application/vnd.jupyter.widget-state+json" not in nb.read_text(), (
+            f"{nb.name} carries widget state"
+        )
 
 
 def test_config_renders_what_was_committed():
@@ -80,7 +93,9 @@ def test_every_chapter_starts_with_the_same_colab_setup_cell():
         firsts[nb.name] = "".join(first["source"])
     repo = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
     for name, source in firsts.items():
-        assert 'find_spec("cdrlib") is None' in source and repo in source, f"{name}: no setup cell first"
+        assert 'find_spec("cdrlib") is None' in source and repo in source, (
+            f"{name}: no setup cell first"
+        )
     assert len(set(firsts.values())) == 1, "the chapters' setup cells differ: keep them identical"
 
 
@@ -106,7 +121,11 @@ def test_no_code_line_wider_than_the_code_box():
     for nb in sorted((ROOT / "book").glob("*.ipynb")):
         for k, cell in enumerate(json.loads(nb.read_text())["cells"]):
             if cell["cell_type"] == "code":
-                wide += [f"{nb.name} cell {k}" for line in "".join(cell["source"]).splitlines() if len(line) > 100]
+                wide += [
+                    f"{nb.name} cell {k}"
+                    for line in "".join(cell["source"]).splitlines()
+                    if len(line) > 100
+                ]
     assert not wide, "lines wider than 100 characters:\n" + "\n".join(wide[:30])
 
 
@@ -115,5 +134,84 @@ def test_ruff_finds_nothing():
     ruff = shutil.which("ruff")
     if ruff is None:
         pytest.skip("ruff is not installed (it comes with the test extra)")
-    done = subprocess.run([ruff, "check", "cdrlib", "book"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [ruff, "check", "cdrlib", "book"], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+# Numbers the prose may state without an output beside them: worked examples, published results,
+# settings and constants. Every other number in a chapter's text must appear in its code or outputs.
+QUOTED = {
+    "01_data.ipynb": {
+        "30%": "the split's setting",
+        "4.0": "a licence (CC BY 4.0)",
+        "2.0": "a licence",
+    },
+    "02_metrics.ipynb": {
+        "01": "a chapter number",
+        "0.633": "a worked example",
+        "0.417": "a worked example",
+    },
+    "04_cluster_contrastive.ipynb": {
+        "1.4": "a licence",
+        "2.0": "a licence",
+        "224": "an image size",
+        "38.14": "published",
+        "41.57": "published",
+        "42.23": "published",
+        "44.61": "published",
+    },
+    "05_dod_alignment.ipynb": {"38.14": "published", "44.61": "published"},
+    "07_pcme.ipynb": {
+        "45.0": "published",
+        "68.8": "published",
+        "40.3": "published",
+        "66.7": "published",
+        "312": "CUB's attribute count",
+    },
+    "08_icfrr.ipynb": {
+        "0.695": "published",
+        "0.754": "published",
+        "0.777": "published",
+        "0.836": "published",
+        "40%": "the analysis's threshold",
+    },
+    "own_images.ipynb": {
+        "04": "a chapter number",
+        "05": "a chapter number",
+        "224": "an image size",
+        "30%": "the loader's default",
+    },
+}
+NUMBER = re.compile(r"(?<![\w.$\\{^_])(\d+\.\d+|\d+(?:,\d{3})+|\d+ ?%|\d{2,})(?![\w.])")
+
+
+def test_numbers_in_the_prose_come_from_the_outputs():
+    """A number the text states is printed by the chapter itself (or is a quoted constant above), so
+    that prose cannot drift from what the code computes."""
+    stray = []
+    for nb in sorted((ROOT / "book").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        seen = ""
+        for cell in cells:
+            if cell["cell_type"] == "code":
+                seen += "".join(cell["source"])
+                for out in cell.get("outputs", []):
+                    seen += "".join(out.get("text", "")) + "".join(
+                        out.get("data", {}).get("text/plain", "")
+                    )
+                    seen += "".join(out.get("data", {}).get("text/html", ""))
+        for cell in cells:
+            if cell["cell_type"] != "markdown":
+                continue
+            text = re.sub(
+                r"\$[^$]*\$|`[^`]*`|\{cite\}`[^`]*`|\]\([^)]*\)", "", "".join(cell["source"])
+            )
+            for m in NUMBER.finditer(text):
+                value = m.group(1).replace(" %", "%")
+                if value not in seen and value not in QUOTED.get(nb.name, {}):
+                    stray.append(
+                        f"{nb.name}: {value} in …{text[max(0, m.start() - 60) : m.end() + 20]!r}"
+                    )
+    assert not stray, "numbers in the prose that no output shows:\n" + "\n".join(stray)
