@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,24 @@ def test_numbers_in_the_prose_come_from_the_outputs():
                         f"{nb.name}: {value} in …{text[max(0, m.start() - 60) : m.end() + 20]!r}"
                     )
     assert not stray, "numbers in the prose that no output shows:\n" + "\n".join(stray)
+
+
+def test_a_plain_install_finds_the_repository_from_the_working_directory(tmp_path):
+    """``pip install <repo>`` copies the package alone: run from the repository (a chapter runs in
+    book/), it still finds the embedded data; elsewhere CDR_REPO names the repository."""
+    copy = tmp_path / "site" / "cdrlib"
+    shutil.copytree(ROOT / "cdrlib", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    code = "from cdrlib.paths import REPO_ROOT; print(REPO_ROOT)"
+    env = {"PYTHONPATH": str(copy.parent), "PATH": "/usr/bin:/bin"}
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT / "book", env=env, capture_output=True, text=True
+    )
+    assert found.stdout.strip() == str(ROOT), found.stderr
+    named = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**env, "CDR_REPO": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert named.stdout.strip() == str(ROOT), named.stderr
