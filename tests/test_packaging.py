@@ -237,3 +237,38 @@ def test_a_plain_install_finds_the_repository_from_the_working_directory(tmp_pat
         text=True,
     )
     assert named.stdout.strip() == str(ROOT), named.stderr
+
+
+def test_chapters_import_only_base_dependencies_unguarded():
+    """A chapter imports an extra (POT, torchmetrics, …) only inside try/except ImportError, so that
+    the rocket button's base install runs it."""
+    base = {
+        _name(r)
+        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    allowed = base | {"cdrlib", "IPython", "PIL"} | set(sys.stdlib_module_names)
+    module_of = {
+        "torch": "torch",
+        "torchvision": "torchvision",
+        "faiss": "faiss-cpu",
+        "sklearn": "scikit-learn",
+        "matplotlib": "matplotlib",
+        "numpy": "numpy",
+        "pandas": "pandas",
+        "scipy": "scipy",
+        "timm": "timm",
+        "tqdm": "tqdm",
+        "yaml": "pyyaml",
+    }
+    bad = []
+    for nb in sorted((ROOT / "book").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            src = "".join(cell["source"])
+            guarded = "except ImportError" in src
+            for m in re.finditer(r"^\s*(?:from|import) ([\w]+)", src, re.M):
+                top = m.group(1)
+                if module_of.get(top, top) not in allowed and top not in allowed and not guarded:
+                    bad.append(f"{nb.name}: {top}")
+    assert not bad, "unguarded imports of extras:\n" + "\n".join(bad)
