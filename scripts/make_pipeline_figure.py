@@ -58,13 +58,13 @@ def arrow(ax, start, end, style="-|>", colour="#44546a", dashed=False):
 
 
 def main() -> None:
-    fig, ax = plt.subplots(figsize=(10.5, 4.4))
+    fig, ax = plt.subplots(figsize=(9.0, 3.8))
     ax.set_xlim(0, 10.5)
     ax.set_ylim(0, 4.4)
     ax.axis("off")
     # the retrieval pipeline
-    box(ax, 0.1, 2.9, 1.7, 0.8, "query\n(domain A: a sketch)", STAGE)
-    box(ax, 0.1, 1.4, 1.7, 0.8, "gallery\n(domain B: colour art)", STAGE)
+    box(ax, 0.1, 2.9, 1.7, 0.8, "query\n(domain A: sketch)", STAGE)
+    box(ax, 0.1, 1.4, 1.7, 0.8, "gallery\n(domain B: colour)", STAGE)
     box(ax, 2.4, 2.1, 1.9, 0.9, "encoder\nbackbone + head", STAGE, weight="bold")
     box(ax, 4.9, 2.1, 1.5, 0.9, "embeddings\n(unit vectors)", STAGE)
     box(ax, 7.0, 2.1, 1.45, 0.9, "ranking\nby cosine", STAGE)
@@ -83,7 +83,7 @@ def main() -> None:
         0.15,
         2.4,
         1.3,
-        "training the encoder without labels:\n04 UCDIR clusters\n05 DoD alignment\n"
+        "trained without labels:\n04 UCDIR clusters\n05 DoD alignment\n"
         "06 IBNM fusion, noise",
         CHAPTER,
         size=8.5,
