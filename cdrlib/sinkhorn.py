@@ -15,7 +15,7 @@ of at most ``SCALING_MAX_SPREAD`` ε, as UCDIR's centroid matching (squared dist
 arithmetic, with two matrix-vector products per iteration instead of two log-sum-exps (about 3×
 faster on these small problems). Batched over a leading dimension, stopped by a tolerance on the
 row marginals or an iteration cap, differentiable by autograd.
-Used by the centroid form of distance-of-distance (``dod="seed"``, UCDIR chapters).
+Used by the centroid form of distance-of-distance (``dod="centroid"``, UCDIR chapters).
 """
 
 from __future__ import annotations

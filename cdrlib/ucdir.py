@@ -122,14 +122,14 @@ def match_centroids(
     return plan.argmax(dim=1)
 
 
-def dod_loss_seed(
+def dod_loss_centroid(
     c_a: torch.Tensor,
     c_b: torch.Tensor,
     matching: torch.Tensor | None = None,
     eps: float = 0.05,
     reduction: str = "sum",
 ) -> torch.Tensor:
-    """Distance-of-distance, the centroid form (``dod="seed"``):
+    """Distance-of-distance, the centroid form (``dod="centroid"``):
     ``Σ_ij abs(d(c_i^A, c_j^A) − d(c_π(i)^B, c_π(j)^B))``.
 
     Args:

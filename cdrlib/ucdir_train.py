@@ -43,6 +43,9 @@ from .progress import progress
 from .run_store import RunStore
 from .training import Trainer
 
+# the distance-of-distance forms: none, the official code's batch form, the centroid-matching form
+DOD_FORMS = (None, "code", "centroid")
+
 
 @dataclass
 class UCDIRConfig:
@@ -68,9 +71,9 @@ class UCDIRConfig:
     tau_se: float = 0.1
     dd_epoch: int = 6
     w_dd: float = 0.1
-    dod: str | None = None  # None, "code" or "seed"
+    dod: str | None = None  # None, "code" or "centroid"
     tau_dd: float = 0.01  # "code": the temperature of the distance patterns
-    sinkhorn_eps: float = 0.05  # "seed": ε of the centroid matching
+    sinkhorn_eps: float = 0.05  # "centroid": ε of the centroid matching
     use_cw: bool = True
     use_se: bool = True
     kmeans_niter: int = 20
@@ -241,8 +244,8 @@ class UCDIR:
         relabel: optional ``(domain, assignments (N,)) -> assignments (N,)`` applied after every
             k-means (``domain`` is ``"A"`` or ``"B"``). ``None`` keeps k-means's clusters, as the
             paper does; the book's premise dials pass :class:`cdrlib.premise.ClassMixedClusters`.
-        matching: optional ``(c_a (K, d), c_b (K, d)) -> π (K,)`` used by the ``"seed"`` DoD form
-            instead of Sinkhorn's matching (chapter 05's premise dial).
+        matching: optional ``(c_a (K, d), c_b (K, d)) -> π (K,)`` used by the ``"centroid"`` DoD
+            form instead of Sinkhorn's matching (chapter 05's premise dial).
     """
 
     def __init__(
@@ -255,6 +258,9 @@ class UCDIR:
         relabel=None,
         matching=None,
     ):
+        if cfg.dod not in DOD_FORMS:
+            hint = " (the centroid form was called 'seed' before)" if cfg.dod == "seed" else ""
+            raise ValueError(f"dod must be one of {DOD_FORMS}, not {cfg.dod!r}{hint}")
         self.cfg, self.device = cfg, torch.device(device)
         self.relabel, self.matching = relabel, matching  # the premise dials' hooks (see above)
         self.views = {
@@ -460,7 +466,7 @@ class UCDIR:
                         if self.matching is None
                         else self.matching(cur["A"].detach(), cur["B"].detach())
                     )
-                    l_dd = ucdir.dod_loss_seed(
+                    l_dd = ucdir.dod_loss_centroid(
                         cur["A"], cur["B"], matching=pi, eps=cfg.sinkhorn_eps, reduction="mean"
                     )
                 parts["dd"] = l_dd.item()

@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--backbone", help="default: emoji-resnet / emoji-vit on a CPU, moco-v2-resnet50 / dino-vitb16 "
                                        "with the paper's settings")
     ap.add_argument("--epochs", type=int)
-    ap.add_argument("--dod", choices=["code", "seed"])
+    ap.add_argument("--dod", choices=["code", "centroid"])
     ap.add_argument("--method", choices=["ucdir", "ibnm"], default="ucdir")
     ap.add_argument("--fusion", choices=["attention", "random", "none"], default="attention", help="IBNM only")
     ap.add_argument("--cached-views", type=int, default=0,

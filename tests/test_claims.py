@@ -155,8 +155,8 @@ CLAIMS = [
     ("04_cluster_contrastive", "premise", "class clusters: CW clears its ablation",
      premise_holds("oracle clusters p=1.0")),
     # chapter 05: neither DoD form moves CW+SE by more than a seed does, not even where its premise holds
-    ("05_dod_alignment", "ablation_map_all", "DoD (seed) level with CW+SE",
-     within_seed_range("UCDIR CW+SE+DoD (seed)", "UCDIR CW+SE", "heldout: mean")),
+    ("05_dod_alignment", "ablation_map_all", "DoD (centroid) level with CW+SE",
+     within_seed_range("UCDIR CW+SE+DoD (centroid)", "UCDIR CW+SE", "heldout: mean")),
     ("05_dod_alignment", "ablation_map_all", "DoD (code) level with CW+SE",
      within_seed_range("UCDIR CW+SE+DoD (code)", "UCDIR CW+SE", "heldout: mean")),
     ("05_dod_alignment", "premise", "right clusters and matching: DoD still adds nothing",

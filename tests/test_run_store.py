@@ -24,7 +24,7 @@ def tiny():
     labels = {"A": torch.arange(40) % 4, "B": torch.arange(36) % 4}
     plain = {"A": feats[0][:, 0], "B": feats[1][:, 0]}
     evaluation = pair_protocols("A", "B", (plain, labels), (plain, labels))
-    cfg = replace(UCDIRConfig(), epochs=3, batch_size=8, k=4, warmup_epoch=1, se_epoch=1, dd_epoch=1, dod="seed",
+    cfg = replace(UCDIRConfig(), epochs=3, batch_size=8, k=4, warmup_epoch=1, se_epoch=1, dd_epoch=1, dod="centroid",
                   kmeans_nredo=1, proj_hidden=32, proj_dim=8)
     return cfg, feats, backbone, evaluation
 

@@ -119,8 +119,8 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         t.fit()
     again, _, _ = make(tmp_path / "e.pt")
-    again.config = {"lr": 0.03, "dod": "seed"}
-    with pytest.raises(CheckpointError, match=r"dod = None there, 'seed' now, lr = 0.1 there, 0.03 now"):
+    again.config = {"lr": 0.03, "dod": "centroid"}
+    with pytest.raises(CheckpointError, match=r"dod = None there, 'centroid' now, lr = 0.1 there, 0.03 now"):
         again.fit()
     same, _, _ = make(tmp_path / "e.pt")
     same.config = {"lr": 0.1, "dod": None}

@@ -89,20 +89,20 @@ def test_dod_seed_against_loop_and_permutation():
     pi = ucdir.match_centroids(ca, cb_shuffled)
     assert torch.equal(cb_shuffled[pi], cb)                     # the matching undoes the shuffle
     want = sum(abs(float((ca[i] - ca[j]).norm()) - float((cb[i] - cb[j]).norm())) for i in range(4) for j in range(4))
-    assert ucdir.dod_loss_seed(ca, cb_shuffled).item() == pytest.approx(want)
-    assert ucdir.dod_loss_seed(ca, cb).item() == pytest.approx(want)
+    assert ucdir.dod_loss_centroid(ca, cb_shuffled).item() == pytest.approx(want)
+    assert ucdir.dod_loss_centroid(ca, cb).item() == pytest.approx(want)
 
 
 def test_dod_seed_mean_reduction_and_finite_gradient():
     ca, cb = unit(5, 4, 17).requires_grad_(), unit(5, 4, 18).requires_grad_()
-    total = ucdir.dod_loss_seed(ca, cb)
-    mean = ucdir.dod_loss_seed(ca, cb, reduction="mean")
+    total = ucdir.dod_loss_centroid(ca, cb)
+    mean = ucdir.dod_loss_centroid(ca, cb, reduction="mean")
     assert mean.item() == pytest.approx(total.item() / 25)
     mean.backward()
     assert torch.isfinite(ca.grad).all() and torch.isfinite(cb.grad).all()   # the zero diagonal is harmless
     assert ca.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="reduction"):
-        ucdir.dod_loss_seed(ca, cb, reduction="max")
+        ucdir.dod_loss_centroid(ca, cb, reduction="max")
 
 
 def test_batch_centroids_against_loop():
@@ -127,6 +127,6 @@ def test_dod_seed_gradient_is_finite_when_centroids_coincide():
     # two coincident centroids (a collapsed head, or two empty clusters): sqrt at 0 must not give NaN
     c_a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64, requires_grad=True)
     c_b = torch.tensor([[0.0, 1.0], [0.6, 0.8], [0.6, 0.8]], dtype=torch.float64, requires_grad=True)
-    loss = ucdir.dod_loss_seed(c_a, c_b, matching=torch.tensor([0, 1, 2]))
+    loss = ucdir.dod_loss_centroid(c_a, c_b, matching=torch.tensor([0, 1, 2]))
     loss.backward()
     assert torch.isfinite(c_a.grad).all() and torch.isfinite(c_b.grad).all()

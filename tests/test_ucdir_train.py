@@ -1,4 +1,5 @@
 """The UCDIR training command: a tiny run on one process and on two (torchrun, gloo, CPU)."""
+
 import json
 import os
 import subprocess
@@ -38,8 +39,24 @@ def test_tiny_single_process_and_resume(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_two_processes_gloo(tmp_path):
-    res = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
-               str(SCRIPT), "--tiny", "--backend", "gloo", "--out", str(tmp_path)], tmp_path)
+    res = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29531",
+            str(SCRIPT),
+            "--tiny",
+            "--backend",
+            "gloo",
+            "--out",
+            str(tmp_path),
+        ],
+        tmp_path,
+    )
     check(res)
 
 
@@ -57,8 +74,19 @@ def _cached_run(tmp_path, epochs, dod, stop_after=None):
     feats_a = cache_view_features(backbone, torch.rand(40, 3, 64, 64, generator=g), n_views=4)
     feats_b = cache_view_features(backbone, torch.rand(36, 3, 64, 64, generator=g), n_views=4)
     assert feats_a.shape == (40, 4, backbone.num_features)
-    cfg = replace(UCDIRConfig(), epochs=epochs, batch_size=8, k=4, warmup_epoch=1, se_epoch=1, dd_epoch=1,
-                  dod=dod, kmeans_nredo=1, proj_hidden=32, proj_dim=8)
+    cfg = replace(
+        UCDIRConfig(),
+        epochs=epochs,
+        batch_size=8,
+        k=4,
+        warmup_epoch=1,
+        se_epoch=1,
+        dd_epoch=1,
+        dod=dod,
+        kmeans_nredo=1,
+        proj_hidden=32,
+        proj_dim=8,
+    )
     method = UCDIR(cfg, feats_a, feats_b, backbone)
     trainer = method.trainer(tmp_path / "run.pt")
     if stop_after is not None:  # an interruption: the process ends after this many epochs
@@ -66,14 +94,14 @@ def _cached_run(tmp_path, epochs, dod, stop_after=None):
     return method, trainer.fit()
 
 
-@pytest.mark.parametrize("dod", ["seed", "code"])
+@pytest.mark.parametrize("dod", ["centroid", "code"])
 def test_cached_features_train_every_loss_and_resume_exactly(tmp_path, dod):
     import torch
 
     full, hist = _cached_run(tmp_path / "a", 3, dod)
     last = hist[-1]
     assert {"iw_A", "cw_A", "se", "dd"} <= set(last) and all(v == v for v in last.values())
-    # the seed form's loss reaches the network (its centroids follow the queries)
+    # the centroid form's loss reaches the network (its centroids follow the queries)
     _cached_run(tmp_path / "b", 3, dod, stop_after=2)
     resumed, hist_b = _cached_run(tmp_path / "b", 3, dod)
     assert hist_b == hist
@@ -93,19 +121,41 @@ def test_bad_inputs_are_explained():
     from cdrlib.ucdir_train import UCDIR, UCDIRConfig
 
     with pytest.raises(ValueError, match="both domains"):
-        UCDIR(UCDIRConfig(), torch.randn(10, 4, 8), torch.rand(10, 3, 64, 64), get_backbone("random-resnet"))
+        UCDIR(
+            UCDIRConfig(),
+            torch.randn(10, 4, 8),
+            torch.rand(10, 3, 64, 64),
+            get_backbone("random-resnet"),
+        )
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         UCDIR(UCDIRConfig(), torch.rand(10, 64), torch.rand(10, 64), get_backbone("random-resnet"))
-    method = UCDIR(replace(UCDIRConfig(), batch_size=64), torch.randn(10, 4, 8), torch.randn(10, 4, 8),
-                   get_backbone("random-resnet"))
+    method = UCDIR(
+        replace(UCDIRConfig(), batch_size=64),
+        torch.randn(10, 4, 8),
+        torch.randn(10, 4, 8),
+        get_backbone("random-resnet"),
+    )
     with pytest.raises(ValueError, match="larger than a domain"):
         next(method.batches(0, torch.Generator()))
 
 
 @pytest.mark.slow
 def test_tiny_ibnm_command_whole_vit(tmp_path):
-    res = run([sys.executable, str(SCRIPT), "--method", "ibnm", "--tiny", "--domains", "noto", "sketch",
-               "--out", str(tmp_path)], tmp_path)
+    res = run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--method",
+            "ibnm",
+            "--tiny",
+            "--domains",
+            "noto",
+            "sketch",
+            "--out",
+            str(tmp_path),
+        ],
+        tmp_path,
+    )
     last = res["history"][-1]
     assert {"iw_A", "cw_A", "se", "feat", "label", "clean_fraction"} <= set(last)
     assert res["config"]["fusion"] == "attention" and res["config"]["backbone"] == "random-vit"
@@ -131,11 +181,29 @@ def test_own_images_command_trains_evaluates_and_reranks(tmp_path):
     tree = _own_tree(tmp_path / "tree")
     (tree / "sketch" / "cat" / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "run"
-    cmd = [sys.executable, str(SCRIPT), "--root", str(tree), "--domains", "photo", "sketch", "--tiny",
-           "--setting", "cpu", "--cached-views", "3", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--root",
+        str(tree),
+        "--domains",
+        "photo",
+        "sketch",
+        "--tiny",
+        "--setting",
+        "cpu",
+        "--cached-views",
+        "3",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "CDR_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     bad = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert bad.returncode != 0 and "broken.png" in bad.stderr + bad.stdout and "bad_files='skip'" in bad.stderr + bad.stdout
+    assert (
+        bad.returncode != 0
+        and "broken.png" in bad.stderr + bad.stdout
+        and "bad_files='skip'" in bad.stderr + bad.stdout
+    )
     res = run(cmd + ["--bad-files", "skip"], out)
     assert "CPU setting" in res["setting"]
     protocols = {r["protocol"] for r in res["metrics"]}
@@ -146,16 +214,45 @@ def test_own_images_command_trains_evaluates_and_reranks(tmp_path):
 
 def test_own_images_from_a_list_and_settings_that_disable_the_method(tmp_path):
     tree = _own_tree(tmp_path / "tree", n=6)
-    rows = [f"{p.relative_to(tree)},{p.parts[-3]},{p.parts[-2]}" for p in sorted(tree.rglob("*.png"))]
+    rows = [
+        f"{p.relative_to(tree)},{p.parts[-3]},{p.parts[-2]}" for p in sorted(tree.rglob("*.png"))
+    ]
     (tree / "list.csv").write_text("path,domain,class\n" + "\n".join(rows) + "\n")
     out = tmp_path / "run"
-    res = run([sys.executable, str(SCRIPT), "--list", str(tree / "list.csv"), "--domains", "photo", "sketch", "--tiny",
-               "--setting", "cpu", "--cached-views", "3", "--out", str(out)], out)
+    res = run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--list",
+            str(tree / "list.csv"),
+            "--domains",
+            "photo",
+            "sketch",
+            "--tiny",
+            "--setting",
+            "cpu",
+            "--cached-views",
+            "3",
+            "--out",
+            str(out),
+        ],
+        out,
+    )
     assert {r["protocol"] for r in res["metrics"]} == {"heldout", "paper"}
     env = {**os.environ, "CDR_PROGRESS": "0"}
-    for extra, message in ((["--epochs", "2"], "plain instance discrimination"),
-                           (["--dataset", "office_hom"], "unknown dataset")):
-        args = ["--root", str(tree), "--domains", "photo", "sketch"] if extra[0] == "--epochs" else []
-        p = subprocess.run([sys.executable, str(SCRIPT), *args, *extra, "--out", str(tmp_path / "x")], cwd=ROOT,
-                           env=env, capture_output=True, text=True, timeout=300)
+    for extra, message in (
+        (["--epochs", "2"], "plain instance discrimination"),
+        (["--dataset", "office_hom"], "unknown dataset"),
+    ):
+        args = (
+            ["--root", str(tree), "--domains", "photo", "sketch"] if extra[0] == "--epochs" else []
+        )
+        p = subprocess.run(
+            [sys.executable, str(SCRIPT), *args, *extra, "--out", str(tmp_path / "x")],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert p.returncode != 0 and message in p.stderr + p.stdout, p.stderr[-2000:]
