@@ -154,8 +154,8 @@ def _checks(it: int, max_iter: int) -> bool:
 def log_domain_iterations(c, a, b, eps, max_iter, tol):
     """The dual updates with log-sum-exp, for any ε.
 
-    Args: c (B, n, m) costs, a (B, n) and b (B, m) marginals. Returns ``(plan, f, g, iterations,
-        err)``; :func:`sinkhorn` checks the input.
+    Args: c (B, n, m) costs, a (B, n) and b (B, m) marginals; :func:`sinkhorn` checks the input.
+    Returns ``(plan, f, g, iterations, err)``.
     """
     log_a, log_b = a.log(), b.log()
     f = torch.zeros_like(a)

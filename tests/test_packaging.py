@@ -272,3 +272,18 @@ def test_chapters_import_only_base_dependencies_unguarded():
                 if module_of.get(top, top) not in allowed and top not in allowed and not guarded:
                     bad.append(f"{nb.name}: {top}")
     assert not bad, "unguarded imports of extras:\n" + "\n".join(bad)
+
+
+WORKSHOP_WORDS = ("METHODS.md", "DATASET.md", "STYLE.md", "shared/", "the seed formulation", "seed form",
+                  "DoD (seed)", "the write-up", "the project's target", "30× target")
+
+
+def test_no_reference_to_files_or_words_outside_the_repository():
+    """The book and the library cite nothing a reader of the repository lacks (the team's notes) and
+    name variants by what they are, not by where they came from in our workshop."""
+    found = []
+    files = [*ROOT.glob("book/*.md"), *ROOT.glob("book/*.ipynb"), *ROOT.rglob("cdrlib/**/*.py"), ROOT / "README.md"]
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        found += [f"{path.relative_to(ROOT)}: {w!r}" for w in WORKSHOP_WORDS if w in text]
+    assert not found, "\n".join(found)
