@@ -158,9 +158,8 @@ def fuse(
         s_a, s_b = importance
     elif use_attention:
         with torch.no_grad():  # the importance is read from the current model, not trained through
-            s_a = cls_patch_attention(
-                vit.attention_maps(x_a), softmax
-            )  # A's attention, for A's patches
+            # A's attention, for A's patches
+            s_a = cls_patch_attention(vit.attention_maps(x_a), softmax)
             s_b = cls_patch_attention(vit.attention_maps(x_b), softmax)
     else:
         s_a = s_b = uniform_importance(b, n, x_a.device)

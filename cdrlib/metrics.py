@@ -423,9 +423,8 @@ def iter_relevant_ranks(
     if chunk_size is not None:
         check_positive_int(chunk_size, "chunk_size")
     dev = torch.device(device) if device is not None else query.device
-    dtype = torch.promote_types(
-        query.dtype, gallery.dtype
-    )  # float32 queries and a float64 gallery mix
+    # float32 queries and a float64 gallery mix
+    dtype = torch.promote_types(query.dtype, gallery.dtype)
     q = _cosine_or_dot(query.to(dtype), metric).to(dev)
     g = _cosine_or_dot(gallery.to(dtype), metric).to(dev)
     g_sq = (g * g).sum(1) if metric == "euclidean" else None

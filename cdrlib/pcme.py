@@ -200,9 +200,8 @@ def match_scores(
     check_positive_int(n_samples, "n_samples")
     check_positive_int(chunk_size, "chunk_size")
     check_positive_int(budget, "budget")
-    g = torch.Generator().manual_seed(
-        seed
-    )  # on the CPU: the same samples, so the same table, on any device
+    # on the CPU: the same samples, so the same table, on any device
+    g = torch.Generator().manual_seed(seed)
     z_q = sample(mu_q, log_sigma_q, n_samples, g)
     z_g = sample(mu_g, log_sigma_g, n_samples, g)
     out = torch.empty(len(z_q), len(z_g), dtype=z_q.dtype, device=z_q.device)

@@ -57,9 +57,8 @@ def match_clusters_to_classes(assignments, labels, k: int) -> torch.Tensor:
             f"{n_classes} classes but only k={k} clusters: the map needs k ≥ the number of classes"
         )
     overlap = torch.zeros(k, k, dtype=torch.int64)
-    overlap.index_put_(
-        (a, y), torch.ones_like(a), accumulate=True
-    )  # (clusters, classes padded to k)
+    # (clusters, classes padded to k)
+    overlap.index_put_((a, y), torch.ones_like(a), accumulate=True)
     rows, cols = linear_sum_assignment(overlap.numpy(), maximize=True)
     out = torch.empty(k, dtype=torch.int64)
     out[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.int64)

@@ -30,6 +30,7 @@ from .paths import REPO_ROOT, default_results_dir
 from .progress import progress
 
 PROFILES = ("default", "paper")
+# REPO_ROOT, default_results_dir and progress are re-exported for chapters
 __all__ = [
     "PROFILES",
     "REPO_ROOT",
@@ -40,7 +41,7 @@ __all__ = [
     "progress",
     "seed_everything",
     "setup",
-]  # REPO_ROOT, default_results_dir and progress are re-exported for chapters
+]
 
 
 @dataclass(frozen=True)

@@ -106,8 +106,8 @@ def say(*parts) -> None:
 
 def own_data(args, backbone_name: str):
     """Training and evaluation sets of one's own images, at the backbone's input size."""
-    size = input_size(backbone_name) if not backbone_name.startswith("random-") else 64
-    kw = dict(image_size=size, heldout_fraction=args.heldout_fraction, bad_files=args.bad_files)
+    kw = dict(image_size=input_size(backbone_name), heldout_fraction=args.heldout_fraction,
+              bad_files=args.bad_files)
     data = (load_folder_domains(args.root, domains=list(args.domains), **kw) if args.root is not None
             else load_list_domains(args.list, **kw))
     absent = [d for d in args.domains if d not in data.train]
@@ -179,7 +179,7 @@ def first_items(ds: DomainDataset, n: int) -> DomainDataset:
 
 
 def epoch_reporter(cfg, rank: int):
-    """An ``on_epoch_end`` that prints one line per epoch: the loss, the time so far and the time left."""
+    """An ``on_epoch_end`` that prints one line per epoch: the time so far and the time left."""
     start = time.time()
     done = []
 

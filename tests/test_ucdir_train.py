@@ -176,27 +176,18 @@ def _own_tree(root, classes=("apple", "bird", "cat"), n=12):
     return root
 
 
+def _own_command(source: str, path, out) -> list[str]:
+    """The own-images command in its smoke form: ``source`` is ``--root`` or ``--list``."""
+    return [sys.executable, str(SCRIPT), source, str(path), "--domains", "photo", "sketch", "--tiny",
+            "--setting", "cpu", "--cached-views", "3", "--out", str(out)]
+
+
 def test_own_images_command_trains_evaluates_and_reranks(tmp_path):
     """The one command for one's own images: CPU setting chosen and announced, both protocols, ICFRR."""
     tree = _own_tree(tmp_path / "tree")
     (tree / "sketch" / "cat" / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        str(SCRIPT),
-        "--root",
-        str(tree),
-        "--domains",
-        "photo",
-        "sketch",
-        "--tiny",
-        "--setting",
-        "cpu",
-        "--cached-views",
-        "3",
-        "--out",
-        str(out),
-    ]
+    cmd = _own_command("--root", tree, out)
     env = {**os.environ, "CDR_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     bad = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert (
@@ -219,25 +210,7 @@ def test_own_images_from_a_list_and_settings_that_disable_the_method(tmp_path):
     ]
     (tree / "list.csv").write_text("path,domain,class\n" + "\n".join(rows) + "\n")
     out = tmp_path / "run"
-    res = run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--list",
-            str(tree / "list.csv"),
-            "--domains",
-            "photo",
-            "sketch",
-            "--tiny",
-            "--setting",
-            "cpu",
-            "--cached-views",
-            "3",
-            "--out",
-            str(out),
-        ],
-        out,
-    )
+    res = run(_own_command("--list", tree / "list.csv", out), out)
     assert {r["protocol"] for r in res["metrics"]} == {"heldout", "paper"}
     env = {**os.environ, "CDR_PROGRESS": "0"}
     for extra, message in (

@@ -230,9 +230,8 @@ def extract(
         for child in stage.iterdir():
             target = into / child.name
             if target.is_dir() and child.is_dir():
-                shutil.copytree(
-                    child, target, dirs_exist_ok=True
-                )  # a second archive into the same tree
+                # a second archive into the same tree
+                shutil.copytree(child, target, dirs_exist_ok=True)
             else:
                 os.replace(child, target)
     except tarfile.TarError as e:
