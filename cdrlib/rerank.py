@@ -450,15 +450,23 @@ def icfrr_dense(
     Memory G² (the rank table); time Q·n_iter·KQ·G. Used by the tests and the benchmark, which
     may pass a precomputed ``weight_table`` (:func:`dense_weight_table`). Returns int64 (Q, G).
     """
-    _check(kq, kg, gg.shape[0], beta, n_iter, variant)
+    g = gg.shape[0]
+    _check(kq, kg, g, beta, n_iter, variant)
     table = dense_weight_table(gg, kg) if weight_table is None else weight_table
+    # Each weight is (G−1−r)/(G−1). Summing the integer numerators and dividing once gives every Δ
+    # as the exact mean rounded once, so Δs that are equal in exact arithmetic compare equal: with
+    # float weights the sum's rounding depends on the order, and an exact tie can come out either
+    # way after the paper variant accumulates it over iterations.
+    numerators = torch.round(table * (g - 1)).to(torch.int64)
+    unit = (1.0 / (g - 1)) / kq
     out = torch.empty(qg.shape, dtype=torch.int64)
     for q in range(qg.shape[0]):
         pi = torch.argsort(qg[q], stable=True)
         v = -qg[q][pi]
         s = -qg[q].clone()
         for _ in range(n_iter):
-            delta = table[pi[:kq]].mean(0)  # Δ(j) over the current top KQ
+            # Δ(j), the mean weight over the current top KQ
+            delta = numerators[pi[:kq]].sum(0).to(qg.dtype) * unit
             if variant == "official":
                 pi = pi[torch.argsort(-(v + beta * delta[pi]), stable=True)]
             else:
