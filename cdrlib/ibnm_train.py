@@ -38,6 +38,7 @@ from .models.vit import VisionTransformer
 from .run_store import RunStore
 from .ucdir_train import (
     UCDIR,
+    ClusterState,
     TrainingViews,
     UCDIRConfig,
     evaluate_method,
@@ -95,23 +96,6 @@ class IBNMConfig(UCDIRConfig):
             warmup_epoch=5, se_epoch=25, dd_epoch=25, dod=None, fusion_epoch=base["epochs"] // 2
         )
         return IBNMConfig(**{**base, **overrides})
-
-
-class _JointClusters:
-    """Shared centroids of A ∪ B, each domain's (relabelled) pseudo-labels and clean masks."""
-
-    def __init__(self):
-        self.state = {}
-
-    @property
-    def ready(self) -> bool:
-        return bool(self.state)
-
-    def state_dict(self):
-        return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in self.state.items()}
-
-    def load_state_dict(self, s):
-        self.state = dict(s)
 
 
 class IBNM(UCDIR):
@@ -175,7 +159,7 @@ class IBNM(UCDIR):
         torch.manual_seed(cfg.seed)
         self.mixing = fusion.PatchMixing(self.vit.num_patches).to(self.device)
         self.fusion_weights = fusion.FusionLossWeights(cfg.r_init).to(self.device)
-        self.joint = _JointClusters()
+        self.joint = ClusterState(required=("centroids",))
         self.importance = {}
         if cfg.fusion == "ink":
             self.importance = {
@@ -259,13 +243,11 @@ class IBNM(UCDIR):
                 ]
             )
             out["clean_fraction"] = clean.float().mean().item()
-        self.joint.state = {
-            "centroids": centroids.to(self.device),
-            "labels_A": labels[:na].to(self.device),
-            "labels_B": labels[na:].to(self.device),
-            "clean_A": clean[:na],
-            "clean_B": clean[na:],
-        }
+        self.joint.set("centroids", centroids.to(self.device))
+        self.joint.set("labels_A", labels[:na].to(self.device))
+        self.joint.set("labels_B", labels[na:].to(self.device))
+        self.joint.set("clean_A", clean[:na])
+        self.joint.set("clean_B", clean[na:])
         return out
 
     # -- the loss of one step
@@ -274,12 +256,12 @@ class IBNM(UCDIR):
         if not self.fusion_active(epoch):
             return loss, parts, k
         cfg, dev = self.cfg, self.device
-        c = self.joint.state["centroids"]
+        c = self.joint.get("centroids")
         fb = min(cfg.fusion_batch, len(ids["A"]), len(ids["B"]))
         ia, ib = ids["A"][:fb], ids["B"][:fb]
         y_a, y_b = (
-            self.joint.state["labels_A"][ia.to(dev)],
-            self.joint.state["labels_B"][ib.to(dev)],
+            self.joint.get("labels_A")[ia.to(dev)],
+            self.joint.get("labels_B")[ib.to(dev)],
         )
         if cfg.fusion is not None:
             x_a, x_b = self.images["A"].plain(ia, dev), self.images["B"].plain(ib, dev)
@@ -313,10 +295,10 @@ class IBNM(UCDIR):
         if cfg.noise:
             l_mix = []
             for d, i in (("A", ia), ("B", ib)):
-                keep = i[self.joint.state[f"clean_{d}"][i]]
+                keep = i[self.joint.get(f"clean_{d}")[i]]
                 if len(keep) < 2:
                     continue
-                y = self.joint.state[f"labels_{d}"][keep.to(dev)]
+                y = self.joint.get(f"labels_{d}")[keep.to(dev)]
                 x_mix, y_i, y_j, lam = noise.intra_domain_mixup(
                     self.images[d].plain(keep, dev), y, cfg.mixup_alpha
                 )

@@ -280,7 +280,7 @@ class UCDIR:
             d: MemoryBank(len(v), cfg.proj_dim, seed=cfg.seed + i, device=self.device)
             for i, (d, v) in enumerate(self.views.items())
         }
-        self.clusters = _Clusters()
+        self.clusters = ClusterState(required=("A", "B"))
         self.model = self.encoder
         if rank_and_world_size()[1] > 1:
             # The encoder runs twice a step (domain A, then B). With DDP's default buffer broadcast
@@ -524,27 +524,40 @@ class UCDIR:
         self.clusters.load_state_dict(state["clusters"])
 
 
-class _Clusters:
-    """The current centroids and assignments of both domains (saved with the run)."""
+class ClusterState:
+    """What the last clustering produced, saved with the run: named tensors, or tuples of them.
 
-    def __init__(self):
-        self.state = {}
+    UCDIR keeps one ``(centroids (k, d), labels (N,))`` per domain under ``"A"`` and ``"B"``; IBNM
+    keeps the shared centroids of A ∪ B and each domain's labels and clean masks by name.
+
+    Args:
+        required: the names that must be set before the losses that use clusters may run.
+    """
+
+    def __init__(self, required: tuple[str, ...]):
+        self.required = required
+        self.state: dict = {}
 
     @property
     def ready(self) -> bool:
-        return "A" in self.state and "B" in self.state
+        return all(name in self.state for name in self.required)
 
-    def set(self, d, centroids, labels):
-        self.state[d] = (centroids, labels)
+    def set(self, name: str, *values: torch.Tensor) -> None:
+        self.state[name] = values[0] if len(values) == 1 else tuple(values)
 
-    def get(self, d):
-        return self.state[d]
+    def get(self, name: str):
+        return self.state[name]
 
-    def state_dict(self):
-        return {d: (c.cpu(), lab.cpu()) for d, (c, lab) in self.state.items()}
+    def state_dict(self) -> dict:
+        def cpu(v):
+            if isinstance(v, tuple):
+                return tuple(cpu(x) for x in v)
+            return v.cpu() if isinstance(v, torch.Tensor) else v
 
-    def load_state_dict(self, s):
-        self.state = dict(s)
+        return {name: cpu(v) for name, v in self.state.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = dict(state)
 
 
 def train_and_evaluate(

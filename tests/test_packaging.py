@@ -275,7 +275,7 @@ def test_chapters_import_only_base_dependencies_unguarded():
 
 
 WORKSHOP_WORDS = ("METHODS.md", "DATASET.md", "STYLE.md", "shared/", "the seed formulation", "seed form",
-                  "DoD (seed)", "the write-up", "the project's target", "30× target")
+                  "DoD (seed)", "seed DoD", "the write-up", "the project's target", "30× target")
 
 
 def test_no_reference_to_files_or_words_outside_the_repository():

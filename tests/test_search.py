@@ -81,7 +81,10 @@ def test_search_and_evaluate_equals_search_then_metrics(metric, chunk_size):
     gl[50] = gl[10]
     v, i, m = search_and_evaluate(q, gal, 15, ql, gl, metric=metric, ks=(1, 10), chunk_size=chunk_size)
     v_ref, i_ref = knn_search(q, gal, 15, metric=metric, backend="torch")
-    assert torch.equal(i, i_ref) and torch.equal(v, v_ref)
+    assert torch.equal(i, i_ref)
+    # the same scores up to the last bit: a product of 7 query rows may take another BLAS kernel
+    # (another summation order) than one of all 40, as under ATEN_CPU_CAPABILITY=avx2
+    torch.testing.assert_close(v, v_ref, rtol=1e-6, atol=1e-6)
     assert m == retrieval_metrics(q, gal, ql, gl, metric=metric, ks=(1, 10))
 
 

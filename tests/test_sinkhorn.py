@@ -132,3 +132,47 @@ def test_numpy_input_and_a_warning_when_not_converged():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sinkhorn(C, a, b, eps=0.05, max_iter=2, tol=1e-12, warn=False)
+
+
+def first_converged_iteration(C, a, b, eps, tol, cap=500):
+    """The first iteration count after which the row marginals are within tol (textbook scaling)."""
+    for it in range(1, cap + 1):
+        plan = textbook(C, a, b, eps, iters=it)
+        err = (plan.sum(1) - a).abs().sum().item()
+        if err < tol:
+            return it, err
+    raise AssertionError("the reference did not converge")
+
+
+@pytest.mark.parametrize("method", ["log", "scaling"])
+@pytest.mark.parametrize("tol", [1e-2, 1e-4, 1e-7])
+def test_stops_at_the_first_iteration_that_meets_tol(method, tol):
+    C, a, b = problem(5, 4, seed=6)
+    C = C / C.max()
+    want_it, want_err = first_converged_iteration(C, a, b, 0.1, tol)
+    res = sinkhorn(C, a, b, eps=0.1, max_iter=500, tol=tol, method=method)
+    assert res.iterations == want_it
+    assert res.err == pytest.approx(want_err, rel=1e-6, abs=1e-14)
+    torch.testing.assert_close(res.plan, textbook(C, a, b, 0.1, iters=want_it), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["log", "scaling"])
+def test_float32_iterations_reach_a_marginal_error_near_1e_6(method):
+    C, a, b = problem(6, 6, seed=7)
+    C = 1.5 * C / C.max()
+    ref = sinkhorn(C, a, b, eps=0.05, max_iter=5000, tol=1e-12, method="log").plan
+    res = sinkhorn(C, a, b, eps=0.05, max_iter=5000, tol=1e-5, method=method, dtype=torch.float32)
+    assert res.plan.dtype == torch.float64 and res.err < 1e-5   # computed in float32, returned as given
+    torch.testing.assert_close(res.plan, ref, rtol=0, atol=1e-5)
+
+
+def test_float32_scaling_form_needs_a_smaller_spread():
+    C, a, b = problem(6, 6, seed=8)
+    C = 3.0 * C / C.max()                            # a spread of 60 ε at ε = 0.05: safe in float64 only
+    sinkhorn(C, a, b, eps=0.05, method="scaling", warn=False)
+    with pytest.raises(ValueError, match="scaling form would underflow"):
+        sinkhorn(C, a, b, eps=0.05, method="scaling", dtype=torch.float32)
+    res = sinkhorn(C, a, b, eps=0.05, max_iter=2000, tol=1e-5, dtype=torch.float32, warn=False)
+    assert torch.isfinite(res.plan).all()          # "auto" ran the log form in float32
+    with pytest.raises(ValueError, match="dtype must be"):
+        sinkhorn(C, a, b, dtype=torch.float16)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from cdrlib.ucdir_train import ClusterState
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_ucdir.py"
@@ -229,3 +232,23 @@ def test_own_images_from_a_list_and_settings_that_disable_the_method(tmp_path):
             timeout=300,
         )
         assert p.returncode != 0 and message in p.stderr + p.stdout, p.stderr[-2000:]
+
+
+def test_cluster_state_is_ready_only_when_every_required_name_is_set_and_saves_on_cpu():
+    s = ClusterState(required=("A", "B"))
+    assert not s.ready
+    s.set("A", torch.ones(3, 2), torch.tensor([0, 1, 1]))
+    assert not s.ready
+    s.set("B", torch.zeros(3, 2), torch.tensor([1, 0, 0]))
+    assert s.ready
+    c, labels = s.get("A")
+    assert torch.equal(labels, torch.tensor([0, 1, 1])) and c.shape == (3, 2)
+    joint = ClusterState(required=("centroids",))
+    joint.set("centroids", torch.ones(2, 2))
+    joint.set("clean_A", torch.tensor([True, False]))
+    restored = ClusterState(required=("centroids",))
+    restored.load_state_dict(joint.state_dict())
+    assert restored.ready and torch.equal(restored.get("clean_A"), torch.tensor([True, False]))
+    again = ClusterState(required=("A", "B"))
+    again.load_state_dict(s.state_dict())
+    assert torch.equal(again.get("B")[1], torch.tensor([1, 0, 0]))
