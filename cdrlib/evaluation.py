@@ -20,15 +20,14 @@ import torch
 
 from .data.emoji import load_emoji_domains
 from .data.transforms import normalize, to_float
+from .inference import evaluating, in_batches
 from .metrics import ranking_metrics, retrieval_metrics
 from .progress import progress
 from .rerank import icfrr
-from .validation import check_positive_int
 
 PROTOCOL_SPLIT = {"paper": "train", "heldout": "heldout"}
 
 
-@torch.no_grad()
 def extract_features(
     model: Callable,
     images: torch.Tensor,
@@ -45,21 +44,16 @@ def extract_features(
             f"images must be float in [0, 1], got {images.dtype}; for 8-bit images pass "
             f"images.float() / 255"
         )
-    check_positive_int(batch_size, "batch_size")
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    out = []
-    for start in progress(range(0, len(images), batch_size), desc="features"):
-        x = images[start : start + batch_size].to(device)
-        x = transform(x) if transform is not None else normalize(x)
-        out.append(model(x).float().cpu())
-    if was_training:
-        model.train()
-    return torch.cat(out)
+    prepare = transform if transform is not None else normalize
+    with evaluating(model):
+        return in_batches(
+            lambda sl: model(prepare(images[sl].to(device))).float(),
+            len(images),
+            batch_size,
+            desc="features",
+        )
 
 
-@torch.no_grad()
 def dataset_features(
     model: Callable, dataset, batch_size: int = 256, device="cpu", num_workers: int = 0
 ) -> torch.Tensor:
@@ -71,11 +65,11 @@ def dataset_features(
         return extract_features(
             model, dataset.tensor(), batch_size, device, transform=dataset.transform
         )
-    model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    return torch.cat(
-        [model(x.to(device)).float().cpu() for x, _, _ in progress(loader, desc="features")]
-    )
+    with evaluating(model):
+        return torch.cat(
+            [model(x.to(device)).float().cpu() for x, _, _ in progress(loader, desc="features")]
+        )
 
 
 class RandomFeatures(torch.nn.Module):

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from . import fusion, noise
 from .clustering import kmeans
+from .inference import evaluating, in_batches
 from .models.vit import VisionTransformer
 from .run_store import RunStore
 from .ucdir_train import (
@@ -172,40 +173,37 @@ class IBNM(UCDIR):
             self.importance = {
                 d: self._importance(d, torch.arange(len(self.images[d]))) for d in ("A", "B")
             }
+        if cfg.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {cfg.optimizer!r}")
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW or SGD (``cfg.optimizer``) over the encoder, the mixing and the fusion weights."""
+        cfg = self.cfg
         params = [
             *self.encoder.parameters(),
             *self.mixing.parameters(),
             *self.fusion_weights.parameters(),
         ]
         if cfg.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(
-                params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-            )
-        else:
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {cfg.optimizer!r}")
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
 
     # -- pieces
-    @torch.no_grad()
     def _importance(self, d: str, ids: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
         """s (len(ids), n): each image's own CLS attention over its patches (fusion steps 1–3)."""
-        was = self.vit.training
-        self.vit.eval()
         softmax = self.cfg.fusion != "attention_raw"
-        out = torch.cat(
-            [
-                fusion.cls_patch_attention(
-                    self.vit.attention_maps(
-                        self.images[d].plain(ids[i : i + batch_size], self.device)
-                    ),
+        with evaluating(self.vit):
+            return in_batches(
+                lambda sl: fusion.cls_patch_attention(
+                    self.vit.attention_maps(self.images[d].plain(ids[sl], self.device)),
                     softmax=softmax,
-                )
-                for i in range(0, len(ids), batch_size)
-            ]
-        )
-        self.vit.train(was)
-        return out
+                ),
+                len(ids),
+                batch_size,
+                to_cpu=False,
+            )
 
     def _embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.encoder.head(self.vit.feature_from_tokens(tokens)), dim=1)

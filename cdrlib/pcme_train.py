@@ -18,9 +18,9 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,10 +34,11 @@ from .data.errors import DataError
 from .data.paper import dataset_root
 from .data.transforms import normalize, to_float
 from .evaluation import raw_pixel_features
+from .inference import evaluating, in_batches
 from .metrics import MetricSums, hamming_relevance, label_relevance, ranks_from_scores
-from .progress import progress
 from .run_store import RunStore
 from .text import BiGRUText, Vocabulary
+from .training import GeneratorState, Trainer
 from .validation import check_choice
 
 
@@ -97,20 +98,23 @@ class ImageTextData:
         """Every domain's images of the split, through the frozen ViT once."""
         ds = load_emoji_domains()
         idx = ds.indices(split)
-        pooled, tokens, emoji = [], [], []
-        vit = vit.to(device).eval()
-        with torch.no_grad():
-            for d in range(len(ds.domains)):
-                for i in range(0, len(idx), batch_size):
-                    x = normalize(to_float(ds.images[d, idx[i : i + batch_size]])).to(device)
-                    p, t = _vit_features(vit, x)
-                    pooled.append(p)
-                    tokens.append(t)
-                emoji.append(torch.as_tensor(idx))
+        vit = vit.to(device)
+
+        def domain_features(d: int) -> tuple:  # (pooled (N, D), tokens (N, n, d)) of domain d
+            return in_batches(
+                lambda sl: _vit_features(
+                    vit, normalize(to_float(ds.images[d, idx[sl]])).to(device)
+                ),
+                len(idx),
+                batch_size,
+            )
+
+        with evaluating(vit):
+            per_domain = [domain_features(d) for d in range(len(ds.domains))]
         return cls(
-            torch.cat(pooled),
-            torch.cat(tokens),
-            torch.cat(emoji),
+            torch.cat([pooled for pooled, _ in per_domain]),
+            torch.cat([tokens for _, tokens in per_domain]),
+            torch.cat([torch.as_tensor(idx)] * len(ds.domains)),
             {int(e): ds.captions(int(e)) for e in idx},
             {int(e): int(ds.labels[e]) for e in idx},
             {int(e): torch.tensor(ds.tags[e]) for e in idx},
@@ -150,19 +154,20 @@ class ImageTextData:
             i: F.one_hot(torch.tensor(int(y)), len(ds.classes)).to(torch.uint8)
             for i, y in enumerate(ds.labels)
         }
-        pooled, tokens = [], []
-        vit = vit.to(device).eval()
-        with torch.no_grad():
-            for i in range(0, len(ds), batch_size):
-                x = torch.stack([ds[j][0] for j in range(i, min(i + batch_size, len(ds)))]).to(
-                    device
-                )
-                p, t = _vit_features(vit, x, local_grid)
-                pooled.append(p)
-                tokens.append(t)
+        vit = vit.to(device)
+        with evaluating(vit):
+            pooled, tokens = in_batches(
+                lambda sl: _vit_features(
+                    vit,
+                    torch.stack([ds[j][0] for j in range(sl.start, sl.stop)]).to(device),
+                    local_grid,
+                ),
+                len(ds),
+                batch_size,
+            )
         return cls(
-            torch.cat(pooled),
-            torch.cat(tokens),
+            pooled,
+            tokens,
             torch.arange(len(ds)),
             captions,
             {i: int(y) for i, y in enumerate(ds.labels)},
@@ -276,10 +281,17 @@ class PCME(nn.Module):
         }
 
 
-def train(cfg: PCMEConfig, data: ImageTextData, device="cpu", vocab: Vocabulary | None = None):
+def train(
+    cfg: PCMEConfig,
+    data: ImageTextData,
+    device="cpu",
+    vocab: Vocabulary | None = None,
+    checkpoint: str | Path | None = None,
+):
     """Train PCME (or the deterministic baseline) on ``data``; returns ``(model, history)``.
 
-    No class labels are read: the supervision is which captions belong to which emoji.
+    No class labels are read: the supervision is which captions belong to which emoji. The loop is
+    the shared :class:`~cdrlib.training.Trainer`: ``checkpoint`` makes the run resumable (exactly).
     """
     check_choice(cfg.positives, "PCMEConfig.positives", ("caption", "pair"))
     torch.manual_seed(cfg.seed)
@@ -289,12 +301,15 @@ def train(cfg: PCMEConfig, data: ImageTextData, device="cpu", vocab: Vocabulary 
     n = len(data.pooled)
     if cfg.batch_size > n:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training images")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history = []
-    for epoch in range(cfg.epochs):
-        t0, sums, steps = time.perf_counter(), {}, 0
+    # one generator over the whole run draws the data order and each image's caption (saved with
+    # the checkpoint); the loop's per-epoch generator is not used, so runs stored before the move
+    # to the shared loop train the same way
+    order = GeneratorState(torch.Generator().manual_seed(cfg.seed))
+
+    def batches(epoch: int, _unused: torch.Generator):
+        gen = order.generator
         perm = torch.randperm(n, generator=gen)
-        for s in progress(range(n // cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}"):
+        for s in range(n // cfg.batch_size):
             ids = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
             emoji = data.image_emoji[ids]
             texts = [
@@ -303,27 +318,34 @@ def train(cfg: PCMEConfig, data: ImageTextData, device="cpu", vocab: Vocabulary 
                 ]
                 for e in emoji
             ]
-            matches = (
-                data.matches(emoji, texts)
-                if cfg.positives == "caption"
-                else torch.eye(len(ids), dtype=torch.bool)
-            ).to(device)
-            img = model.embed_images(data.pooled[ids].to(device), data.tokens[ids].to(device))
-            loss, parts = model.loss(img, model.embed_texts(texts), matches)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            steps += 1
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "seconds": time.perf_counter() - t0,
-                **{k: v / steps for k, v in sums.items()},
-            }
-        )
-    return model.eval(), history
+            yield ids, emoji, texts
+
+    def step(batch, epoch: int) -> dict:
+        ids, emoji, texts = batch
+        matches = (
+            data.matches(emoji, texts)
+            if cfg.positives == "caption"
+            else torch.eye(len(ids), dtype=torch.bool)
+        ).to(device)
+        img = model.embed_images(data.pooled[ids].to(device), data.tokens[ids].to(device))
+        loss, parts = model.loss(img, model.embed_texts(texts), matches)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return parts
+
+    trainer = Trainer(
+        {"model": model},
+        opt,
+        step,
+        batches,
+        cfg.epochs,
+        checkpoint=checkpoint,
+        extra_state={"data_order": order},
+        seed=cfg.seed,
+        config=asdict(cfg),
+    )
+    return model.eval(), trainer.fit()
 
 
 def specific_captions(data: ImageTextData, max_fits: int | None) -> ImageTextData:

@@ -37,6 +37,7 @@ from .contrastive import nt_xent_loss
 from .data.emoji import load_emoji_domains
 from .data.transforms import TwoViewAugment, normalize, to_float
 from .evaluation import evaluate_backbone
+from .inference import evaluating, in_batches
 from .models.factory import build_backbone, load_backbone
 from .profile import seed_everything
 from .progress import progress
@@ -91,6 +92,10 @@ def _mean_map(model, device) -> dict:
     return out
 
 
+# the share of the time budget the cosine schedule is planned for (see pretrain)
+BUDGET_MARGIN = 0.9
+
+
 def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
     """Train, evaluate every ``eval_every`` epochs, save the backbone (fp16) and the curve."""
     if cfg.negatives not in ("all", "in-domain"):
@@ -114,12 +119,9 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
             p.requires_grad_(False)
         # the student's feature lives in the teacher's space: its linear map is part of the model
         cfg.arch_kwargs = {**cfg.arch_kwargs, "out_dim": teacher.num_features}
-        with torch.no_grad():  # the teacher's mean feature over the training images (no labels)
-            t_mean = torch.cat(
-                [
-                    teacher(normalize(images[i : i + 512]).to(device))
-                    for i in range(0, len(images), 512)
-                ]
+        with evaluating(teacher):  # the teacher's mean feature over the training images (no labels)
+            t_mean = in_batches(
+                lambda sl: teacher(normalize(images[sl]).to(device)), len(images), 512, to_cpu=False
             ).mean(0, keepdim=True)
     model = build_backbone(cfg.arch, **cfg.arch_kwargs).to(device)
     head = ProjectionHead(model.num_features, out=cfg.proj_dim).to(device)
@@ -180,7 +182,12 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
         epoch += 1
         elapsed = time.time() - t0
         if total_steps is None:
-            total_steps = max(int(cfg.minutes * 60 / elapsed * steps_per_epoch * 0.9), step + 1)
+            # the steps that fit the budget at the first epoch's pace, less a margin: evaluations
+            # and a slower later epoch must not push the end of the cosine past the budget, where
+            # the run would stop with the learning rate still high
+            total_steps = max(
+                int(cfg.minutes * 60 / elapsed * steps_per_epoch * BUDGET_MARGIN), step + 1
+            )
         done = elapsed > cfg.minutes * 60 or step >= total_steps or epoch >= max_epochs
         if epoch % cfg.eval_every == 0 or done:
             log({"loss": round(sum(losses) / len(losses), 4), **_mean_map(model, device)})

@@ -15,6 +15,7 @@ resuming with different settings is refused with the fields that differ.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -151,8 +152,20 @@ class Trainer:
             for batch in progress(
                 self.batches(epoch, gen), desc=f"epoch {epoch + 1}/{self.epochs}"
             ):
-                for k, v in self.step(batch, epoch).items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                parts = {k: float(v) for k, v in self.step(batch, epoch).items()}
+                bad = {k: v for k, v in parts.items() if not math.isfinite(v)}
+                if bad:
+                    # stop at once: every later step would only spread the NaN; the checkpoint of
+                    # the last finished epoch is left as it was
+                    kept = f"epoch {epoch}" if epoch else "none (no epoch finished)"
+                    raise FloatingPointError(
+                        f"training diverged at epoch {epoch + 1}, batch {n + 1}: "
+                        + ", ".join(f"{k} = {v}" for k, v in bad.items())
+                        + f". Lower the learning rate or check the inputs for NaN or infinite "
+                        f"values; the checkpoint holds {kept}."
+                    )
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
                 n += 1
             row = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}}
             if self.on_epoch_end is not None:
@@ -169,6 +182,20 @@ class Trainer:
 
     def save_history(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.history, indent=1))
+
+
+class GeneratorState:
+    """A torch generator that a run draws from across epochs, saved and restored with the run
+    (``extra_state``), so that a resumed run draws what an uninterrupted one would."""
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"])
 
 
 def _plain(v):

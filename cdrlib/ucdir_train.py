@@ -24,6 +24,7 @@ The images of a domain are given in one of three forms:
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,8 +39,8 @@ from . import ucdir
 from .clustering import kmeans
 from .data.transforms import TwoViewAugment, normalize
 from .evaluation import cross_domain_table, extract_features
+from .inference import evaluating, in_batches
 from .memory import MemoryBank, momentum_copy, momentum_update
-from .progress import progress
 from .run_store import RunStore
 from .training import Trainer
 
@@ -143,7 +144,6 @@ class FrozenFeatures(nn.Module):
         return x
 
 
-@torch.no_grad()
 def cache_view_features(
     backbone: nn.Module,
     images: torch.Tensor,
@@ -164,16 +164,18 @@ def cache_view_features(
     gen_state = torch.get_rng_state()
     torch.manual_seed(seed)
     augment = TwoViewAugment(image_size)
-    was = backbone.training
-    backbone.eval().to(device)
-    out = []
-    for i in progress(range(0, len(images), batch_size), desc="caching view features"):
-        x = images[i : i + batch_size].to(device)
-        views = [normalize(x)] + [augment(x) for _ in range(n_views - 1)]
-        out.append(torch.stack([backbone(v).cpu() for v in views], dim=1))
-    backbone.train(was)
-    torch.set_rng_state(gen_state)
-    return torch.cat(out)
+    backbone.to(device)
+
+    def views(sl: slice) -> torch.Tensor:  # (B, n_views, D)
+        x = images[sl].to(device)
+        shown = [normalize(x)] + [augment(x) for _ in range(n_views - 1)]
+        return torch.stack([backbone(v) for v in shown], dim=1)
+
+    try:
+        with evaluating(backbone):
+            return in_batches(views, len(images), batch_size, desc="caching view features")
+    finally:
+        torch.set_rng_state(gen_state)
 
 
 class TrainingViews:
@@ -286,10 +288,18 @@ class UCDIR:
             # The encoder runs twice a step (domain A, then B). With DDP's default buffer broadcast
             # before every forward, the second forward overwrites BatchNorm buffers that the first
             # one's graph saved (an in-place error on rank 1 under torch 2.11); each process keeps
-            # its
-            # own statistics instead, and the checkpoint and evaluation take rank 0's.
+            # its own statistics instead, and the checkpoint and evaluation take rank 0's.
             self.model = nn.parallel.DistributedDataParallel(self.encoder, broadcast_buffers=False)
-        self.optimizer = torch.optim.SGD(
+
+    @functools.cached_property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Built on first use, once a subclass has added its own parameters (IBNM)."""
+        return self.make_optimizer()
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """SGD with momentum over the encoder (the paper's optimiser)."""
+        cfg = self.cfg
+        return torch.optim.SGD(
             self.encoder.parameters(),
             lr=cfg.lr,
             momentum=cfg.momentum,
@@ -330,24 +340,19 @@ class UCDIR:
             yield ia[rank::world], ib[rank::world]
 
     # -- clustering
-    @torch.no_grad()
     def embed_all(
         self, domain: str, encoder: nn.Module | None = None, batch_size: int = 256
     ) -> torch.Tensor:
         """Embeddings (N, proj_dim) of a domain's training images, un-augmented (key encoder by
         default)."""
         enc = encoder or self.key_encoder
-        was = enc.training
-        enc.eval()
         v = self.views[domain]
-        out = torch.cat(
-            [
-                enc(v.plain(torch.arange(i, min(i + batch_size, len(v))), self.device)).cpu()
-                for i in range(0, len(v), batch_size)
-            ]
-        )
-        enc.train(was)
-        return out
+        with evaluating(enc):
+            return in_batches(
+                lambda sl: enc(v.plain(torch.arange(sl.start, sl.stop), self.device)),
+                len(v),
+                batch_size,
+            )
 
     def retrieval_model(self) -> nn.Module:
         """The model whose output is the retrieval embedding (B, proj_dim), from normalised images

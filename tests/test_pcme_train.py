@@ -160,3 +160,26 @@ def test_a_stored_pcme_run_scores_like_the_trained_one(tmp_path):
     assert store.trained == 2
     with pytest.raises(ValueError, match="key"):
         train_or_load(cfg, d, store)
+
+
+def test_a_run_interrupted_and_resumed_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
+    from cdrlib.training import Trainer
+
+    d = _data()
+    cfg = replace(PCMEConfig(), dim=4, epochs=4, batch_size=8, embed_dim=8, gru_hidden=4)
+    model_a, hist_a = train(cfg, d, checkpoint=tmp_path / "a.pt")
+    save = Trainer.save
+
+    def save_then_die(self, epoch):
+        save(self, epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt  # killed right after the checkpoint of the second epoch
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, d, checkpoint=tmp_path / "b.pt")
+    monkeypatch.setattr(Trainer, "save", save)
+    model_b, hist_b = train(cfg, d, checkpoint=tmp_path / "b.pt")
+    assert hist_a == hist_b
+    for pa, pb in zip(model_a.state_dict().values(), model_b.state_dict().values()):
+        assert torch.equal(pa, pb)

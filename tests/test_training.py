@@ -139,3 +139,14 @@ def test_an_unwritable_checkpoint_folder_fails_before_training(tmp_path):
     with pytest.raises(CheckpointError, match="cannot write the run checkpoint"):
         trainer.fit()
     assert calls == []
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
+    t, model, _ = make(tmp_path / "d.pt")
+    step = t.step
+    t.step = lambda ids, epoch: {"loss": float("nan")} if epoch == 2 else step(ids, epoch)
+    with pytest.raises(FloatingPointError, match=r"diverged at epoch 3, batch 1: loss = nan.*holds epoch 2"):
+        t.fit()
+    resumed, _, _ = make(tmp_path / "d.pt")
+    assert len(resumed.fit()) == 5   # resumes after the two finished epochs and completes
+    assert len(resumed.history) == 5 and all(r["loss"] == r["loss"] for r in resumed.history)

@@ -1,7 +1,7 @@
 """The data layer: the embedded emoji-domains dataset, the paper datasets, transforms, downloads."""
 
 from .datasets import DomainDataset, get_dataset
-from .emoji import EmojiDomains, load_emoji_domains
+from .emoji import EmojiDomains, clear_emoji_cache, load_emoji_domains
 from .errors import DataError
 from .folders import FolderDomains, load_folder_domains, load_list_domains
 from .transforms import (
@@ -23,6 +23,7 @@ __all__ = [
     "Sketchify",
     "TwoViewAugment",
     "TwoViews",
+    "clear_emoji_cache",
     "denormalize",
     "get_dataset",
     "load_emoji_domains",

@@ -130,6 +130,12 @@ def _load(root: str, verify: bool) -> EmojiDomains:
     )
 
 
+def clear_emoji_cache() -> None:
+    """Forget the loaded dataset: the next :func:`load_emoji_domains` reads (and verifies) the
+    files again (what chapter 01 times)."""
+    _load.cache_clear()
+
+
 def load_emoji_domains(root: str | Path | None = None, verify: bool = True) -> EmojiDomains:
     """Load the embedded dataset (cached: a second call costs nothing).
 
