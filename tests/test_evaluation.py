@@ -1,9 +1,11 @@
 """The tables every chapter shows: per-domain centring, both directions, a mean row — against loops."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from cdrlib.evaluation import center, cross_domain_table, icfrr_cross_domain_table
+from cdrlib.evaluation import (center, cross_domain_table, icfrr_cross_domain_table, pair_protocols,
+                               pivot_results)
 from cdrlib.rerank import icfrr_dense
 
 
@@ -74,3 +76,43 @@ def test_icfrr_table_names_a_missing_domain():
     feats, labels = problem()
     with pytest.raises(KeyError, match=r"domain\(s\) \['c'\]"):
         icfrr_cross_domain_table(feats, labels, pairs=[("a", "c")])
+
+
+def test_centring_removes_any_offset_of_one_domain_and_only_that():
+    feats, labels = problem(seed=3)
+    shifted = {**feats, "b": feats["b"] + torch.linspace(-4, 4, 5, dtype=torch.float64)}
+    pd.testing.assert_frame_equal(cross_domain_table(feats, labels, ks=(1, 5)), cross_domain_table(shifted, labels, ks=(1, 5)))
+    by_hand = {d: f - f.mean(0) for d, f in shifted.items()}
+    pd.testing.assert_frame_equal(cross_domain_table(shifted, labels, ks=(1, 5)),
+                                  cross_domain_table(by_hand, labels, ks=(1, 5), center_domains=False))
+    assert not cross_domain_table(shifted, labels, ks=(1, 5), center_domains=False).equals(
+        cross_domain_table(feats, labels, ks=(1, 5), center_domains=False))
+
+
+def test_pair_protocols_takes_the_pair_from_each_protocol():
+    held = ({"a": "A-held", "b": "B-held", "c": "C-held"}, {"a": 1, "b": 2, "c": 3})
+    train = ({"a": "A-train", "b": "B-train"}, {"a": 10, "b": 20})
+    assert pair_protocols("b", "a", held, train) == {
+        "heldout": ({"b": "B-held", "a": "A-held"}, {"b": 2, "a": 1}),
+        "paper": ({"b": "B-train", "a": "A-train"}, {"b": 20, "a": 10}),
+    }
+
+
+def test_pivot_results_on_hand_made_tables():
+    def table(method, protocol, pair, a_to_b, b_to_a):
+        q, g = pair.split("–")
+        return pd.DataFrame([
+            {"protocol": protocol, "query": q, "gallery": g, "mAP@all": a_to_b},
+            {"protocol": protocol, "query": g, "gallery": q, "mAP@all": b_to_a},
+            {"protocol": protocol, "query": "mean", "gallery": "2 pairs", "mAP@all": (a_to_b + b_to_a) / 2},
+        ]).assign(pair=pair, method=method)
+
+    tables = [table("m1", "heldout", "x–y", 0.2, 0.4), table("m1", "heldout", "x–z", 0.6, 0.8),
+              table("m1", "paper", "x–y", 0.1, 0.1), table("m2", "heldout", "x–y", 0.0, 1.0),
+              table("m2", "heldout", "x–z", 0.5, 0.5), table("m2", "paper", "x–y", 0.3, 0.5)]
+    want = pd.DataFrame({"method": ["m1", "m2"],
+                         "heldout: x–y": [0.3, 0.5], "heldout: x–z": [0.7, 0.5], "heldout: mean": [0.5, 0.5],
+                         "paper: x–y": [0.1, 0.4], "paper: mean": [0.1, 0.4]})
+    got = pivot_results(tables)
+    assert list(got.columns) == list(want.columns)
+    pd.testing.assert_frame_equal(got, want, check_names=False, atol=1e-12, rtol=0)

@@ -78,6 +78,18 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1, keepdim=True)
 
 
+def hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of images (B, 3, H, W) by ``angle`` (B,) radians: a rotation of the chroma
+    plane of YIQ, one linear map per image. Luma (:func:`grayscale`) is kept; not clamped."""
+    c, s = angle.cos(), angle.sin()
+    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    rot = torch.zeros(len(angle), 3, 3, device=x.device, dtype=x.dtype)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
+    m = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", m, x)
+
+
 class Sketchify:
     """Colour art → black lines on white: the Sobel edge magnitude of the luma, inverted.
 
@@ -106,7 +118,8 @@ class TwoViewAugment:
 
     Args:
         size: output side in pixels (64 for the embedded data, 224 for the paper datasets).
-        scale: area range of the random resized crop.
+        scale: area range of the random resized crop. ratio: its aspect-ratio range (drawn
+            log-uniformly); ``scale=(1, 1), ratio=(1, 1)`` and ``p_flip=0`` leave the image as is.
         jitter: strength of brightness/contrast/saturation jitter (hue rotates by up to ±0.5·jitter
             turns).
         p_gray: probability of turning the image to grey.
@@ -120,13 +133,14 @@ class TwoViewAugment:
         self,
         size: int = 64,
         scale=(0.35, 1.0),
+        ratio=(3 / 4, 4 / 3),
         jitter: float = 0.4,
         p_gray: float = 0.2,
         p_sketch: float = 0.3,
         p_flip: float = 0.5,
         p_outline: float = 0.0,
     ):
-        self.size, self.scale, self.jitter = size, scale, jitter
+        self.size, self.scale, self.ratio, self.jitter = size, scale, ratio, jitter
         self.p_gray, self.p_sketch, self.p_flip, self.p_outline = (
             p_gray,
             p_sketch,
@@ -138,7 +152,7 @@ class TwoViewAugment:
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         area = torch.empty(b).uniform_(*self.scale)
-        log_r = torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3))
+        log_r = torch.empty(b).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
         ratio = log_r.exp()
         sw = (area * ratio).sqrt().clamp(max=1.0)  # crop width / image width
         sh = (area / ratio).sqrt().clamp(max=1.0)
@@ -167,18 +181,8 @@ class TwoViewAugment:
         x = (x - mean) * draw() + mean
         g = grayscale(x)
         x = (x - g) * draw() + g
-        # Hue: rotate the chroma plane of YIQ, a linear map per image.
         angle = (torch.rand(b, device=x.device) - 0.5) * j * math.pi
-        c, s = angle.cos(), angle.sin()
-        to_yiq = x.new_tensor(
-            [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]]
-        )
-        rot = torch.zeros(b, 3, 3, device=x.device)
-        rot[:, 0, 0] = 1
-        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
-        m = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (B, 3, 3)
-        x = torch.einsum("bij,bjhw->bihw", m, x)
-        return x.clamp(0, 1)
+        return hue_rotate(x, angle).clamp(0, 1)
 
     @_batched
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
