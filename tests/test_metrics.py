@@ -303,6 +303,7 @@ def _peak_increase_mb(setup: str, work: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_memory_of_metrics_stays_bounded_with_few_classes():
     # Q = 30k queries, G = 6k, two classes: a (Q, max n_rel) float64 table of every query's relevant
     # ranks would take 30k × 3k × 8 B ≈ 720 MB (twice that while concatenated); the chunked sums keep
@@ -314,6 +315,7 @@ def test_memory_of_metrics_stays_bounded_with_few_classes():
     assert grown < 800, f"peak memory grew by {grown:.0f} MB"   # measured: 356 MB (the whole table: 3.9 GB)
 
 
+@pytest.mark.slow
 def test_memory_of_match_scores_stays_bounded():
     # 256 queries × 20k gallery items × J² = 49 sample pairs would be 250M distances (1 GB in
     # float32, several such temporaries); the budget keeps about 16M at a time.

@@ -218,6 +218,7 @@ def test_numbers_in_the_prose_come_from_the_outputs():
     assert not stray, "numbers in the prose that no output shows:\n" + "\n".join(stray)
 
 
+@pytest.mark.slow
 def test_a_plain_install_finds_the_repository_from_the_working_directory(tmp_path):
     """``pip install <repo>`` copies the package alone: run from the repository (a chapter runs in
     book/), it still finds the embedded data; elsewhere CDR_REPO names the repository."""

@@ -17,6 +17,7 @@ def _tiny_domains(n=24, seed=0):
     return SimpleNamespace(images=images, indices=lambda split: np.arange(n))
 
 
+@pytest.mark.slow
 def test_fixed_epoch_schedule_runs_exactly_and_decays_the_rate(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain_module, "load_emoji_domains", _tiny_domains)
     monkeypatch.setattr(pretrain_module, "_mean_map", lambda model, device: {"heldout_mAP@all": 0.0})

@@ -97,6 +97,7 @@ def _cached_run(tmp_path, epochs, dod, stop_after=None):
     return method, trainer.fit()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dod", ["centroid", "code"])
 def test_cached_features_train_every_loss_and_resume_exactly(tmp_path, dod):
     import torch
@@ -185,6 +186,7 @@ def _own_command(source: str, path, out) -> list[str]:
             "--setting", "cpu", "--cached-views", "3", "--out", str(out)]
 
 
+@pytest.mark.slow
 def test_own_images_command_trains_evaluates_and_reranks(tmp_path):
     """The one command for one's own images: CPU setting chosen and announced, both protocols, ICFRR."""
     tree = _own_tree(tmp_path / "tree")
@@ -206,6 +208,7 @@ def test_own_images_command_trains_evaluates_and_reranks(tmp_path):
     assert all(0.0 <= r["mAP@all + ICFRR"] <= 1.0 for r in res["icfrr_heldout"])
 
 
+@pytest.mark.slow
 def test_own_images_from_a_list_and_settings_that_disable_the_method(tmp_path):
     tree = _own_tree(tmp_path / "tree", n=6)
     rows = [
