@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -305,8 +306,10 @@ def train(
     # the checkpoint); the loop's per-epoch generator is not used, so runs stored before the move
     # to the shared loop train the same way
     order = GeneratorState(torch.Generator().manual_seed(cfg.seed))
+    started = {}  # epoch → when its first batch was drawn (the history's seconds per epoch)
 
     def batches(epoch: int, _unused: torch.Generator):
+        started[epoch] = time.perf_counter()
         gen = order.generator
         perm = torch.randperm(n, generator=gen)
         for s in range(n // cfg.batch_size):
@@ -341,6 +344,7 @@ def train(
         batches,
         cfg.epochs,
         checkpoint=checkpoint,
+        on_epoch_end=lambda epoch: {"seconds": time.perf_counter() - started[epoch]},
         extra_state={"data_order": order},
         seed=cfg.seed,
         config=asdict(cfg),
