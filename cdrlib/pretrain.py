@@ -40,7 +40,7 @@ from .evaluation import evaluate_backbone
 from .inference import evaluating, in_batches
 from .models.factory import build_backbone, load_backbone
 from .profile import seed_everything
-from .progress import progress
+from .training import Trainer
 
 
 @dataclass
@@ -96,8 +96,21 @@ def _mean_map(model, device) -> dict:
 BUDGET_MARGIN = 0.9
 
 
-def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
-    """Train, evaluate every ``eval_every`` epochs, save the backbone (fp16) and the curve."""
+def cosine_rate(lr: float, step: int, total_steps: int) -> float:
+    """The cosine schedule's rate at ``step`` of ``total_steps`` (computed in float32, as the
+    shipped backbones were trained)."""
+    return lr * 0.5 * (1 + torch.cos(torch.tensor(min(step / total_steps, 1.0) * torch.pi)).item())
+
+
+def pretrain(
+    cfg: PretrainConfig, out_path: Path, device: str = "cpu", checkpoint: str | Path | None = None
+) -> Path:
+    """Train, evaluate every ``eval_every`` epochs, save the backbone (fp16) and the curve.
+
+    The loop is the shared :class:`~cdrlib.training.Trainer`; ``checkpoint`` makes a run resumable
+    (exactly with a fixed ``epochs``; a time-budgeted run plans its schedule again after the first
+    epoch it resumes with).
+    """
     if cfg.negatives not in ("all", "in-domain"):
         raise ValueError(f"negatives must be 'all' or 'in-domain', not {cfg.negatives!r}")
     if cfg.threads:
@@ -106,7 +119,6 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     curve_path = out_path.with_suffix(".curve.jsonl")
-    curve_path.unlink(missing_ok=True)
 
     ds = load_emoji_domains()
     idx = ds.indices("train")
@@ -130,69 +142,88 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
     augment = TwoViewAugment(64, p_sketch=cfg.p_sketch, p_outline=cfg.p_outline)
     steps_per_epoch = len(images) // cfg.batch_size
     # The cosine schedule needs a length: fixed by ``epochs`` (reproducible on any machine), or
-    # estimated from the time budget after the first epoch.
-    total_steps = cfg.epochs * steps_per_epoch if cfg.epochs else None
-    max_epochs = cfg.epochs or cfg.max_epochs
+    # planned from the time budget after the first epoch (until then the rate stays at cfg.lr).
+    plan = {"total_steps": cfg.epochs * steps_per_epoch if cfg.epochs else None, "done": False}
     t0 = time.time()
-    epoch, step = 0, 0
+    losses = []  # this epoch's, for the curve
 
-    def log(extra):
+    def log(epoch: int, extra: dict) -> None:
         row = {"epoch": epoch, "minutes": round((time.time() - t0) / 60, 2), **extra}
         with open(curve_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
 
-    log(_mean_map(model, device))
-    while epoch < max_epochs:
-        model.train()
-        head.train()
+    def batches(epoch: int, _unused: torch.Generator):
+        # the global generator draws the order, as it draws the augmentations (the loop saves and
+        # restores it with the checkpoint)
         perm = torch.randperm(len(images))
-        losses = []
-        for b in progress(range(steps_per_epoch), desc=f"epoch {epoch}"):
-            batch = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x = images[batch].to(device)
-            v1, v2 = augment.two_views(x)
-            f1, f2 = model(v1), model(v2)
-            # images are stacked domain by domain, so an index's domain id is index // N_train (not
-            # a label)
-            groups = batch // len(idx) if cfg.negatives == "in-domain" else None
-            if teacher is None:
-                loss = nt_xent_loss(head(f1), head(f2), cfg.temperature, groups=groups)
-            else:
-                with torch.no_grad():
-                    t1, t2 = teacher(v1) - t_mean, teacher(v2) - t_mean
-                loss = 2 - F.cosine_similarity(f1, t1).mean() - F.cosine_similarity(f2, t2).mean()
-                if cfg.simclr_weight:
-                    loss = loss + cfg.simclr_weight * nt_xent_loss(
-                        head(f1), head(f2), cfg.temperature, groups=groups
-                    )
-            if total_steps is not None:
-                lr = (
-                    cfg.lr
-                    * 0.5
-                    * (1 + torch.cos(torch.tensor(min(step / total_steps, 1.0) * torch.pi)).item())
+        losses.clear()
+        for b in range(steps_per_epoch):
+            yield epoch * steps_per_epoch + b, perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+
+    def step(batch, epoch: int) -> dict:
+        global_step, ids = batch
+        x = images[ids].to(device)
+        v1, v2 = augment.two_views(x)
+        f1, f2 = model(v1), model(v2)
+        # images are stacked domain by domain, so an index's domain id is index // N_train (not a
+        # label)
+        groups = ids // len(idx) if cfg.negatives == "in-domain" else None
+        if teacher is None:
+            loss = nt_xent_loss(head(f1), head(f2), cfg.temperature, groups=groups)
+        else:
+            with torch.no_grad():
+                t1, t2 = teacher(v1) - t_mean, teacher(v2) - t_mean
+            loss = 2 - F.cosine_similarity(f1, t1).mean() - F.cosine_similarity(f2, t2).mean()
+            if cfg.simclr_weight:
+                loss = loss + cfg.simclr_weight * nt_xent_loss(
+                    head(f1), head(f2), cfg.temperature, groups=groups
                 )
-                for g in opt.param_groups:
-                    g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-        epoch += 1
-        elapsed = time.time() - t0
-        if total_steps is None:
+        total = plan["total_steps"]
+        if total is not None:
+            for g in opt.param_groups:
+                g["lr"] = cosine_rate(cfg.lr, global_step, total)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        return {"loss": losses[-1]}
+
+    def on_epoch_end(epoch: int) -> dict:
+        done_epochs, elapsed = epoch + 1, time.time() - t0
+        steps = done_epochs * steps_per_epoch
+        if plan["total_steps"] is None:
             # the steps that fit the budget at the first epoch's pace, less a margin: evaluations
             # and a slower later epoch must not push the end of the cosine past the budget, where
             # the run would stop with the learning rate still high
-            total_steps = max(
-                int(cfg.minutes * 60 / elapsed * steps_per_epoch * BUDGET_MARGIN), step + 1
+            plan["total_steps"] = max(
+                int(cfg.minutes * 60 / elapsed * steps_per_epoch * BUDGET_MARGIN), steps + 1
             )
-        done = elapsed > cfg.minutes * 60 or step >= total_steps or epoch >= max_epochs
-        if epoch % cfg.eval_every == 0 or done:
-            log({"loss": round(sum(losses) / len(losses), 4), **_mean_map(model, device)})
-        if done:
-            break
+        plan["done"] = (
+            elapsed > cfg.minutes * 60 or steps >= plan["total_steps"] or done_epochs >= max_epochs
+        )
+        if done_epochs % cfg.eval_every == 0 or plan["done"]:
+            mean_loss = round(sum(losses) / len(losses), 4)
+            log(done_epochs, {"loss": mean_loss, **_mean_map(model, device)})
+        return {}
+
+    max_epochs = cfg.epochs or cfg.max_epochs
+    trainer = Trainer(
+        {"model": model, "head": head},
+        opt,
+        step,
+        batches,
+        max_epochs,
+        checkpoint=checkpoint,
+        on_epoch_end=on_epoch_end,
+        stop=lambda epoch: plan["done"],
+        seed=cfg.seed,
+        config=asdict(cfg),
+    )
+    if checkpoint is None or not Path(checkpoint).is_file():
+        curve_path.unlink(missing_ok=True)
+        log(0, _mean_map(model, device))
+    epochs_run = len(trainer.fit())
     state = {
         k: v.half().contiguous() if v.is_floating_point() else v
         for k, v in model.state_dict().items()
@@ -203,7 +234,7 @@ def pretrain(cfg: PretrainConfig, out_path: Path, device: str = "cpu") -> Path:
             "arch_kwargs": cfg.arch_kwargs,
             "config": asdict(cfg),
             "state_dict": state,
-            "epochs": epoch,
+            "epochs": epochs_run,
             "minutes": round((time.time() - t0) / 60, 1),
         },
         out_path,

@@ -47,6 +47,8 @@ class Trainer:
         seed: seeds the data order and the generators.
         config: the run's settings (JSON-serialisable); a checkpoint written with other settings is
             not resumed (``None``: not checked).
+        stop: ``f(epoch) -> bool``, asked after each epoch (and its checkpoint): True ends the run
+            before ``epochs`` (a time budget, say).
     """
 
     modules: dict
@@ -60,6 +62,7 @@ class Trainer:
     seed: int = 0
     history: list = field(default_factory=list)
     config: dict | None = None
+    stop: Callable[[int], bool] | None = None
 
     def _state(self, epoch: int) -> dict:
         state = {
@@ -175,6 +178,8 @@ class Trainer:
             self.history.append(row)
             if self.checkpoint is not None:
                 self.save(epoch)
+            if self.stop is not None and self.stop(epoch):
+                break
         return self.history
 
     def history_table(self):

@@ -46,13 +46,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--checkpoint", type=Path,
+                    help="a run checkpoint written after every epoch: run again to resume an interrupted run")
     ap.add_argument("--register", help="name in checkpoints/CHECKPOINTS.json (emoji-resnet, emoji-vit)")
     args = ap.parse_args()
     cfg = PretrainConfig(arch=args.arch, objective=args.objective, teacher=args.teacher, minutes=args.minutes, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
                          p_sketch=args.p_sketch, p_outline=args.p_outline, negatives=args.negatives,
                          simclr_weight=args.simclr_weight, eval_every=args.eval_every, threads=args.threads, seed=args.seed)
-    path = pretrain(cfg, args.out)
+    path = pretrain(cfg, args.out, checkpoint=args.checkpoint)
     if args.register:
         reg = json.loads(REGISTRY.read_text()) if REGISTRY.is_file() else {}
         curve = [json.loads(line) for line in path.with_suffix(".curve.jsonl").read_text().splitlines()]

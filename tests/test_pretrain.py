@@ -49,3 +49,30 @@ def test_unknown_negatives_is_explained_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain_module, "load_emoji_domains", lambda: (_ for _ in ()).throw(AssertionError("loaded")))
     with pytest.raises(ValueError, match="negatives must be 'all' or 'in-domain'"):
         pretrain(PretrainConfig(negatives="cross-domain"), tmp_path / "x.pt")
+
+
+@pytest.mark.slow
+def test_an_interrupted_pretraining_resumes_exactly(tmp_path, monkeypatch):
+    from cdrlib.training import Trainer
+
+    monkeypatch.setattr(pretrain_module, "load_emoji_domains", _tiny_domains)
+    monkeypatch.setattr(pretrain_module, "_mean_map", lambda model, device: {"heldout_mAP@all": 0.0})
+    cfg = lambda: PretrainConfig(arch="resnet", epochs=3, batch_size=32, eval_every=1, threads=1)
+    whole = torch.load(pretrain(cfg(), tmp_path / "a.pt", checkpoint=tmp_path / "a.run"), weights_only=True)
+    save = Trainer.save
+
+    def save_then_die(self, epoch):
+        save(self, epoch)
+        if epoch == 0:
+            raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg(), tmp_path / "b.pt", checkpoint=tmp_path / "b.run")
+    monkeypatch.setattr(Trainer, "save", save)
+    resumed = torch.load(pretrain(cfg(), tmp_path / "b.pt", checkpoint=tmp_path / "b.run"), weights_only=True)
+    assert resumed["epochs"] == whole["epochs"] == 3
+    for k, v in whole["state_dict"].items():
+        assert torch.equal(v, resumed["state_dict"][k]), k
+    curve = [json.loads(line)["epoch"] for line in (tmp_path / "b.curve.jsonl").read_text().splitlines()]
+    assert curve == [0, 1, 2, 3]   # the resumed run appends to the curve it had written
