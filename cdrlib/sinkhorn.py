@@ -201,7 +201,7 @@ def scaling_iterations(c, a, b, eps, max_iter, tol, dtype=torch.float64):
     err, it = float("inf"), 0
     while True:
         # K v is the u-update's divisor and, times u, the current plan's row sums: the convergence
-        # check is free, so it runs every iteration (these problems often converge in one or two)
+        # check is free, so it runs every iteration
         kv = torch.bmm(K, v.unsqueeze(2)).squeeze(2)
         if it > 0:
             with torch.no_grad():
