@@ -9,22 +9,36 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .validation import check_features, check_ids, check_k
+from .validation import check_features, check_ids, check_k, check_positive_int
 
 SMALL_PROBLEM = 5_000_000  # points × clusters below which faiss k-means runs on one thread
 
 
-def kmeans(features, k: int, niter: int = 20, nredo: int = 5, seed: int = 0, backend: str = "auto"):
+def kmeans(
+    features,
+    k: int,
+    niter: int = 20,
+    nredo: int = 5,
+    seed: int = 0,
+    backend: str = "auto",
+    threads: int | None = None,
+):
     """Cluster the rows of ``features`` (N, d) into ``k`` groups.
 
     Args:
         backend: ``"faiss"``, ``"sklearn"`` or ``"auto"`` (faiss when installed).
+        threads: CPU threads for the clustering. ``None``: one thread for small problems (below
+            ``SMALL_PROBLEM`` points × clusters, as UCDIR's per-epoch re-clustering, which runs
+            between torch steps whose threads would otherwise compete), the library's default
+            otherwise. Pass the machine's core count when nothing else runs beside it.
     Returns:
         ``(centroids, labels)``: float (k, d) L2-normalised, int64 (N,) assignments to the nearest
         centroid (squared Euclidean, as k-means assigns).
     """
     x = check_features(features, "features").float().cpu()
     k = check_k(k, len(x), "k", of="the number of points")
+    if threads is not None:
+        check_positive_int(threads, "threads")
     if backend == "auto":
         from .search import faiss_available
 
@@ -46,24 +60,27 @@ def kmeans(features, k: int, niter: int = 20, nredo: int = 5, seed: int = 0, bac
             gpu=gpu,
             min_points_per_centroid=1,
         )
-        threads = faiss.omp_get_max_threads()
-        if not gpu and len(data) * k < SMALL_PROBLEM:
+        before = faiss.omp_get_max_threads()
+        if threads is not None:
+            faiss.omp_set_num_threads(threads)
+        elif not gpu and len(data) * k < SMALL_PROBLEM:
             # Small problems (UCDIR re-clusters a few thousand points every epoch) run 10-40x faster
-            # on
-            # one thread: faiss's OpenMP threads otherwise spin against torch's (measured on 2
+            # on one thread: faiss's OpenMP threads otherwise spin against torch's (measured on 2
             # cores).
             faiss.omp_set_num_threads(1)
         try:
             km.train(data)
             _, labels = km.index.search(data, 1)
         finally:
-            faiss.omp_set_num_threads(threads)
+            faiss.omp_set_num_threads(before)
         centroids = km.centroids
         labels = labels[:, 0]
     elif backend == "sklearn":
         from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-        km = KMeans(n_clusters=k, n_init=nredo, max_iter=niter, random_state=seed).fit(data)
+        with threadpool_limits(limits=threads):  # None: no limit
+            km = KMeans(n_clusters=k, n_init=nredo, max_iter=niter, random_state=seed).fit(data)
         centroids, labels = km.cluster_centers_, km.labels_
     else:
         raise ValueError(f"backend must be 'faiss', 'sklearn' or 'auto', not {backend!r}")

@@ -27,6 +27,18 @@ def test_kmeans_recovers_blobs(backend):
     assert same_partition(labels, truth) and same_partition(truth, labels)
 
 
+@pytest.mark.parametrize("backend", ["sklearn"] + (["faiss"] if faiss_available() else []))
+def test_kmeans_thread_count_changes_nothing_but_the_threads(backend):
+    x, _ = blobs(n_per=40, k=5, seed=3)
+    c1, l1 = kmeans(x, 5, backend=backend, threads=1)
+    c2, l2 = kmeans(x, 5, backend=backend, threads=2)
+    assert torch.equal(l1, l2)
+    torch.testing.assert_close(c1, c2)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            kmeans(x, 5, backend=backend, threads=bad)
+
+
 def test_kmeans_bad_k():
     x, _ = blobs(n_per=2, k=2)
     with pytest.raises(ValueError, match="k=5 is larger than the number of points"):
