@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -44,6 +45,8 @@ from .validation import (
 METRICS = ("cosine", "dot", "euclidean")
 
 DEFAULT_KS = (1, 5, 10, 15, 50, 100, 200)
+# score tables smaller than this (entries) are sorted on one thread: a thread pool costs more there
+SORT_PARALLEL_MIN = 1 << 20
 
 
 @dataclass
@@ -232,12 +235,30 @@ class MetricSums:
 # ---------------------------------------------------------------- from scores to RelevantRanks
 
 
-def _sorted_ascending(scores: torch.Tensor) -> torch.Tensor:
-    # NumPy's vectorised sort of values is ~10x faster than torch.sort on CPU; we never need the
-    # permutation, only the sorted values (to count items above each relevant score).
-    if scores.device.type == "cpu":
-        return torch.from_numpy(np.sort(scores.numpy(), axis=1))
-    return torch.sort(scores, dim=1).values
+def sorted_ascending(scores: torch.Tensor) -> torch.Tensor:
+    """Each row of ``scores`` (R, G) sorted ascending: values only, (R, G).
+
+    On the CPU, NumPy's vectorised sort (about 10x faster than torch.sort there), on blocks of rows
+    in torch's number of threads (NumPy lets go of the GIL while it sorts). The permutation is
+    never needed: the sorted values give the k-th best score and how many items beat a relevant
+    one.
+    """
+    if scores.device.type != "cpu":
+        return torch.sort(scores, dim=1).values
+    x = scores.numpy()
+    n_threads = min(torch.get_num_threads(), len(x))
+    if n_threads <= 1 or x.size < SORT_PARALLEL_MIN:
+        return torch.from_numpy(np.sort(x, axis=1))
+    out = np.empty_like(x)
+    bounds = np.linspace(0, len(x), n_threads + 1).astype(int)
+
+    def sort_block(i: int) -> None:
+        lo, hi = bounds[i], bounds[i + 1]
+        out[lo:hi] = np.sort(x[lo:hi], axis=1)
+
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(sort_block, range(n_threads)))
+    return torch.from_numpy(out)
 
 
 def _pack_rows(rows: torch.Tensor, values: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -263,11 +284,14 @@ def _relevant_columns(relevant: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return _pack_rows(rows, cols, n_rel), n_rel
 
 
-def ranks_from_scores(scores: torch.Tensor, relevant: torch.Tensor) -> RelevantRanks:
+def ranks_from_scores(
+    scores: torch.Tensor, relevant: torch.Tensor, ascending: torch.Tensor | None = None
+) -> RelevantRanks:
     """Ranks of the relevant items when each row of ``scores`` is sorted descending.
 
     Args:
-        scores: float (Q, G), larger is better.
+        scores: float (Q, G), larger is better; ascending: its rows sorted ascending, when the
+            caller has them already (:func:`sorted_ascending`).
         relevant: bool (Q, G), or the relevant columns already packed, ``(columns (Q, M), n_rel
             (Q,))`` with entries past a row's n_rel ignored (what :func:`label_columns` gives,
             without a Q × G mask).
@@ -278,7 +302,7 @@ def ranks_from_scores(scores: torch.Tensor, relevant: torch.Tensor) -> RelevantR
     rel_idx, n_rel = relevant if isinstance(relevant, tuple) else _relevant_columns(relevant)
     m = rel_idx.shape[1]
     rel_scores = torch.gather(scores, 1, rel_idx)  # padding entries read column 0: masked below
-    srt = _sorted_ascending(scores).contiguous()
+    srt = (sorted_ascending(scores) if ascending is None else ascending).contiguous()
     rel_scores = rel_scores.contiguous()
     at_or_below = torch.searchsorted(srt, rel_scores, right=True)
     above = g - at_or_below

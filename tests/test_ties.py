@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdrlib.rerank import icfrr, icfrr_dense, neighbours_from_distances
-from cdrlib.search import faiss_available, knn_search, top_k_exact
+from cdrlib.metrics import retrieval_metrics, sorted_ascending
+from cdrlib.search import faiss_available, knn_search, search_and_evaluate, top_k_exact, top_k_from_sorted
 
 BACKENDS = ["torch"] + (["faiss"] if faiss_available() else [])
 
@@ -77,3 +78,32 @@ def test_sparse_icfrr_equals_the_dense_reference_with_ties(data, variant, n_iter
     kq, kg = 1 + int(kq_frac * (len(g) - 1)), 1 + int(kg_frac * (len(g) - 2))
     want = icfrr_dense(qg, gg, kg=kg, kq=kq, beta=0.5, n_iter=n_iter, variant=variant)
     assert torch.equal(icfrr(qg, gg, kg=kg, kq=kq, beta=0.5, n_iter=n_iter, variant=variant, chunk_size=2), want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(st.integers(-3, 3), min_size=1, max_size=60), rows=st.integers(1, 4),
+       k_frac=st.floats(0, 1))
+def test_top_k_from_sorted_rows_equals_a_stable_argsort(values, rows, k_frac):
+    cols = max(1, len(values) // rows)
+    scores = torch.tensor(values[:rows * cols], dtype=torch.float32).view(-1, cols)
+    k = 1 + int(k_frac * (cols - 1))
+    v, i = top_k_from_sorted(scores, sorted_ascending(scores), k)
+    want = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
+    assert torch.equal(i, want) and torch.equal(v, torch.gather(scores, 1, want))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=features, metric=st.sampled_from(["dot", "euclidean", "cosine"]), k_frac=st.floats(0, 1),
+       chunk=st.integers(1, 4))
+def test_search_and_evaluate_equals_a_stable_sort_with_ties(data, metric, k_frac, chunk):
+    q, g = (torch.tensor(x, dtype=torch.float32) for x in data)
+    if metric == "cosine" and ((q == 0).all(1).any() or (g == 0).all(1).any()):
+        return  # a zero vector has no direction
+    k = 1 + int(k_frac * (len(g) - 1))
+    labels_q, labels_g = torch.arange(len(q)) % 2, torch.arange(len(g)) % 2
+    _, idx, m = search_and_evaluate(q, g, k, labels_q, labels_g, metric=metric, ks=(1,), chunk_size=chunk)
+    _, want = knn_search(q, g, k, metric=metric, backend="torch", chunk_size=chunk)
+    assert torch.equal(idx, want)
+    assert m == retrieval_metrics(q, g, labels_q, labels_g, metric=metric, ks=(1,))
+    if metric != "cosine":   # cosine normalises in float32: the reference below sorts exact values
+        assert torch.equal(idx, stable_order(q, g, metric)[:, :k])
