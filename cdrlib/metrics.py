@@ -306,13 +306,17 @@ def ranks_from_scores(
     rel_scores = rel_scores.contiguous()
     at_or_below = torch.searchsorted(srt, rel_scores, right=True)
     above = g - at_or_below
-    equal = at_or_below - torch.searchsorted(srt, rel_scores, right=False)
+    # The relevant item's own score sits at at_or_below − 1 of its sorted row; another item has the
+    # same score exactly when the entry before that one is equal too (one gather, not a second
+    # binary search).
+    before = torch.gather(srt, 1, (at_or_below - 2).clamp(min=0))
+    shared = (at_or_below >= 2) & (before == rel_scores)
     pad = torch.arange(m, device=scores.device).unsqueeze(0) >= n_rel.unsqueeze(1)
     ranks = above.to(torch.float64)
     # Rows where a relevant item ties with another item (rare with float features; every row of a
     # collapsed model) take their ranks from a stable sort of the row: one vectorised pass, never a
     # loop over the tied items.
-    tied = ((equal > 1) & ~pad).any(1).nonzero().flatten()
+    tied = (shared & ~pad).any(1).nonzero().flatten()
     if len(tied):
         order = torch.argsort(scores[tied], dim=1, descending=True, stable=True)
         position = torch.empty_like(order).scatter_(
