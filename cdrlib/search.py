@@ -44,6 +44,16 @@ def tie_order(values: torch.Tensor, indices: torch.Tensor, larger_first: bool):
     return torch.gather(vals, 1, order), torch.gather(idx_sorted, 1, order)
 
 
+def _first_k(
+    scores: torch.Tensor, kth: torch.Tensor, k: int, larger_first: bool = True
+) -> torch.Tensor:
+    """bool (R, G): every entry better than its row's k-th value ``kth`` (R, 1), then the entries
+    equal to it in column order until the row has k — a stable argsort's first k columns."""
+    better = scores > kth if larger_first else scores < kth
+    tied = scores == kth
+    return better | (tied & (tied.cumsum(1) <= k - better.sum(1, keepdim=True)))
+
+
 def top_k_exact(
     scores: torch.Tensor, k: int, larger_first: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,11 +74,8 @@ def top_k_exact(
     kth = v[:, -1:]
     redo = ((scores == kth).sum(1) != (v == kth).sum(1)).nonzero().flatten()
     if len(redo):
-        s, kth = scores[redo], kth[redo]
-        better = s > kth if larger_first else s < kth
-        tied = s == kth
-        chosen = better | (tied & (tied.cumsum(1) <= k - better.sum(1, keepdim=True)))
-        cols = chosen.nonzero()[:, 1].view(len(redo), k)  # exactly k per row, in column order
+        s = scores[redo]
+        cols = _first_k(s, kth[redo], k, larger_first).nonzero()[:, 1].view(len(redo), k)
         v[redo], i[redo] = tie_order(torch.gather(s, 1, cols), cols, larger_first)
     return v, i
 
@@ -94,20 +101,14 @@ def top_k_from_sorted(
     chosen = scores >= kth
     over = (at_least > k).nonzero().flatten()  # rows with more entries tied at the k-th value
     if len(over):
-        s, kth_o = scores[over], kth[over]
-        tied = s == kth_o
-        better = (s > kth_o).sum(1, keepdim=True)
-        chosen[over] = (s > kth_o) | (tied & (tied.cumsum(1) <= k - better))
+        chosen[over] = _first_k(scores[over], kth[over], k)
     # exactly k per row, in column order; NumPy's flatnonzero is ~10x faster than torch.nonzero on
     # the CPU
     if chosen.device.type == "cpu":
         cols = (torch.from_numpy(np.flatnonzero(chosen.numpy())) % g).view(r, k)
     else:
         cols = chosen.nonzero()[:, 1].view(r, k)
-    vals = torch.gather(scores, 1, cols)
-    # best first; a stable sort keeps equal values in column order
-    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
-    return torch.gather(vals, 1, order), torch.gather(cols, 1, order)
+    return tie_order(torch.gather(scores, 1, cols), cols, True)
 
 
 def _scores(
