@@ -96,10 +96,10 @@ def _mean_map(model, device) -> dict:
 BUDGET_MARGIN = 0.9
 
 
-def cosine_rate(lr: float, step: int, total_steps: int) -> float:
-    """The cosine schedule's rate at ``step`` of ``total_steps`` (computed in float32, as the
-    shipped backbones were trained)."""
-    return lr * 0.5 * (1 + torch.cos(torch.tensor(min(step / total_steps, 1.0) * torch.pi)).item())
+def cosine_factor(step: int, total_steps: int) -> float:
+    """The cosine schedule's share of the base rate at ``step`` of ``total_steps``: 1 at the start,
+    0 at the end and after it (computed in float32, as the shipped backbones were trained)."""
+    return 0.5 * (1 + torch.cos(torch.tensor(min(step / total_steps, 1.0) * torch.pi)).item())
 
 
 def pretrain(
@@ -144,8 +144,15 @@ def pretrain(
     # The cosine schedule needs a length: fixed by ``epochs`` (reproducible on any machine), or
     # planned from the time budget after the first epoch (until then the rate stays at cfg.lr).
     plan = {"total_steps": cfg.epochs * steps_per_epoch if cfg.epochs else None, "done": False}
+    # torch's LambdaLR applies it after every step (the loop steps it and saves it with the run);
+    # until a time-budgeted run has planned its length the rate stays at cfg.lr
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda step: (
+            1.0 if plan["total_steps"] is None else cosine_factor(step, plan["total_steps"])
+        ),
+    )
     t0 = time.time()
-    losses = []  # this epoch's, for the curve
 
     def log(epoch: int, extra: dict) -> None:
         row = {"epoch": epoch, "minutes": round((time.time() - t0) / 60, 2), **extra}
@@ -157,12 +164,10 @@ def pretrain(
         # the global generator draws the order, as it draws the augmentations (the loop saves and
         # restores it with the checkpoint)
         perm = torch.randperm(len(images))
-        losses.clear()
         for b in range(steps_per_epoch):
-            yield epoch * steps_per_epoch + b, perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            yield perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
 
-    def step(batch, epoch: int) -> dict:
-        global_step, ids = batch
+    def step(ids, epoch: int) -> dict:
         x = images[ids].to(device)
         v1, v2 = augment.two_views(x)
         f1, f2 = model(v1), model(v2)
@@ -179,15 +184,10 @@ def pretrain(
                 loss = loss + cfg.simclr_weight * nt_xent_loss(
                     head(f1), head(f2), cfg.temperature, groups=groups
                 )
-        total = plan["total_steps"]
-        if total is not None:
-            for g in opt.param_groups:
-                g["lr"] = cosine_rate(cfg.lr, global_step, total)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-        return {"loss": losses[-1]}
+        return {"loss": loss.item()}
 
     def on_epoch_end(epoch: int) -> dict:
         done_epochs, elapsed = epoch + 1, time.time() - t0
@@ -199,11 +199,14 @@ def pretrain(
             plan["total_steps"] = max(
                 int(cfg.minutes * 60 / elapsed * steps_per_epoch * BUDGET_MARGIN), steps + 1
             )
+            # the scheduler set the next step's rate before the length was known: set it again
+            for g, base in zip(opt.param_groups, schedule.base_lrs, strict=True):
+                g["lr"] = base * cosine_factor(schedule.last_epoch, plan["total_steps"])
         plan["done"] = (
             elapsed > cfg.minutes * 60 or steps >= plan["total_steps"] or done_epochs >= max_epochs
         )
         if done_epochs % cfg.eval_every == 0 or plan["done"]:
-            mean_loss = round(sum(losses) / len(losses), 4)
+            mean_loss = round(trainer.epoch_means["loss"], 4)
             log(done_epochs, {"loss": mean_loss, **_mean_map(model, device)})
         return {}
 
@@ -217,6 +220,7 @@ def pretrain(
         checkpoint=checkpoint,
         on_epoch_end=on_epoch_end,
         stop=lambda epoch: plan["done"],
+        scheduler=schedule,
         seed=cfg.seed,
         config=asdict(cfg),
     )

@@ -49,6 +49,11 @@ class Trainer:
             not resumed (``None``: not checked).
         stop: ``f(epoch) -> bool``, asked after each epoch (and its checkpoint): True ends the run
             before ``epochs`` (a time budget, say).
+        scheduler: a torch learning-rate scheduler over ``optimizer``, stepped after every batch
+            (after ``step`` has updated the weights) and saved with the run (``None``: the rate
+            stays as the optimiser has it).
+        epoch_means: the mean of each number ``step`` returned over the epoch that just ended, set
+            before ``on_epoch_end`` runs (an end-of-epoch log reads the epoch's loss from it).
     """
 
     modules: dict
@@ -63,12 +68,15 @@ class Trainer:
     history: list = field(default_factory=list)
     config: dict | None = None
     stop: Callable[[int], bool] | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    epoch_means: dict = field(default_factory=dict)
 
     def _state(self, epoch: int) -> dict:
         state = {
             "epoch": epoch,
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
             "history": self.history,
             "rng": rng_state(),
@@ -130,9 +138,11 @@ class Trainer:
             for k, m in self.modules.items():
                 m.load_state_dict(state["modules"][k])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
             for k, v in self.extra_state.items():
                 v.load_state_dict(state["extra"][k])
-        except (RuntimeError, KeyError, ValueError, EOFError) as e:
+        except (RuntimeError, KeyError, ValueError, EOFError, TypeError, AttributeError) as e:
             raise RuntimeError(
                 f"the checkpoint {self.checkpoint} does not belong to this run (another model, "
                 "configuration or "
@@ -167,10 +177,13 @@ class Trainer:
                         + f". Lower the learning rate or check the inputs for NaN or infinite "
                         f"values; the checkpoint holds {kept}."
                     )
+                if self.scheduler is not None:
+                    self.scheduler.step()
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n += 1
-            row = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}}
+            self.epoch_means = {k: v / max(n, 1) for k, v in sums.items()}
+            row = {"epoch": epoch + 1, **self.epoch_means}
             if self.on_epoch_end is not None:
                 # plain floats: the history is saved in checkpoints that load without unpickling
                 # objects

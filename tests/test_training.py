@@ -6,10 +6,12 @@ from cdrlib.memory import MemoryBank
 from cdrlib.training import Trainer
 
 
-def make(checkpoint, stop_after=None):
+def make(checkpoint, stop_after=None, schedule=False):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    # halves the rate every 3 batches: a resumed run must continue the schedule, not restart it
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5) if schedule else None
     bank = MemoryBank(32, 2)
     data = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
 
@@ -24,7 +26,7 @@ def make(checkpoint, stop_after=None):
         loss.backward()
         opt.step()
         bank.update(ids, out)
-        return {"loss": loss.item()}
+        return {"loss": loss.item(), "lr": opt.param_groups[0]["lr"]}
 
     def on_epoch_end(epoch):
         if stop_after is not None and epoch == stop_after:
@@ -32,7 +34,7 @@ def make(checkpoint, stop_after=None):
         return {"noise": torch.rand(1).item()}  # uses the global RNG: resumed runs must restore it
 
     t = Trainer({"model": model}, opt, step, batches, epochs=5, checkpoint=checkpoint,
-                on_epoch_end=on_epoch_end, extra_state={"bank": bank})
+                on_epoch_end=on_epoch_end, extra_state={"bank": bank}, scheduler=scheduler)
     return t, model, bank
 
 
@@ -49,6 +51,30 @@ def test_resume_equals_uninterrupted(tmp_path):
         assert torch.equal(pa, pb)
     assert torch.equal(bank_a.keys, bank_b.keys)
     assert not (tmp_path / "b.pt.tmp").exists()
+
+
+def test_a_resumed_run_continues_its_learning_rate_schedule(tmp_path):
+    full, model_a, _ = make(tmp_path / "a.pt", schedule=True)
+    hist_a = full.fit()
+    # 4 batches per epoch, halved every 3 batches: the mean rate of each epoch falls
+    assert [round(r["lr"], 6) for r in hist_a[:2]] == [round((3 * 0.1 + 0.05) / 4, 6), round((2 * 0.05 + 2 * 0.025) / 4, 6)]
+    assert full.epoch_means == {k: v for k, v in hist_a[-1].items() if k in ("loss", "lr")}
+    broken, _, _ = make(tmp_path / "b.pt", stop_after=2, schedule=True)
+    with pytest.raises(KeyboardInterrupt):
+        broken.fit()
+    resumed, model_b, _ = make(tmp_path / "b.pt", schedule=True)
+    assert resumed.fit() == hist_a
+    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_a_checkpoint_without_a_schedule_is_not_resumed_with_one(tmp_path):
+    plain, _, _ = make(tmp_path / "a.pt", stop_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        plain.fit()
+    scheduled, _, _ = make(tmp_path / "a.pt", schedule=True)
+    with pytest.raises(RuntimeError, match="does not belong to this run"):
+        scheduled.fit()
 
 
 def test_finished_run_does_not_train_again(tmp_path):
