@@ -151,6 +151,94 @@ def test_zeroshot_split_file_missing_is_explained(tmp_path):
         load_paper_split("sketchy", "sketch", "heldout", tmp_path)
 
 
+def make_sake_tree(name: str, root: Path, folder: str, unseen=("zebra",)):
+    """SAKE's release at small size: images under the folders its lists name, and the lists."""
+    spec = PAPER_DATASETS[name]
+    classes = ["cat", "dog", "zebra"]
+    image_dir = {"sketchy": {"sketch": "sketch/tx_000000000000", "photo": "EXTEND image sketchy"},
+                 "tu_berlin": {"sketch": "png_ready", "photo": "ImageResized_ready"}}[name]
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    for domain, prefix in spec.sake.prefixes.items():
+        parts = {"train": [], "test": [], "zero": []}
+        for label, c in enumerate(classes):
+            for k in range(6):
+                rel = f"{image_dir[domain]}/{c}/{c}_{k}.{'png' if domain == 'sketch' else 'jpg'}"
+                _img(root / rel)
+                part = "zero" if c in unseen else ("test" if domain == "sketch" and k == 5 else "train")
+                parts[part].append(f"{rel} {label}\n")
+        for part, lines in parts.items():
+            if lines:
+                (root / folder / f"{prefix}_filelist_{part}.txt").write_text("".join(lines))
+    return classes
+
+
+@pytest.mark.parametrize("name,folder", [("sketchy", "zeroshot1"), ("tu_berlin", "zeroshot")])
+def test_sake_split_files_load(name, folder, tmp_path):
+    make_sake_tree(name, tmp_path, folder)
+    files, labels, classes = load_paper_split(name, "sketch", "train", tmp_path)
+    assert classes == ["cat", "dog"] and len(files) == 10          # 5 per seen class; the 6th is "test"
+    assert all(f.parent.name == classes[y] for f, y in zip(files, labels))
+    files, labels, classes = load_paper_split(name, "photo", "heldout", tmp_path)
+    assert classes == ["zebra"] and len(files) == 6 and set(labels) == {0}
+    files, _, classes = load_paper_split(name, "sketch", "all", tmp_path)
+    assert classes == ["cat", "dog", "zebra"] and len(files) == 18
+    assert " " in str(load_paper_split(name, "photo", "train", tmp_path)[0][0]) or name == "tu_berlin"
+    ds = get_dataset(name, "photo", "heldout", root=tmp_path, image_size=32)
+    assert ds[0][0].shape == (3, 32, 32) and ds.classes == ("zebra",)
+
+
+def test_sake_split_folder_is_chosen_and_checked(tmp_path):
+    make_sake_tree("sketchy", tmp_path, "zeroshot1", unseen=("zebra",))
+    make_sake_tree("sketchy", tmp_path, "zeroshot2", unseen=("dog",))
+    assert load_paper_split("sketchy", "sketch", "heldout", tmp_path)[2] == ["zebra"]   # the first: zeroshot1
+    assert load_paper_split("sketchy", "sketch", "heldout", tmp_path, sake_split="zeroshot2")[2] == ["dog"]
+    with pytest.raises(DataError, match="split folders are"):
+        load_paper_split("sketchy", "sketch", "heldout", tmp_path, sake_split="zeroshot3")
+    with pytest.raises(DataError, match="sake_split applies to sketchy and tu_berlin"):
+        load_paper_split("office_home", "Art", "train", tmp_path, sake_split="zeroshot1")
+
+
+def test_a_sake_list_naming_missing_files_is_an_error_not_a_smaller_split(tmp_path):
+    make_sake_tree("sketchy", tmp_path, "zeroshot1")
+    (tmp_path / "sketch/tx_000000000000/cat/cat_0.png").unlink()
+    with pytest.raises(DataError, match=r"lists 1 of its 10 files that are not under"):
+        load_paper_split("sketchy", "sketch", "train", tmp_path)
+
+
+def test_a_malformed_or_empty_sake_list_is_explained(tmp_path):
+    make_sake_tree("tu_berlin", tmp_path, "zeroshot")
+    lst = tmp_path / "zeroshot" / "png_ready_filelist_zero.txt"
+    lst.write_text("png_ready/zebra/zebra_0.png\n")              # no label
+    with pytest.raises(DataError, match="line 1: expected '<relative path> <label>'"):
+        load_paper_split("tu_berlin", "sketch", "heldout", tmp_path)
+    lst.write_text("\n")
+    with pytest.raises(DataError, match="lists no files"):
+        load_paper_split("tu_berlin", "sketch", "heldout", tmp_path)
+    lst.unlink()
+    with pytest.raises(DataError, match="png_ready_filelist_zero.txt not found"):
+        load_paper_split("tu_berlin", "sketch", "heldout", tmp_path)
+
+
+def test_sake_lists_that_share_a_class_between_seen_and_unseen_are_refused(tmp_path):
+    make_sake_tree("sketchy", tmp_path, "zeroshot1")
+    zero = tmp_path / "zeroshot1" / "all_photo_filelist_zero.txt"
+    zero.write_text(zero.read_text() + "EXTEND image sketchy/cat/cat_0.jpg 0\n")
+    with pytest.raises(DataError, match="both as seen and as unseen"):
+        load_paper_split("sketchy", "photo", "all", tmp_path)
+
+
+def test_domainnet_lists_and_subset_that_name_nothing_are_errors(tmp_path):
+    make_tree("domainnet", tmp_path)
+    lst = tmp_path / "clipart_train.txt"
+    lst.write_text(lst.read_text() + "clipart/cat/not_there.jpg 0\n")
+    with pytest.raises(DataError, match="files that are not in clipart/<class>/"):
+        load_paper_split("domainnet", "clipart", "train", tmp_path)
+    make_tree("domainnet", tmp_path)                                  # the lists again
+    (tmp_path / "class_subset.txt").write_text("cat\nCat\n")
+    with pytest.raises(DataError, match="names 1 class"):
+        load_paper_split("domainnet", "clipart", "train", tmp_path)
+
+
 # ------------------------------------------------------------------ downloads against a real local HTTP server
 
 def _archive() -> bytes:

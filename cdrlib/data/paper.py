@@ -25,6 +25,16 @@ DOMAINNET_URL = "https://csr.bu.edu/ftp/visda/2019/multi-source"
 
 
 @dataclass(frozen=True)
+class SakeSplits:
+    """The zero-shot split files SAKE published and ICFRR reads: in ``<root>/<folder>/``,
+    ``<prefix>_filelist_{train,test,zero}.txt``, one ``relative/path/<class>/<image> <label>`` per
+    line (paths relative to the root; ``train`` the seen classes, ``zero`` the unseen ones)."""
+
+    folders: tuple[str, ...]  # the split folders SAKE ships; the first is the default
+    prefixes: dict  # domain → list prefix
+
+
+@dataclass(frozen=True)
 class PaperDataset:
     name: str
     domains: tuple[str, ...]
@@ -33,6 +43,7 @@ class PaperDataset:
     files: tuple = ()  # (url, filename, sha256 | None, size | None) with a stable URL
     manual: str = ""  # steps when there is no stable URL
     split: str = "folders"  # how train/heldout are defined (see load_paper_split)
+    sake: SakeSplits | None = None  # SAKE's split files, read when their folder is there
 
 
 PAPER_DATASETS = {
@@ -88,23 +99,35 @@ PAPER_DATASETS = {
     "sketchy": PaperDataset(
         "sketchy",
         ("photo", "sketch"),
-        layout="<root>/photo/<class>/<image>.jpg, <root>/sketch/<class>/<image>.png and "
-        "<root>/zeroshot_test_classes.txt (the 25 unseen classes, one per line)",
+        layout="SAKE's release, as ICFRR reads it: <root>/zeroshot1/ (100 seen / 25 unseen "
+        "classes) or <root>/zeroshot2/ (104 / 21) holding "
+        "sketch_tx_000000000000_ready_filelist_{train,test,zero}.txt and "
+        "all_photo_filelist_{train,zero}.txt, with the files they list under <root>; or "
+        "<root>/photo/<class>/<image>.jpg, <root>/sketch/<class>/<image>.png and "
+        "<root>/zeroshot_test_classes.txt (the unseen classes, one per line)",
         folders={"photo": "photo", "sketch": "sketch"},
         split="zeroshot",
-        manual="Sketchy (extended): sketches and photos from https://sketchy.eye.gatech.edu/ plus "
-        "the extended "
-        "photos of Liu et al. (Deep Sketch Hashing). Flatten them to <root>/photo/<class>/ and "
-        "<root>/sketch/<class>/, and copy the zero-shot split ICFRR uses (SAKE's 'zeroshot1' test "
-        "classes) "
-        "to <root>/zeroshot_test_classes.txt.",
+        sake=SakeSplits(
+            ("zeroshot1", "zeroshot2"),
+            {"sketch": "sketch_tx_000000000000_ready", "photo": "all_photo"},
+        ),
+        manual="Sketchy (extended), as SAKE (github.com/qliu24/SAKE) distributes it and ICFRR's "
+        "README links: unpack the archive so that <root>/zeroshot1/ and the folders its lists "
+        "name sit side by side. Any other copy (sketches and photos from "
+        "https://sketchy.eye.gatech.edu/ plus the extended photos of Liu et al.) can be "
+        "flattened to <root>/photo/<class>/ and <root>/sketch/<class>/ with the unseen classes in "
+        "<root>/zeroshot_test_classes.txt.",
     ),
     "tu_berlin": PaperDataset(
         "tu_berlin",
         ("photo", "sketch"),
-        layout="<root>/photo/<class>/<image>, <root>/sketch/<class>/<image>.png and "
-        "<root>/zeroshot_test_classes.txt (the 30 unseen classes, one per line)",
+        layout="SAKE's release, as ICFRR reads it: <root>/zeroshot/ holding "
+        "png_ready_filelist_{train,test,zero}.txt (sketches) and "
+        "ImageResized_ready_filelist_{train,zero}.txt (images), with the files they list under "
+        "<root>; or <root>/photo/<class>/<image>, <root>/sketch/<class>/<image>.png and "
+        "<root>/zeroshot_test_classes.txt (the unseen classes, one per line)",
         folders={"photo": "photo", "sketch": "sketch"},
+        sake=SakeSplits(("zeroshot",), {"sketch": "png_ready", "photo": "ImageResized_ready"}),
         files=(
             (
                 "https://cybertron.cg.tu-berlin.de/eitz/projects/classifysketch/sketches_png.zip",
@@ -117,10 +140,10 @@ PAPER_DATASETS = {
         manual="TU-Berlin sketches: "
         "https://cybertron.cg.tu-berlin.de/eitz/projects/classifysketch/ "
         "(sketches_png.zip), "
-        "plus the extended photos of Zhang et al. used by SAKE. Place them as "
-        "<root>/sketch/<class>/ and "
-        "<root>/photo/<class>/ and copy SAKE's zero-shot test classes to "
-        "<root>/zeroshot_test_classes.txt.",
+        "plus the extended photos of Zhang et al., as SAKE distributes them with its split files "
+        "(unpack so that <root>/zeroshot/ and the folders its lists name sit side by side); or "
+        "flatten them to <root>/sketch/<class>/ and <root>/photo/<class>/ with the unseen classes "
+        "in <root>/zeroshot_test_classes.txt.",
     ),
     "cub": PaperDataset(
         "cub",
@@ -196,7 +219,72 @@ def _scan(folder: Path) -> list[tuple[Path, str]]:
     ]
 
 
-def load_paper_split(name: str, domain: str, split: str = "train", root: str | Path | None = None):
+def _read_file_list(lst: Path, root: Path) -> list[tuple[Path, str]]:
+    """``(file, class)`` of every line ``relative/path/<class>/<image> <label>`` of a SAKE list;
+    the class is the file's folder. A malformed line or a listed file that is not there is an
+    error, never a smaller split."""
+    items = []
+    for n, line in enumerate(lst.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        *path, label = line.split()
+        if not path or not label.lstrip("-").isdigit():
+            raise DataError(f"{lst}, line {n}: expected '<relative path> <label>', got {line!r}")
+        rel = " ".join(path)  # SAKE's paths may contain spaces
+        items.append((root / rel, Path(rel).parent.name))
+    if not items:
+        raise DataError(f"{lst} lists no files: the download is incomplete; fetch it again")
+    missing = [p for p, _ in items if not p.is_file()]
+    if missing:
+        shown = ", ".join(str(p.relative_to(root)) for p in missing[:3])
+        raise DataError(
+            f"{lst} lists {len(missing)} of its {len(items)} files that are not under {root} "
+            f"(e.g. {shown}). Unpack the whole archive so that the split folder and the image "
+            f"folders it names sit side by side, or point root= at the folder that holds both."
+        )
+    return items
+
+
+def _load_sake(
+    spec: PaperDataset, domain: str, split: str, root: Path, folder: str | None
+) -> list[tuple[Path, str]]:
+    """The ``(file, class)`` items of one domain and split from SAKE's split files."""
+    if folder is None:
+        folder = next(f for f in spec.sake.folders if (root / f).is_dir())
+    elif folder not in spec.sake.folders:
+        raise DataError(
+            f"{spec.name}'s split folders are {list(spec.sake.folders)}, not {folder!r}"
+        )
+    if not (root / folder).is_dir():
+        raise _missing(spec, root, f"the split folder {folder}/")
+    prefix = spec.sake.prefixes[domain]
+    parts = {"train": ("train",), "heldout": ("zero",), "all": ("train", "test", "zero")}[split]
+    found = {}
+    for part in parts:
+        lst = root / folder / f"{prefix}_filelist_{part}.txt"
+        if part == "test" and not lst.is_file():
+            continue  # only the sketches have a list of seen-class test items
+        if not lst.is_file():
+            raise _missing(spec, root, f"{folder}/{lst.name}")
+        found[part] = _read_file_list(lst, root)
+    if split == "all":
+        seen = {c for part in ("train", "test") for _, c in found.get(part, [])}
+        leaked = sorted(seen & {c for _, c in found["zero"]})
+        if leaked:  # the unseen classes must be unseen, or the zero-shot numbers mean nothing
+            raise DataError(
+                f"{root / folder}: {len(leaked)} class(es) are listed both as seen and as unseen "
+                f"({leaked[:5]}); the split files do not belong together"
+            )
+    return [item for part in parts for item in found.get(part, [])]
+
+
+def load_paper_split(
+    name: str,
+    domain: str,
+    split: str = "train",
+    root: str | Path | None = None,
+    sake_split: str | None = None,
+):
     """Files and labels of one domain and split of a paper dataset.
 
     Splits: ``"all"`` everything; for DomainNet ``train``/``heldout`` are its official lists; for
@@ -204,6 +292,12 @@ def load_paper_split(name: str, domain: str, split: str = "train", root: str | P
     ones; for Office-Home and PACS (no official split; the papers evaluate on the training images)
     ``train`` is everything and ``heldout`` a fixed 30% of each class (every 10th, 3rd and 7th
     file).
+
+    Sketchy and TU-Berlin are read from SAKE's split files when their folder is under the root
+    (``zeroshot1``/``zeroshot2`` for Sketchy, ``zeroshot`` for TU-Berlin; ``sake_split`` picks
+    one, by default the first there), otherwise from class folders and
+    ``zeroshot_test_classes.txt``. A split list that names files that are not there, or classes
+    that have no folder, is an error: a dataset never loads as a smaller split than it claims.
 
     Returns:
         ``(files, labels, classes)``.
@@ -214,6 +308,12 @@ def load_paper_split(name: str, domain: str, split: str = "train", root: str | P
     if split not in ("train", "heldout", "all"):
         raise DataError(f"split must be 'train', 'heldout' or 'all', not {split!r}")
     root = dataset_root(name, root)
+    if spec.sake is not None and (
+        sake_split is not None or any((root / f).is_dir() for f in spec.sake.folders)
+    ):
+        return _labelled(_load_sake(spec, domain, split, root, sake_split))
+    if sake_split is not None:
+        raise DataError(f"sake_split applies to sketchy and tu_berlin, not {name}")
     folder = root / spec.folders[domain]
     if not folder.is_dir():
         raise _missing(spec, root, f"the folder {spec.folders[domain]}/")
@@ -226,6 +326,16 @@ def load_paper_split(name: str, domain: str, split: str = "train", root: str | P
         if not lst.is_file():
             raise _missing(spec, root, lst.name)
         keep = {ln.split()[0] for ln in _read_lines(lst)}
+        on_disk = {p.relative_to(root).as_posix() for p, _ in items}
+        missing = sorted(keep - on_disk)
+        if missing or not keep:  # a smaller split than the list says would change every number
+            raise DataError(
+                f"{lst} lists {len(missing)} of its {len(keep)} files that are not in "
+                f"{spec.folders[domain]}/<class>/ (e.g. {missing[:3]}): unpack the domain's "
+                "whole archive next to its lists"
+                if keep
+                else f"{lst} lists no files: fetch it again"
+            )
         items = [(p, c) for p, c in items if p.relative_to(root).as_posix() in keep]
     elif spec.split.startswith("zeroshot") and split != "all":
         lst = root / (
@@ -248,7 +358,19 @@ def load_paper_split(name: str, domain: str, split: str = "train", root: str | P
     subset = root / "class_subset.txt"
     if name == "domainnet" and subset.is_file():
         keep_cls = set(_read_lines(subset))
+        unknown = sorted(keep_cls - {c for _, c in items})
+        if unknown:
+            raise DataError(
+                f"{subset} names {len(unknown)} class(es) with no folder in {spec.folders[domain]}/"
+                f": {unknown[:5]}. The names must match the class folders exactly."
+            )
         items = [(p, c) for p, c in items if c in keep_cls]
+    return _labelled(items)
+
+
+def _labelled(items: list[tuple[Path, str]]) -> tuple[list[Path], list[int], list[str]]:
+    """``(files, labels, classes)`` from ``(file, class)`` items, classes numbered in sorted
+    order."""
     classes = sorted({c for _, c in items})
     index = {c: i for i, c in enumerate(classes)}
     return [p for p, _ in items], [index[c] for _, c in items], classes
