@@ -2,7 +2,8 @@
 
 Protocols (the papers' and the book's held-out one):
 
-* ``"paper"`` — UCDIR/IBNM's: the images the model trained on are also the queries and the gallery.
+* ``"train-as-gallery"`` — UCDIR's and IBNM's: the images the model trained on are also the queries
+  and the gallery.
 * ``"heldout"`` — the honest one: queries and gallery are the held-out emoji (never seen in
   training).
 
@@ -25,7 +26,7 @@ from .metrics import ranking_metrics, retrieval_metrics
 from .progress import progress
 from .rerank import icfrr
 
-PROTOCOL_SPLIT = {"paper": "train", "heldout": "heldout"}
+PROTOCOL_SPLIT = {"train-as-gallery": "train", "heldout": "heldout"}
 
 
 def extract_features(
@@ -243,19 +244,19 @@ def evaluate_backbone(
     return cross_domain_table(feats, labels, **kwargs)
 
 
-def pair_protocols(a: str, b: str, heldout: tuple, paper: tuple) -> dict:
+def pair_protocols(a: str, b: str, heldout: tuple, train_as_gallery: tuple) -> dict:
     """The evaluation inputs of one domain pair under both protocols.
 
     Args:
-        heldout, paper: ``(inputs, labels)``, each a dict domain → tensor (images or features) and
-            domain → (N,) labels, covering at least ``a`` and ``b``.
+        heldout, train_as_gallery: ``(inputs, labels)``, each a dict domain → tensor (images or
+            features) and domain → (N,) labels, covering at least ``a`` and ``b``.
     Returns:
         protocol → ``({a: …, b: …}, {a: labels, b: labels})``, what the methods' ``evaluation``
         argument and :func:`pair_rows` take.
     """
     return {
         protocol: ({a: x[a], b: x[b]}, {a: y[a], b: y[b]})
-        for protocol, (x, y) in (("heldout", heldout), ("paper", paper))
+        for protocol, (x, y) in (("heldout", heldout), ("train-as-gallery", train_as_gallery))
     }
 
 
@@ -290,7 +291,7 @@ def pivot_results(tables, value: str = "mAP@all"):
             ``pair`` (each pair's ``mean`` row, over its two directions, is the one used).
     Returns:
         a DataFrame with the method as a column and columns ``"heldout: sketch–twemoji"``, …,
-        ``"heldout: mean"``, ``"paper: …"``.
+        ``"heldout: mean"``, ``"train-as-gallery: …"``.
     """
     every = pd.concat(list(tables), ignore_index=True)
     means = every[every["query"] == "mean"]

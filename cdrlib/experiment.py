@@ -73,25 +73,25 @@ class PairBenchmark:
             raise ValueError(f"no training or held-out set for domain(s) {missing}")
         self.images = {
             "heldout": {d: held_sets[d].tensor() for d in self.domains},
-            "paper": {d: train_sets[d].tensor() for d in self.domains},
+            "train-as-gallery": {d: train_sets[d].tensor() for d in self.domains},
         }
         # the views are augmented at the images' own size
         self.inputs = {
             d: cache_view_features(
                 backbone, x, n_views=n_views, image_size=x.shape[-1], device=device
             )
-            for d, x in self.images["paper"].items()
+            for d, x in self.images["train-as-gallery"].items()
         }
         self.features = {
             "heldout": {
                 d: extract_features(backbone, x, device=device)
                 for d, x in self.images["heldout"].items()
             },
-            "paper": {d: self.inputs[d][:, 0] for d in self.domains},
+            "train-as-gallery": {d: self.inputs[d][:, 0] for d in self.domains},
         }  # view 0: the plain image
         self.labels = {
             "heldout": {d: held_sets[d].labels for d in self.domains},
-            "paper": {d: train_sets[d].labels for d in self.domains},
+            "train-as-gallery": {d: train_sets[d].labels for d in self.domains},
         }
         self.runs: list[pd.DataFrame] = []
         self.trained: dict[tuple[str, str, int], tuple] = {}
@@ -103,7 +103,7 @@ class PairBenchmark:
             a,
             b,
             (self.features["heldout"], self.labels["heldout"]),
-            (self.features["paper"], self.labels["paper"]),
+            (self.features["train-as-gallery"], self.labels["train-as-gallery"]),
         )
 
     def image_evaluation(self, a: str, b: str) -> dict:
@@ -112,7 +112,7 @@ class PairBenchmark:
             a,
             b,
             (self.images["heldout"], self.labels["heldout"]),
-            (self.images["paper"], self.labels["paper"]),
+            (self.images["train-as-gallery"], self.labels["train-as-gallery"]),
         )
 
     def baselines(self, backbone_name: str = "backbone features") -> list[pd.DataFrame]:
@@ -226,7 +226,8 @@ class PairBenchmark:
                     np.mean(
                         [
                             cluster_purity(
-                                method.clusters.get(key)[1].cpu(), self.labels["paper"][d]
+                                method.clusters.get(key)[1].cpu(),
+                                self.labels["train-as-gallery"][d],
                             )
                             for key, d in (("A", a), ("B", b))
                         ]
@@ -244,7 +245,7 @@ class PairBenchmark:
         def train(a: str, b: str, seed: int, key: str):
             return ibnm_train.train_and_evaluate(
                 replace(cfg, seed=seed),
-                (self.images["paper"][a], self.images["paper"][b]),
+                (self.images["train-as-gallery"][a], self.images["train-as-gallery"][b]),
                 self.backbone,
                 self.evaluation(a, b),
                 features=(self.inputs[a], self.inputs[b]),

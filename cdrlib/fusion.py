@@ -70,19 +70,23 @@ class PatchMixing(nn.Module):
     """Per-patch mixing weights λ_i ~ Beta(softplus(α_i), softplus(β_i)), α, β learnable (init 1).
 
     ``forward(batch_size)`` draws λ (B, n) with ``rsample`` so that a loss on the mixed image
-    reaches α and β.
+    reaches α and β. ``shared=True`` is the official code's form: one learnable Beta (scalar α, β)
+    and one λ per mixed image, the same for all of its patches.
     """
 
-    def __init__(self, num_patches: int, init: float = 1.0):
+    def __init__(self, num_patches: int, init: float = 1.0, shared: bool = False):
         super().__init__()
-        self.alpha = nn.Parameter(torch.full((num_patches,), float(init)))
-        self.beta = nn.Parameter(torch.full((num_patches,), float(init)))
+        self.num_patches, self.shared = num_patches, shared
+        size = 1 if shared else num_patches
+        self.alpha = nn.Parameter(torch.full((size,), float(init)))
+        self.beta = nn.Parameter(torch.full((size,), float(init)))
 
     def distribution(self) -> torch.distributions.Beta:
         return torch.distributions.Beta(F.softplus(self.alpha), F.softplus(self.beta))
 
     def forward(self, batch_size: int) -> torch.Tensor:
-        return self.distribution().rsample((batch_size,))
+        lam = self.distribution().rsample((batch_size,))  # (B, n), or (B, 1) when shared
+        return lam.expand(batch_size, self.num_patches)
 
 
 def mix_patch_tokens(

@@ -65,6 +65,14 @@ class IBNMConfig(UCDIRConfig):
     fusion_batch: int = 16  # mixed images per step (and mixup images per domain)
     tau_label: float = 0.1  # softmax(cos(f, C)/τ) of the label loss, entropy and mixup
     clean_threshold: float = 0.8
+    # the noise split's mixture (scikit-learn's EM defaults, a smaller reg_covar; the official
+    # code's are 10, 1e-2 and 5e-4, which paper() uses)
+    gmm_max_iter: int = 100
+    gmm_tol: float = 1e-3
+    gmm_reg_covar: float = 1e-6
+    shared_mixing: bool = (
+        False  # one Beta and one λ per mixed image (the official code) or per patch
+    )
     mixup_alpha: float = 0.3
     w_mixup: float = 1.0
     r_init: float = -2.0  # the fusion loss weights softplus(r)
@@ -96,6 +104,8 @@ class IBNMConfig(UCDIRConfig):
         base.update(
             warmup_epoch=5, se_epoch=25, dd_epoch=25, dod=None, fusion_epoch=base["epochs"] // 2
         )
+        # the official code's noise split and patch mixing
+        base.update(gmm_max_iter=10, gmm_tol=1e-2, gmm_reg_covar=5e-4, shared_mixing=True)
         return IBNMConfig(**{**base, **overrides})
 
 
@@ -158,7 +168,9 @@ class IBNM(UCDIR):
         if frozen:
             self.vit.requires_grad_(False)
         torch.manual_seed(cfg.seed)
-        self.mixing = fusion.PatchMixing(self.vit.num_patches).to(self.device)
+        self.mixing = fusion.PatchMixing(self.vit.num_patches, shared=cfg.shared_mixing).to(
+            self.device
+        )
         self.fusion_weights = fusion.FusionLossWeights(cfg.r_init).to(self.device)
         self.joint = ClusterState(required=("centroids",))
         self.importance = {}
@@ -231,7 +243,14 @@ class IBNM(UCDIR):
         clean = torch.ones(len(both), dtype=torch.bool)
         if cfg.noise:
             entropy = noise.prediction_entropy(both, centroids, cfg.tau_label)
-            clean = noise.split_clean(entropy, cfg.clean_threshold, seed=cfg.seed)["clean"]
+            clean = noise.split_clean(
+                entropy,
+                cfg.clean_threshold,
+                seed=cfg.seed,
+                max_iter=cfg.gmm_max_iter,
+                tol=cfg.gmm_tol,
+                reg_covar=cfg.gmm_reg_covar,
+            )["clean"]
             # the nearest clean sample of the same domain: across domains neighbours are far less
             # reliable
             labels = torch.cat(

@@ -40,11 +40,21 @@ def prediction_entropy(
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
-def split_clean(entropy, threshold: float = 0.8, seed: int = 0) -> dict:
+def split_clean(
+    entropy,
+    threshold: float = 0.8,
+    seed: int = 0,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+) -> dict:
     """Fit a 2-component Gaussian mixture to the entropies and call the confident part clean.
 
     Args:
         entropy: (N,) from :func:`prediction_entropy`; threshold: the clean posterior (0.8 in IBNM).
+        max_iter, tol, reg_covar: the mixture's EM settings; the defaults are scikit-learn's with a
+            smaller ``reg_covar``; the official IBNM code uses ``max_iter=10, tol=1e-2,
+            reg_covar=5e-4`` (:meth:`cdrlib.ibnm_train.IBNMConfig.paper` does too).
     Returns:
         dict with ``clean`` (N,) bool, ``posterior`` (N,) of the low-entropy component, and the
         mixture's ``means``, ``stds``, ``weights`` (low-entropy component first) for plotting.
@@ -56,7 +66,9 @@ def split_clean(entropy, threshold: float = 0.8, seed: int = 0) -> dict:
         raise ValueError(f"the noise split needs at least 2 samples, got {len(e)}")
     if not np.isfinite(e).all():
         raise ValueError("entropies contain NaN or inf: check the features and centroids for NaN")
-    gmm = GaussianMixture(2, random_state=seed, reg_covar=1e-6).fit(e)
+    gmm = GaussianMixture(
+        2, random_state=seed, max_iter=max_iter, tol=tol, reg_covar=reg_covar
+    ).fit(e)
     low = int(np.argmin(gmm.means_[:, 0]))
     order = [low, 1 - low]
     posterior = torch.from_numpy(gmm.predict_proba(e)[:, low]).float()

@@ -11,8 +11,10 @@ Every image and every caption becomes a Gaussian N(μ, diag(σ²)) in R^D:
   and the matching log(1 − p), both by log-sum-exp over the J² terms (stable for any distance);
   the true logistic sigmoid (the official code's "sigmoid" is sigmoid(2x));
 * :func:`soft_contrastive_loss` — −log p for matching pairs, −log(1 − p) otherwise, over all
-  N×N image–caption pairs of a batch (the two kinds averaged separately);
-  :func:`kl_to_standard_normal` — the regulariser;
+  N×N image–caption pairs of a batch (the two kinds averaged separately, or, as the official code,
+  summed over all pairs in both directions);
+  :func:`kl_to_standard_normal` — the regulariser; :func:`uniformity_loss` — the official CUB
+  configuration's spreading term on the samples;
 * :func:`match_scores` — a query × gallery table of match probabilities, chunked (retrieval), from
   :func:`match_log_p` (log p alone);
 * :func:`contrastive_loss` — the deterministic baseline's loss on μ alone.
@@ -129,17 +131,27 @@ def match_log_p(z_x: torch.Tensor, z_y: torch.Tensor, a, b) -> torch.Tensor:
 
 
 def soft_contrastive_loss(
-    z_img: torch.Tensor, z_txt: torch.Tensor, matches: torch.Tensor, a, b
+    z_img: torch.Tensor,
+    z_txt: torch.Tensor,
+    matches: torch.Tensor,
+    a,
+    b,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """−log p over the matching pairs plus −log(1 − p) over the others, each averaged, over all
-    N×M image–caption pairs of a batch.
+    """−log p over the matching pairs plus −log(1 − p) over the others, over all N×M image–caption
+    pairs of a batch.
 
-    The two means are taken separately: in a batch of 128 about 1 % of the pairs match, and one
-    mean over all pairs would let the non-matching ones drown the matching ones.
+    ``reduction="mean"`` averages the two kinds separately: in a batch of 128 about 1 % of the
+    pairs match, and one mean over all pairs would let the non-matching ones drown the matching
+    ones. ``"sum"`` is the official code's total: every pair's term summed, image→caption and
+    caption→image (the same pairs twice, so twice the one-way sum); its weight against the
+    regularisers is what the official configurations were tuned with.
 
     Args:
         z_img: (N, J, D); z_txt: (M, J, D); matches: bool (N, M), which caption fits which image.
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
     if matches.shape != (z_img.shape[0], z_txt.shape[0]):
         raise ValueError(
             f"matches must be ({z_img.shape[0]}, {z_txt.shape[0]}), got {tuple(matches.shape)}"
@@ -149,9 +161,33 @@ def soft_contrastive_loss(
     ):  # an integer 0/1 tensor would index rows instead of masking pairs
         raise TypeError(f"matches must be a bool mask, got {matches.dtype}; pass matches.bool()")
     log_p, log_not_p = match_logprob(z_img, z_txt, a, b)
+    if reduction == "sum":
+        return -2 * (log_p[matches].sum() + log_not_p[~matches].sum())
     pos = -log_p[matches].mean() if matches.any() else log_p.new_zeros(())
     neg = -log_not_p[~matches].mean() if (~matches).any() else log_p.new_zeros(())
     return pos + neg
+
+
+def uniformity_loss(
+    z: torch.Tensor, t: float = 2.0, max_points: int = 128, generator=None
+) -> torch.Tensor:
+    """log mean_{i<j} exp(−t ‖z_i − z_j‖²): lower when the points spread out (Wang and Isola's
+    uniformity; the official PCME CUB configuration adds it with weight 10 on all samples of a
+    batch, images and captions together).
+
+    Args:
+        z: (P, D) points (samples flattened); at most ``max_points`` of them, drawn without
+            replacement, enter the O(P²) distances (the official code keeps 128).
+    Computed by log-sum-exp, so distances of any size give a finite value (the official
+    exp-then-log underflows to −inf when σ is large).
+    """
+    if z.dim() != 2 or len(z) < 2:
+        raise ValueError(f"uniformity_loss needs (P, D) points with P ≥ 2, got {tuple(z.shape)}")
+    check_positive_int(max_points, "max_points")
+    if len(z) > max_points:
+        z = z[torch.randperm(len(z), generator=generator)[:max_points].to(z.device)]
+    d2 = torch.pdist(z).pow(2)
+    return torch.logsumexp(-t * d2, dim=0) - math.log(len(d2))
 
 
 def kl_to_standard_normal(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,10 @@ class PCMEConfig:
     a_init: float = 5.0  # CUB's initial a and b
     b_init: float = 5.0
     kl_weight: float = 1e-3  # CUB's
+    # "mean": matching and non-matching pairs averaged separately, the KL a batch mean; "sum": the
+    # official code's totals (every pair, both directions; the KL summed over the batch)
+    reduction: str = "mean"
+    uniform_weight: float = 0.0  # the uniformity loss on all samples (the official CUB's 10)
     temperature: float = 0.1  # the deterministic baseline's InfoNCE
     probabilistic: bool = True
     positives: str = (
@@ -67,10 +71,21 @@ class PCMEConfig:
 
     @staticmethod
     def paper() -> "PCMEConfig":
-        """CUB, as in the official configuration: a = b = 5, KL weight 1e-3, J = 7; D = 512, bi-GRU
-        512 (GloVe-sized words)."""
+        """CUB, as in the official configuration: its a = b = 5 under its sigmoid(2x), which is
+        a = b = 10 under the true logistic used here; the loss summed over all pairs in both
+        directions; KL weight 1e-3 (summed); the uniformity loss with weight 10; J = 7; D = 512,
+        bi-GRU 512 (GloVe-sized words)."""
         return PCMEConfig(
-            dim=512, epochs=50, batch_size=128, lr=2e-4, embed_dim=300, gru_hidden=512
+            dim=512,
+            epochs=50,
+            batch_size=128,
+            lr=2e-4,
+            embed_dim=300,
+            gru_hidden=512,
+            a_init=10.0,
+            b_init=10.0,
+            reduction="sum",
+            uniform_weight=10.0,
         )
 
 
@@ -268,13 +283,23 @@ class PCME(nn.Module):
             loss = pcme.contrastive_loss(mu_i, mu_t, matches, c.temperature)
             return loss, {"loss": loss.item()}
         z_i, z_t = pcme.sample(mu_i, ls_i, c.n_samples), pcme.sample(mu_t, ls_t, c.n_samples)
-        match = pcme.soft_contrastive_loss(z_i, z_t, matches, self.a, self.b)
-        kl = (pcme.kl_to_standard_normal(mu_i, ls_i) + pcme.kl_to_standard_normal(mu_t, ls_t)) / 2
+        match = pcme.soft_contrastive_loss(z_i, z_t, matches, self.a, self.b, c.reduction)
+        kl_i, kl_t = pcme.kl_to_standard_normal(mu_i, ls_i), pcme.kl_to_standard_normal(mu_t, ls_t)
+        if c.reduction == "sum":  # the official totals: summed over the batch, images + captions
+            kl = kl_i * len(mu_i) + kl_t * len(mu_t)
+        else:
+            kl = (kl_i + kl_t) / 2
         loss = match + c.kl_weight * kl
+        parts = {}
+        if c.uniform_weight:
+            uniform = pcme.uniformity_loss(torch.cat([z_i.flatten(0, 1), z_t.flatten(0, 1)]))
+            loss = loss + c.uniform_weight * uniform
+            parts["uniformity"] = uniform.item()
         return loss, {
             "loss": loss.item(),
             "match": match.item(),
             "kl": kl.item(),
+            **parts,
             "a": self.a.item(),
             "b": self.b.item(),
             "sigma_img": ls_i.exp().mean().item(),
@@ -295,6 +320,7 @@ def train(
     the shared :class:`~cdrlib.training.Trainer`: ``checkpoint`` makes the run resumable (exactly).
     """
     check_choice(cfg.positives, "PCMEConfig.positives", ("caption", "pair"))
+    check_choice(cfg.reduction, "PCMEConfig.reduction", ("mean", "sum"))
     torch.manual_seed(cfg.seed)
     vocab = vocab or Vocabulary.build(data.texts)
     model = PCME(cfg, vocab, data.pooled.shape[1], data.tokens.shape[2]).to(device)

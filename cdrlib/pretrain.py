@@ -84,7 +84,7 @@ class ProjectionHead(nn.Module):
 
 def _mean_map(model, device) -> dict:
     out = {}
-    for protocol in ("heldout", "paper"):
+    for protocol in ("heldout", "train-as-gallery"):
         df = evaluate_backbone(model, protocol=protocol, device=device, ks=(10,))
         mean = df[df["query"] == "mean"].iloc[0]
         out[f"{protocol}_mAP@all"] = round(float(mean["mAP@all"]), 4)

@@ -95,10 +95,11 @@ def _pattern_distances(q: torch.Tensor, centroids: torch.Tensor, tau: float) -> 
     return 1 - p @ p.T
 
 
-def dod_loss_code(
+def dod_loss_batch(
     q_a: torch.Tensor, q_b: torch.Tensor, c_a: torch.Tensor, c_b: torch.Tensor, tau: float = 0.01
 ) -> torch.Tensor:
-    """Distance-of-distance as the official code computes it (no matching of centroids).
+    """Distance-of-distance, the batch form (``dod="batch"``): the official code's, with no
+    matching of centroids.
 
     For the queries of each domain, the distance patterns of the batch measured against A's
     centroids and against B's must agree: mean_i ‖D_A[i] − D_B[i]‖², for A's and B's queries,

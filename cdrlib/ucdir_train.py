@@ -45,7 +45,7 @@ from .run_store import RunStore
 from .training import Trainer
 
 # the distance-of-distance forms: none, the official code's batch form, the centroid-matching form
-DOD_FORMS = (None, "code", "centroid")
+DOD_FORMS = (None, "batch", "centroid")
 
 
 @dataclass
@@ -72,8 +72,8 @@ class UCDIRConfig:
     tau_se: float = 0.1
     dd_epoch: int = 6
     w_dd: float = 0.1
-    dod: str | None = None  # None, "code" or "centroid"
-    tau_dd: float = 0.01  # "code": the temperature of the distance patterns
+    dod: str | None = None  # None, "batch" (the official code's) or "centroid"
+    tau_dd: float = 0.01  # "batch": the temperature of the distance patterns
     sinkhorn_eps: float = 0.05  # "centroid": ε of the centroid matching
     use_cw: bool = True
     use_se: bool = True
@@ -112,7 +112,7 @@ class UCDIRConfig:
             tau_se=0.01 if oh else 0.1,
             dd_epoch=100,
             w_dd=0.5 if oh else 0.1,
-            dod="code",
+            dod="batch",
         )
 
 
@@ -455,8 +455,8 @@ class UCDIR:
                 parts["se"] = l_se.item()
                 loss = loss + w["se"] * l_se
             if w["dd"] > 0:
-                if cfg.dod == "code":
-                    l_dd = ucdir.dod_loss_code(q["A"], q["B"], ca, cb, cfg.tau_dd)
+                if cfg.dod == "batch":
+                    l_dd = ucdir.dod_loss_batch(q["A"], q["B"], ca, cb, cfg.tau_dd)
                 else:
                     # The k-means centroids are constants; their gradient path is the centroids of
                     # the banks with this batch's entries replaced by its queries.

@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--backbone", help="default: emoji-resnet / emoji-vit on a CPU, moco-v2-resnet50 / dino-vitb16 "
                                        "with the paper's settings")
     ap.add_argument("--epochs", type=int)
-    ap.add_argument("--dod", choices=["code", "centroid"])
+    ap.add_argument("--dod", choices=["batch", "centroid"])
     ap.add_argument("--method", choices=["ucdir", "ibnm"], default="ucdir")
     ap.add_argument("--fusion", choices=["attention", "random", "none"], default="attention", help="IBNM only")
     ap.add_argument("--cached-views", type=int, default=0,
@@ -149,7 +149,7 @@ def choose_config(args, device: torch.device):
     cfg = replace(cfg, backbone=backbone)
     if args.tiny:
         cfg = replace(cfg, backbone="random-vit" if ibnm else "random-resnet", epochs=2, batch_size=16, k=4,
-                      warmup_epoch=1, se_epoch=1, dd_epoch=1, dod=None if ibnm else "code", kmeans_nredo=1)
+                      warmup_epoch=1, se_epoch=1, dd_epoch=1, dod=None if ibnm else "batch", kmeans_nredo=1)
         if ibnm:
             cfg = replace(cfg, fusion_epoch=1, fusion_batch=8)
     if args.dod:
@@ -241,10 +241,10 @@ def main(argv=None) -> None:
         if args.own:
             data, train, held = own_data(args, cfg.backbone)
             cfg = replace(cfg, k=len(data.classes)) if not args.tiny else cfg
-            evaluate = {"heldout": held, "paper": train}
+            evaluate = {"heldout": held, "train-as-gallery": train}
         else:
             train = [get_dataset(args.dataset, d, "train") for d in args.domains]
-            evaluate = {"heldout": [get_dataset(args.dataset, d, "heldout") for d in args.domains], "paper": train}
+            evaluate = {"heldout": [get_dataset(args.dataset, d, "heldout") for d in args.domains], "train-as-gallery": train}
     except DataError as e:
         raise SystemExit(f"[train] {e}") from None
     if args.tiny:  # the first few images of each domain

@@ -157,8 +157,8 @@ CLAIMS = [
     # chapter 05: neither DoD form moves CW+SE by more than a seed does, not even where its premise holds
     ("05_dod_alignment", "ablation_map_all", "DoD (centroid) level with CW+SE",
      within_seed_range("UCDIR CW+SE+DoD (centroid)", "UCDIR CW+SE", "heldout: mean")),
-    ("05_dod_alignment", "ablation_map_all", "DoD (code) level with CW+SE",
-     within_seed_range("UCDIR CW+SE+DoD (code)", "UCDIR CW+SE", "heldout: mean")),
+    ("05_dod_alignment", "ablation_map_all", "DoD (batch) level with CW+SE",
+     within_seed_range("UCDIR CW+SE+DoD (batch)", "UCDIR CW+SE", "heldout: mean")),
     ("05_dod_alignment", "premise", "right clusters and matching: DoD still adds nothing",
      premise_fails("oracle clusters and matching")),
     # chapter 06: fusion with an importance that marks the drawing is still level with random fusion

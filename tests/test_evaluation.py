@@ -94,7 +94,7 @@ def test_pair_protocols_takes_the_pair_from_each_protocol():
     train = ({"a": "A-train", "b": "B-train"}, {"a": 10, "b": 20})
     assert pair_protocols("b", "a", held, train) == {
         "heldout": ({"b": "B-held", "a": "A-held"}, {"b": 2, "a": 1}),
-        "paper": ({"b": "B-train", "a": "A-train"}, {"b": 20, "a": 10}),
+        "train-as-gallery": ({"b": "B-train", "a": "A-train"}, {"b": 20, "a": 10}),
     }
 
 
@@ -108,11 +108,11 @@ def test_pivot_results_on_hand_made_tables():
         ]).assign(pair=pair, method=method)
 
     tables = [table("m1", "heldout", "x–y", 0.2, 0.4), table("m1", "heldout", "x–z", 0.6, 0.8),
-              table("m1", "paper", "x–y", 0.1, 0.1), table("m2", "heldout", "x–y", 0.0, 1.0),
-              table("m2", "heldout", "x–z", 0.5, 0.5), table("m2", "paper", "x–y", 0.3, 0.5)]
+              table("m1", "train-as-gallery", "x–y", 0.1, 0.1), table("m2", "heldout", "x–y", 0.0, 1.0),
+              table("m2", "heldout", "x–z", 0.5, 0.5), table("m2", "train-as-gallery", "x–y", 0.3, 0.5)]
     want = pd.DataFrame({"method": ["m1", "m2"],
                          "heldout: x–y": [0.3, 0.5], "heldout: x–z": [0.7, 0.5], "heldout: mean": [0.5, 0.5],
-                         "paper: x–y": [0.1, 0.4], "paper: mean": [0.1, 0.4]})
+                         "train-as-gallery: x–y": [0.1, 0.4], "train-as-gallery: mean": [0.1, 0.4]})
     got = pivot_results(tables)
     assert list(got.columns) == list(want.columns)
     pd.testing.assert_frame_equal(got, want, check_names=False, atol=1e-12, rtol=0)

@@ -42,6 +42,15 @@ def test_beta_weights_are_reparameterised():
     assert mix.alpha.grad.abs().sum() > 0 and mix.beta.grad.abs().sum() > 0
 
 
+def test_shared_beta_draws_one_lambda_per_image():
+    mix = fusion.PatchMixing(7, shared=True)
+    lam = mix(64)
+    assert lam.shape == (64, 7) and mix.alpha.shape == mix.beta.shape == (1,)
+    assert (lam == lam[:, :1]).all() and lam[:, 0].std() > 0    # one λ per image, varying over images
+    lam.sum().backward()
+    assert mix.alpha.grad.abs().sum() > 0 and mix.beta.grad.abs().sum() > 0
+
+
 def test_each_domain_attention_goes_with_its_own_patches():
     # The official code swaps the halves of the token batch, so A's attention weighs B's patches.
     torch.manual_seed(0)

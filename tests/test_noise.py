@@ -32,6 +32,11 @@ def test_split_clean_finds_the_low_entropy_component():
     assert out["weights"][0] == pytest.approx(0.75, abs=0.01)
     with pytest.raises(ValueError, match="NaN"):
         noise.split_clean(torch.tensor([0.1, float("nan"), 0.3]))
+    # the official code's EM settings reach the same split here, and are the ones passed on
+    official = noise.split_clean(torch.cat([low, high]), max_iter=10, tol=1e-2, reg_covar=5e-4)
+    assert torch.equal(official["clean"], out["clean"])
+    with pytest.warns(Warning, match="converge"):          # one EM step cannot converge
+        noise.split_clean(torch.cat([low, high]), max_iter=1, tol=1e-12)
 
 
 def test_relabel_noisy_takes_nearest_clean_label():

@@ -51,6 +51,11 @@ def test_soft_contrastive_loss_against_reference():
             (pos if m[i, k] else neg).append(-math.log(p) if m[i, k] else -math.log(1 - p))
     want = sum(pos) / len(pos) + sum(neg) / len(neg)
     assert pcme.soft_contrastive_loss(zi, zt, m, 3.0, 2.0).item() == pytest.approx(want, rel=1e-10)
+    # the official total: every pair's term summed, image→caption and caption→image
+    summed = pcme.soft_contrastive_loss(zi, zt, m, 3.0, 2.0, reduction="sum").item()
+    assert summed == pytest.approx(2 * (sum(pos) + sum(neg)), rel=1e-10)
+    with pytest.raises(ValueError, match="reduction must be"):
+        pcme.soft_contrastive_loss(zi, zt, m, 3.0, 2.0, reduction="none")
     with pytest.raises(ValueError, match="matches"):
         pcme.soft_contrastive_loss(zi, zt, m[:2], 3.0, 2.0)
 
@@ -131,3 +136,31 @@ def test_match_scores_do_not_depend_on_how_they_are_chunked():
         assert torch.allclose(part, whole, rtol=1e-5, atol=1e-12)
     with pytest.raises(ValueError, match="budget"):
         pcme.match_scores(mq, lq, mg, lg, 5.0, 3.0, budget=0)
+
+
+def test_uniformity_loss_against_a_pair_loop_and_far_points():
+    z = torch.randn(6, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    pairs = [(z[i] - z[j]).pow(2).sum().item() for i in range(6) for j in range(i + 1, 6)]
+    want = math.log(sum(math.exp(-2 * d) for d in pairs) / len(pairs))
+    assert pcme.uniformity_loss(z).item() == pytest.approx(want, rel=1e-12)
+    # spread-out points score lower; points 1e3 apart give a finite value (exp then log: −inf)
+    assert pcme.uniformity_loss(3 * z) < pcme.uniformity_loss(z)
+    assert torch.isfinite(pcme.uniformity_loss(1e3 * z))
+    # more points than max_points: a subset of exactly max_points enters
+    big = torch.randn(300, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    sub = pcme.uniformity_loss(big, max_points=5, generator=torch.Generator().manual_seed(0))
+    keep = torch.randperm(300, generator=torch.Generator().manual_seed(0))[:5]
+    assert sub.item() == pytest.approx(pcme.uniformity_loss(big[keep]).item(), rel=1e-12)
+    with pytest.raises(ValueError, match="P ≥ 2"):
+        pcme.uniformity_loss(z[:1])
+
+
+def test_the_paper_configuration_is_the_official_one():
+    from cdrlib.pcme_train import PCMEConfig
+
+    c = PCMEConfig.paper()
+    # the official a = b = 5 under sigmoid(2x) is a = b = 10 under the logistic
+    assert (c.a_init, c.b_init, c.reduction, c.uniform_weight, c.kl_weight) == (10.0, 10.0, "sum", 10.0, 1e-3)
+    x = torch.linspace(-2, 2, 9)
+    official = torch.exp(-5 * x + 5) / (torch.exp(-5 * x + 5) + torch.exp(5 * x - 5))
+    torch.testing.assert_close(torch.sigmoid(-c.a_init * x + c.b_init), official)

@@ -124,19 +124,19 @@ def _tiny_bench(pairs=(("a", "b"),)):
 def test_pair_benchmark_tables_and_per_seed():
     bench = _tiny_bench()
     assert bench.inputs["a"].shape == (24, 3, 12)
-    torch.testing.assert_close(bench.features["paper"]["a"], bench.inputs["a"][:, 0])
+    torch.testing.assert_close(bench.features["train-as-gallery"]["a"], bench.inputs["a"][:, 0])
     bench.baselines()
 
     def fake(a, b, seed, key):   # a "method" whose table is known: each row's mAP@all is 0.1 × (seed + 1)
         return pd.DataFrame([{"protocol": pr, "query": q, "gallery": "x", "mAP@all": 0.1 * (seed + 1)}
-                             for pr in ("heldout", "paper") for q in (a, b, "mean")])
+                             for pr in ("heldout", "train-as-gallery") for q in (a, b, "mean")])
 
     bench.run("fake", fake, seeds=(0, 1))
     assert bench.per_seed("fake") == pytest.approx({0: 0.1, 1: 0.2})
     table = bench.table().set_index("method")
     assert list(table.index) == ["chance", "raw pixels", "backbone features", "fake"]
     assert table.loc["fake", "heldout: mean"] == pytest.approx(0.1)
-    assert bench.table(seed=1).set_index("method").loc["fake", "paper: a–b"] == pytest.approx(0.2)
+    assert bench.table(seed=1).set_index("method").loc["fake", "train-as-gallery: a–b"] == pytest.approx(0.2)
     with pytest.raises(KeyError, match="no runs of 'nothing'"):
         bench.per_seed("nothing")
 
@@ -160,7 +160,7 @@ def test_pair_benchmark_embeddings_are_the_runs_own():
     bench.run("fake", fake)
     emb = bench.embeddings("fake", "a", "b")
     torch.testing.assert_close(emb["a"], 2 * bench.features["heldout"]["a"])
-    torch.testing.assert_close(bench.embeddings("fake", "a", "b", protocol="paper")["b"], 2 * bench.inputs["b"][:, 0])
+    torch.testing.assert_close(bench.embeddings("fake", "a", "b", protocol="train-as-gallery")["b"], 2 * bench.inputs["b"][:, 0])
     with pytest.raises(KeyError, match="no trained run of 'fake' on a–b with seed 1"):
         bench.embeddings("fake", "a", "b", seed=1)
 

@@ -75,10 +75,10 @@ def test_dod_code_against_loop_and_permutation():
     for q in (qa, qb):
         da, db = pattern(q, ca), pattern(q, cb)
         want += sum(sum((da[i][j] - db[i][j]) ** 2 for j in range(len(q))) for i in range(len(q))) / len(q)
-    got = ucdir.dod_loss_code(qa, qb, ca, cb, tau)
+    got = ucdir.dod_loss_batch(qa, qb, ca, cb, tau)
     assert got.item() == pytest.approx(want / 2)
     perm = torch.tensor([3, 0, 4, 1, 2])
-    assert ucdir.dod_loss_code(qa, qb, ca[perm], cb.flip(0), tau).item() == pytest.approx(got.item())
+    assert ucdir.dod_loss_batch(qa, qb, ca[perm], cb.flip(0), tau).item() == pytest.approx(got.item())
 
 
 def test_dod_seed_against_loop_and_permutation():

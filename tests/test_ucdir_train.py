@@ -98,7 +98,7 @@ def _cached_run(tmp_path, epochs, dod, stop_after=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dod", ["centroid", "code"])
+@pytest.mark.parametrize("dod", ["centroid", "batch"])
 def test_cached_features_train_every_loss_and_resume_exactly(tmp_path, dod):
     import torch
 
@@ -203,7 +203,7 @@ def test_own_images_command_trains_evaluates_and_reranks(tmp_path):
     res = run(cmd + ["--bad-files", "skip"], out)
     assert "CPU setting" in res["setting"]
     protocols = {r["protocol"] for r in res["metrics"]}
-    assert protocols == {"heldout", "paper"}
+    assert protocols == {"heldout", "train-as-gallery"}
     assert [r["query"] for r in res["icfrr_heldout"]] == ["photo", "sketch", "mean"]
     assert all(0.0 <= r["mAP@all + ICFRR"] <= 1.0 for r in res["icfrr_heldout"])
 
@@ -217,7 +217,7 @@ def test_own_images_from_a_list_and_settings_that_disable_the_method(tmp_path):
     (tree / "list.csv").write_text("path,domain,class\n" + "\n".join(rows) + "\n")
     out = tmp_path / "run"
     res = run(_own_command("--list", tree / "list.csv", out), out)
-    assert {r["protocol"] for r in res["metrics"]} == {"heldout", "paper"}
+    assert {r["protocol"] for r in res["metrics"]} == {"heldout", "train-as-gallery"}
     env = {**os.environ, "CDR_PROGRESS": "0"}
     for extra, message in (
         (["--epochs", "2"], "plain instance discrimination"),
