@@ -268,6 +268,11 @@ def _relevant_columns(relevant: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return _pack_rows(rows, cols, n_rel), n_rel
 
 
+# a row with at most this many tied relevant items counts their ties directly (a pass over the row
+# each); a row with more takes one stable sort
+TIES_COUNTED_DIRECTLY = 32
+
+
 def ranks_from_scores(
     scores: torch.Tensor, relevant: torch.Tensor, ascending: torch.Tensor | None = None
 ) -> RelevantRanks:
@@ -297,18 +302,28 @@ def ranks_from_scores(
     shared = (at_or_below >= 2) & (before == rel_scores)
     pad = torch.arange(m, device=scores.device).unsqueeze(0) >= n_rel.unsqueeze(1)
     ranks = above.to(torch.float64)
-    # Rows where a relevant item ties with another item (rare with float features; every row of a
-    # collapsed model) take their ranks from a stable sort of the row: one vectorised pass, never a
-    # loop over the tied items.
-    tied = (shared & ~pad).any(1).nonzero().flatten()
-    if len(tied):
-        order = torch.argsort(scores[tied], dim=1, descending=True, stable=True)
-        position = torch.empty_like(order).scatter_(
-            1, order, torch.arange(g, device=scores.device).expand_as(order)
-        )
-        ranks[tied] = torch.gather(position, 1, rel_idx[tied]).to(torch.float64)
+    # A relevant item that ties with another item ranks after the equal ones of smaller index:
+    # rank = #(larger) + #(equal, smaller column). A few tied items per row (float32 scores of a
+    # large gallery tie now and then) are counted directly, a pass over their row each; rows with
+    # many (a collapsed model) take their ranks from one stable sort of the row instead.
+    tied_items = shared & ~pad
+    per_row = tied_items.sum(1)
+    few = per_row <= TIES_COUNTED_DIRECTLY
+    rows, slots = (tied_items & few.unsqueeze(1)).nonzero(as_tuple=True)
+    block = max(1, (1 << 24) // g)  # (block, G) comparisons at a time
+    columns = torch.arange(g, device=scores.device)
+    for b in range(0, len(rows), block):
+        r, c = rows[b : b + block], slots[b : b + block]
+        x, j = rel_scores[r, c], rel_idx[r, c]
+        equal_before = (scores[r] == x.unsqueeze(1)) & (columns < j.unsqueeze(1))
+        ranks[r, c] += equal_before.sum(1).to(torch.float64)
+    many = (per_row > TIES_COUNTED_DIRECTLY).nonzero().flatten()
+    if len(many):
+        order = torch.argsort(scores[many], dim=1, descending=True, stable=True)
+        position = torch.empty_like(order).scatter_(1, order, columns.expand_as(order))
+        ranks[many] = torch.gather(position, 1, rel_idx[many]).to(torch.float64)
     ranks[pad] = float("inf")
-    return RelevantRanks(torch.sort(ranks.cpu(), dim=1).values, n_rel.cpu(), g)
+    return RelevantRanks(sorted_ascending(ranks.cpu()), n_rel.cpu(), g)
 
 
 def ranks_from_ranking(ranking: torch.Tensor, relevant: torch.Tensor) -> RelevantRanks:

@@ -122,6 +122,25 @@ def test_random_against_loops(seed, quantize):
     check_equal(got, ref_all(scores.tolist(), relevant.tolist(), ks))
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("direct", [0, 2, 10_000])
+def test_ties_counted_directly_or_by_a_row_sort_give_the_stable_ranks(seed, direct, monkeypatch):
+    """Rows with at most TIES_COUNTED_DIRECTLY tied relevant items count them one by one, the others
+    sort the row: 0 sends every row to the sort, 10 000 every row to the direct count, 2 mixes."""
+    monkeypatch.setattr(M, "TIES_COUNTED_DIRECTLY", direct)
+    g = torch.Generator().manual_seed(seed)
+    scores = (torch.rand(9, 40, generator=g) * 6).floor()   # many exact ties, some rows more than others
+    scores[0] = torch.rand(40, generator=g)                  # a row without ties
+    relevant = torch.rand(9, 40, generator=g) < 0.4
+    got = M.ranks_from_scores(scores, relevant)
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)      # the slow reference
+    position = torch.empty_like(order).scatter_(1, order, torch.arange(40).expand(9, -1))
+    for q in range(9):
+        want = sorted(position[q, relevant[q]].tolist())
+        assert got.ranks[q, : len(want)].tolist() == want
+        assert torch.isinf(got.ranks[q, len(want):]).all()
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_ranking_input_equals_score_input(seed):
     g = torch.Generator().manual_seed(seed)

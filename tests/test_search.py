@@ -88,6 +88,37 @@ def test_search_and_evaluate_equals_search_then_metrics(metric, chunk_size):
     assert m == retrieval_metrics(q, gal, ql, gl, metric=metric, ks=(1, 10))
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_search_and_evaluate_is_the_same_with_any_number_of_workers(workers):
+    g = torch.Generator().manual_seed(5)
+    q, gal = torch.randn(50, 8, generator=g), torch.randn(90, 8, generator=g)
+    gal[40] = gal[3]                                                   # exact ties
+    ql, gl = torch.randint(0, 4, (50,), generator=g), torch.randint(0, 4, (90,), generator=g)
+    before = torch.get_num_threads()
+    v, i, m = search_and_evaluate(q, gal, 12, ql, gl, ks=(1, 10), chunk_size=6, workers=workers)
+    assert torch.get_num_threads() == before          # the thread count is given back
+    v_ref, i_ref = knn_search(q, gal, 12, backend="torch")
+    assert torch.equal(i, i_ref)
+    torch.testing.assert_close(v, v_ref, rtol=1e-6, atol=1e-6)
+    assert m == retrieval_metrics(q, gal, ql, gl, ks=(1, 10))
+    with pytest.raises(ValueError, match="workers"):
+        search_and_evaluate(q, gal, 12, ql, gl, workers=0)
+
+
+def test_a_failing_chunk_gives_the_thread_count_back(monkeypatch):
+    import cdrlib.search as search_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory in a chunk")
+
+    monkeypatch.setattr(search_module, "sorted_ascending", broken)
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="out of memory in a chunk"):
+        search_and_evaluate(torch.randn(20, 4), torch.randn(30, 4), 5, torch.zeros(20, dtype=torch.long),
+                            torch.zeros(30, dtype=torch.long), chunk_size=4, workers=2)
+    assert torch.get_num_threads() == before
+
+
 def test_search_and_evaluate_euclidean_matches_brute_force():
     g = torch.Generator().manual_seed(4)
     q, gal = torch.randn(20, 6, generator=g, dtype=torch.float64), torch.randn(90, 6, generator=g, dtype=torch.float64)
