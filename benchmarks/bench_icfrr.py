@@ -8,6 +8,9 @@ Each run is a fresh subprocess, so peak RSS is its own.
 The dense reference costs about a second per query at G = 20,000, so it runs the first
 DENSE_QUERIES queries only; its time for all Q is its table-building time plus Q times its measured
 time per query (reported as such), and the rankings are compared on those queries.
+The sparse form is also timed as the library was at BASELINE (the commit before the chunk-parallel
+iterations and the partition-based neighbour lists), extracted with ``git archive`` and run the
+same way, so the speed-up over it is measured in the same run on the same machine.
 Results: benchmarks/results/icfrr.json (shown in the ICFRR chapter).
 
     python benchmarks/bench_icfrr.py
@@ -16,8 +19,13 @@ Results: benchmarks/results/icfrr.json (shown in the ICFRR chapter).
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "icfrr.json"
 Q, K, ITERS = 2000, 256, 5
 DENSE_QUERIES = 200
+BASELINE = "d3393cc"  # cdrlib before this benchmark's speed-ups (see the module docstring)
 
 
 def features(n: int, seed: int, dtype, d: int = 128, classes: int = 200):
@@ -42,6 +51,8 @@ def child(g_size: int, what: str) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
+    if what == "baseline":  # the same run with the library as it was at BASELINE
+        sys.path.insert(0, os.environ["CDR_BENCH_BASELINE"])
     from cdrlib.rerank import dense_weight_table, icfrr, icfrr_dense
 
     dtype = torch.float32 if what == "sparse-features" else torch.float64
@@ -52,7 +63,7 @@ def child(g_size: int, what: str) -> dict:
     else:
         qg, gg = torch.cdist(q, g), torch.cdist(g, g)
         t0 = time.perf_counter()  # both start from the same distance matrices
-        if what == "sparse":
+        if what in ("sparse", "baseline"):
             ranking = icfrr(qg, gg, kg=K, kq=K, n_iter=ITERS)
         else:
             table = dense_weight_table(gg, K)
@@ -79,15 +90,26 @@ def main() -> None:
         return
     import torch
 
+    baseline_dir = tempfile.mkdtemp(prefix="cdrlib-baseline-")
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE, "cdrlib"],
+                             capture_output=True, check=True).stdout
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(baseline_dir, filter="data")
+    os.environ["CDR_BENCH_BASELINE"] = baseline_dir
     rows = []
     for n in args.sizes:
         sparse, dense = run_child(__file__, n, "sparse"), run_child(__file__, n, "dense")
+        baseline = run_child(__file__, n, "baseline")
         b = torch.load(f"/tmp/icfrr_dense_{n}.pt")
-        a = torch.load(f"/tmp/icfrr_sparse_{n}.pt")[: len(b)]
+        a = torch.load(f"/tmp/icfrr_sparse_{n}.pt")
+        same_as_baseline = bool(torch.equal(a, torch.load(f"/tmp/icfrr_baseline_{n}.pt")))
+        a = a[: len(b)]
         rows.append({"G": n, "Q": Q, "KG = KQ": K, "iterations": ITERS,
                      "dense (s, table + Q × per-query time)": dense["seconds"],
                      "dense table (s)": dense["build_s"], "dense per query (s)": dense["per_query_s"],
                      "sparse (s)": sparse["seconds"], "speed-up": round(dense["seconds"] / sparse["seconds"], 1),
+                     f"sparse at {BASELINE} (s)": baseline["seconds"],
+                     f"speed-up over {BASELINE}": round(baseline["seconds"] / sparse["seconds"], 2),
+                     f"rankings identical to {BASELINE}'s": same_as_baseline,
                      "dense peak RSS (MB)": dense["peak_rss_mb"], "sparse peak RSS (MB)": sparse["peak_rss_mb"],
                      f"identical rankings (of the first {len(b)} queries)": round(float((a == b).all(1).float().mean()), 4)})
         print(json.dumps(rows[-1]), flush=True)

@@ -17,9 +17,9 @@ Where each chapter's ideas live:
 - 07 PCME: ``pcme`` (probabilistic embeddings and the match probability), ``pcme_train``, ``text``.
 - 08 ICFRR: ``rerank`` (the sparse re-ranking and its dense reference).
 - Shared by all: ``training`` (the resumable loop), ``inference`` (batched feature passes),
-  ``run_store`` and ``checkpoint_io`` (stored runs, safe loading), ``results`` (saved tables and
-  their tolerances), ``profile`` (the chapters' first cell), ``paths``, ``progress``,
-  ``validation``, ``plotting``, ``exercises``.
+  ``parallel`` (chunks side by side), ``run_store`` and ``checkpoint_io`` (stored runs, safe
+  loading), ``results`` (saved tables and their tolerances), ``profile`` (the chapters' first
+  cell), ``paths``, ``progress``, ``validation``, ``plotting``, ``exercises``.
 """
 
 from .profile import Profile, pick_device, profile_name, progress, seed_everything, setup

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .parallel import map_chunks
 from .progress import progress
 from .search import knn_search, top_k_exact
 from .validation import check_features, check_k, check_positive_int
@@ -59,15 +60,23 @@ def _weights(kg: int, g: int, dtype, device) -> torch.Tensor:
     return 1.0 - torch.arange(kg, dtype=dtype, device=device) / (g - 1)
 
 
-def neighbours_from_distances(gg: torch.Tensor, kg: int) -> GalleryNeighbours:
-    """Sparse weights from a gallery–gallery distance matrix (G, G), by chunks of rows."""
+def neighbours_from_distances(
+    gg: torch.Tensor, kg: int, workers: int | None = None
+) -> GalleryNeighbours:
+    """Sparse weights from a gallery–gallery distance matrix (G, G), by chunks of rows.
+
+    Each row's KG + 1 nearest (itself first) with exact ties in gallery order, also at the KG
+    boundary — the first KG + 1 entries of a stable argsort of the row
+    (:func:`cdrlib.search.top_k_exact`); on a CPU, chunks side by side
+    (:func:`cdrlib.parallel.map_chunks`).
+    """
     g = gg.shape[0]
-    rows = []
-    step = max(1, (1 << 24) // g)
-    for s in range(0, g, step):
-        # top-k instead of a full sort (G log G per row), with exact ties in gallery order, also at
-        # the KG boundary: the first KG + 1 entries of a stable argsort of the whole row
-        rows.append(top_k_exact(gg[s : s + step], kg + 1, larger_first=False)[1][:, 1:])
+    step = max(1, (1 << 22) // g)
+
+    def chunk(s: int) -> torch.Tensor:
+        return top_k_exact(gg[s : s + step], kg + 1, larger_first=False)[1][:, 1:]
+
+    rows = list(map_chunks(chunk, range(0, g, step), workers, gg.device))
     return GalleryNeighbours(torch.cat(rows), _weights(kg, g, gg.dtype, gg.device))
 
 
@@ -351,6 +360,7 @@ def icfrr(
     keep: int | None = None,
     chunk_size: int = 64,
     device=None,
+    workers: int | None = None,
 ) -> torch.Tensor:
     """Re-rank a gallery for every query with ICFRR.
 
@@ -370,6 +380,8 @@ def icfrr(
             (e.g. 100 for P@100 and mAP@100) when the gallery is large.
         chunk_size: queries processed together (memory ≈ chunk_size · (G · 32 + KQ · KG · 16) bytes;
             small chunks keep Δ in cache).
+        workers: chunks in flight at once on a CPU (default: torch's thread count), each on one
+            thread (:func:`cdrlib.parallel.map_chunks`); memory grows with it.
     Returns:
         int64 (Q, keep or G): gallery indices, best first.
     """
@@ -410,13 +422,18 @@ def icfrr(
     nb = GalleryNeighbours(nb.index.to(dev, index_dtype), nb.weight.to(dev))
     out = torch.empty(n_q, keep, dtype=torch.int64)
 
-    for s in progress(range(0, n_q, chunk_size), desc="ICFRR"):
+    def chunk(s: int) -> torch.Tensor:
         dist = (
             qg[s : s + chunk_size]
             if qg is not None
             else _euclidean_normalised(query[s : s + chunk_size], gallery)
         )
-        out[s : s + chunk_size] = _rerank_chunk(dist, nb, kq, beta, n_iter, variant)[:, :keep].cpu()
+        return _rerank_chunk(dist, nb, kq, beta, n_iter, variant)[:, :keep].cpu()
+
+    starts = range(0, n_q, chunk_size)
+    done = map_chunks(chunk, starts, workers, dev)  # side by side on a CPU, one chunk per core
+    for s, pi in zip(starts, progress(done, total=len(starts), desc="ICFRR"), strict=True):
+        out[s : s + chunk_size] = pi
     return out
 
 

@@ -13,9 +13,6 @@ Similarities: ``"cosine"`` (rows L2-normalised, inner product, larger is better)
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
@@ -28,6 +25,7 @@ from .metrics import (
     return_freed_memory,
     sorted_ascending,
 )
+from .parallel import map_chunks
 from .validation import check_choice, check_features, check_k, check_labels, check_positive_int
 
 
@@ -73,15 +71,22 @@ def top_k_exact(
     """The k best entries of every row of a score block, best first, exact ties by ascending column.
 
     ``torch.topk`` picks *some* of the entries tied at the k-th value; a stable argsort of the whole
-    row would pick the smallest columns. This gives the stable argsort's first k columns at topk's
-    cost: rows whose k-th value has more copies in the row than among the picked entries are
-    redone by taking every strictly better entry plus the first tied ones, in column order.
+    row would pick the smallest columns. This gives the stable argsort's first k columns at a
+    top-k search's cost: every entry strictly better than the row's k-th value, then the first
+    entries equal to it in column order. On a CPU the k-th values come from NumPy's ``partition``
+    (linear time, several times faster than ``torch.topk`` there); elsewhere from ``torch.topk``,
+    whose rows are redone where the k-th value has more copies than it picked.
 
     Args:
         scores: (R, G) finite scores; k: 1 ≤ k ≤ G; larger_first: similarities (True) or distances.
     Returns:
         ``(values, columns)``, each (R, k).
     """
+    r, g = scores.shape
+    if scores.device.type == "cpu":
+        place = g - k if larger_first else k - 1  # the k-th best's place in an ascending row
+        kth = torch.from_numpy(np.partition(scores.numpy(), place, axis=1)[:, place : place + 1])
+        return _best_k(scores, kth, k, larger_first)
     v, i = torch.topk(scores, k, dim=1, largest=larger_first)
     v, i = tie_order(v, i, larger_first)
     kth = v[:, -1:]
@@ -94,40 +99,45 @@ def top_k_exact(
 
 
 def top_k_from_sorted(
-    scores: torch.Tensor, ascending: torch.Tensor, k: int
+    scores: torch.Tensor, ascending: torch.Tensor, k: int, larger_first: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`top_k_exact` (larger first) for rows whose ascending sort is already at hand.
+    """:func:`top_k_exact` for rows whose ascending sort is already at hand.
 
-    The k-th largest value of a row is ``ascending[:, G − k]``: every entry above it is in, and of
-    the entries equal to it the first ones by column, until there are k — a few passes over the
-    row instead of a top-k search.
+    The k-th best value of a row is ``ascending[:, G − k]`` (larger first) or ``ascending[:, k −
+    1]`` (smaller first) — a lookup instead of a top-k search.
 
     Args:
         scores: (R, G); ascending: (R, G) each row of ``scores`` sorted ascending; 1 ≤ k ≤ G.
     Returns:
         ``(values, columns)``, each (R, k), best first, exact ties by ascending column.
     """
+    place = scores.shape[1] - k if larger_first else k - 1
+    return _best_k(scores, ascending[:, place : place + 1].contiguous(), k, larger_first)
+
+
+def _best_k(
+    scores: torch.Tensor, kth: torch.Tensor, k: int, larger_first: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best entries of each row given its k-th best value ``kth`` (R, 1): every entry at least
+    as good, and where that is more than k (ties at the k-th value), the first tied ones by column.
+    """
     r, g = scores.shape
-    kth = ascending[:, g - k : g - k + 1].contiguous()
-    # entries ≥ the k-th value, counted by a binary search in the sorted row (not a pass over it)
-    at_least = g - torch.searchsorted(ascending.contiguous(), kth).squeeze(1)
-    # on the CPU through NumPy: its comparison and flatnonzero are several times faster than
-    # torch's there
+    # on the CPU through NumPy: its comparison, count and flatnonzero are several times faster
+    # than torch's there
     cpu = scores.device.type == "cpu"
-    chosen = scores.numpy() >= kth.numpy() if cpu else scores >= kth
+    a, t = (scores.numpy(), kth.numpy()) if cpu else (scores, kth)
+    chosen = a >= t if larger_first else a <= t
+    at_least = torch.from_numpy(np.count_nonzero(chosen, axis=1)) if cpu else chosen.sum(1)
     over = (at_least > k).nonzero().flatten()  # rows with more entries tied at the k-th value
     if len(over):
-        chosen[over.numpy() if cpu else over] = (
-            _first_k(scores[over], kth[over], k).numpy()
-            if cpu
-            else _first_k(scores[over], kth[over], k)
-        )
+        first = _first_k(scores[over], kth[over], k, larger_first)
+        chosen[over.numpy() if cpu else over] = first.numpy() if cpu else first
     # exactly k per row, in column order
     if cpu:
         cols = torch.from_numpy(np.flatnonzero(chosen) % g).view(r, k)
     else:
         cols = chosen.nonzero()[:, 1].view(r, k)
-    return tie_order(torch.gather(scores, 1, cols), cols, True)
+    return tie_order(torch.gather(scores, 1, cols), cols, larger_first)
 
 
 def _scores(
@@ -255,11 +265,9 @@ def search_and_evaluate(
         metric: ``"cosine"``, ``"dot"`` or ``"euclidean"``. ks: the K of the @K metrics
             (default: those of ``DEFAULT_KS`` that fit the gallery).
         chunk_size: queries per chunk; default about 2^22 / G (a 16 MB float32 score table).
-        workers: chunks in flight at once on the CPU (default: torch's thread count). Each worker
-            runs its chunk's matrix product, sort and metrics on one thread: after a threaded
-            matrix product the BLAS threads keep spinning, so the single-threaded sort that
-            follows cannot use the other cores; chunk-parallel work keeps every core busy. (For
-            the call's duration torch's thread count is 1; it is restored afterwards.)
+        workers: chunks in flight at once on the CPU (default: torch's thread count), each on
+            one thread (:func:`cdrlib.parallel.map_chunks`: the sort after a threaded matrix
+            product could not use the other cores).
     Returns:
         ``(values, indices, metrics)``: (Q, k) each as :func:`knn_search` returns them, and the
         dict of :func:`cdrlib.metrics.summarize`.
@@ -291,30 +299,7 @@ def search_and_evaluate(
         return_freed_memory()
         return (v if larger_first else v.neg_()), i, ranks
 
-    starts = range(0, len(q), step)
-    n_workers = (
-        torch.get_num_threads() if workers is None else check_positive_int(workers, "workers")
-    )
-    n_workers = min(n_workers, len(starts))
     vals, idxs = [], []
-    if n_workers > 1 and q.device.type == "cpu":
-        with _one_torch_thread(), ThreadPoolExecutor(n_workers) as pool:
-            done = pool.map(chunk, starts)  # in order: the sums add up as in the serial loop
-            for v, i, ranks in done:
-                vals.append(v), idxs.append(i), sums.add(ranks)
-    else:
-        for start in starts:
-            v, i, ranks = chunk(start)
-            vals.append(v), idxs.append(i), sums.add(ranks)
+    for v, i, ranks in map_chunks(chunk, range(0, len(q), step), workers, q.device):
+        vals.append(v), idxs.append(i), sums.add(ranks)  # in order: sums as in a serial loop
     return torch.cat(vals), torch.cat(idxs), sums.result()
-
-
-@contextmanager
-def _one_torch_thread():
-    """torch's intra-op thread count set to 1 inside the block (restored after it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -57,6 +57,16 @@ def test_sparse_equals_dense(variant, kg, kq, beta, n_iter):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_chunks_side_by_side_give_the_same_rankings_as_one_after_another(workers):
+    _, _, qg, gg = random_problem(q=23, g=60, seed=7)
+    gg[5, 9] = gg[5, 11] = gg[9, 5] = gg[11, 5] = gg[5].sort().values[3]   # ties at a KG boundary
+    before = torch.get_num_threads()
+    got = icfrr(qg, gg, kg=4, kq=6, n_iter=3, chunk_size=4, workers=workers)
+    assert torch.get_num_threads() == before
+    assert torch.equal(got, icfrr_dense(qg, gg, kg=4, kq=6, n_iter=3))
+
+
 @pytest.mark.parametrize("variant", ["official", "paper"])
 def test_features_input_equals_distance_input(variant):
     qf, gf, qg, gg = random_problem(q=10, g=60, d=8, seed=3)
