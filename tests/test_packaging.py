@@ -151,6 +151,7 @@ QUOTED = {
     },
     "02_metrics.ipynb": {
         "01": "a chapter number",
+        "100": "the benchmark's settings (top 100, 100 classes)",
         "0.633": "a worked example",
         "0.417": "a worked example",
     },
