@@ -70,9 +70,8 @@ class IBNMConfig(UCDIRConfig):
     gmm_max_iter: int = 100
     gmm_tol: float = 1e-3
     gmm_reg_covar: float = 1e-6
-    shared_mixing: bool = (
-        False  # one Beta and one λ per mixed image (the official code) or per patch
-    )
+    # one Beta and one λ per mixed image (the official code), or one of each per patch
+    shared_mixing: bool = False
     mixup_alpha: float = 0.3
     w_mixup: float = 1.0
     r_init: float = -2.0  # the fusion loss weights softplus(r)

@@ -42,16 +42,11 @@ def tie_order(values: torch.Tensor, indices: torch.Tensor, larger_first: bool):
     if values.device.type == "cpu":  # one NumPy lexsort: several times faster than torch's sorts
         v = values.numpy()
         order = torch.from_numpy(np.lexsort((indices.numpy(), -v if larger_first else v), axis=1))
-    else:
-        idx_sorted, perm = torch.sort(indices, dim=1)
-        order = perm.gather(
-            1,
-            torch.sort(
-                -values.gather(1, perm) if larger_first else values.gather(1, perm),
-                dim=1,
-                stable=True,
-            ).indices,
-        )
+    else:  # by index first, then a stable sort by value keeps equal values in index order
+        perm = torch.sort(indices, dim=1).indices
+        by_index = torch.gather(values, 1, perm)
+        by_value = torch.sort(-by_index if larger_first else by_index, dim=1, stable=True).indices
+        order = torch.gather(perm, 1, by_value)
     return torch.gather(values, 1, order), torch.gather(indices, 1, order)
 
 
@@ -99,20 +94,20 @@ def top_k_exact(
 
 
 def top_k_from_sorted(
-    scores: torch.Tensor, ascending: torch.Tensor, k: int, larger_first: bool = True
+    scores: torch.Tensor, ascending: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`top_k_exact` for rows whose ascending sort is already at hand.
+    """:func:`top_k_exact` (larger first) for rows whose ascending sort is already at hand.
 
-    The k-th best value of a row is ``ascending[:, G − k]`` (larger first) or ``ascending[:, k −
-    1]`` (smaller first) — a lookup instead of a top-k search.
+    The k-th largest value of a row is ``ascending[:, G − k]`` — a lookup instead of a top-k
+    search.
 
     Args:
         scores: (R, G); ascending: (R, G) each row of ``scores`` sorted ascending; 1 ≤ k ≤ G.
     Returns:
         ``(values, columns)``, each (R, k), best first, exact ties by ascending column.
     """
-    place = scores.shape[1] - k if larger_first else k - 1
-    return _best_k(scores, ascending[:, place : place + 1].contiguous(), k, larger_first)
+    place = scores.shape[1] - k
+    return _best_k(scores, ascending[:, place : place + 1].contiguous(), k, True)
 
 
 def _best_k(

@@ -138,11 +138,14 @@ class Trainer:
             for k, m in self.modules.items():
                 m.load_state_dict(state["modules"][k])
             self.optimizer.load_state_dict(state["optimizer"])
+            if (self.scheduler is None) != (state.get("scheduler") is None):
+                # a run with a schedule cannot continue one without, nor the other way round
+                raise KeyError("a learning-rate schedule in one of the run and the checkpoint only")
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
             for k, v in self.extra_state.items():
                 v.load_state_dict(state["extra"][k])
-        except (RuntimeError, KeyError, ValueError, EOFError, TypeError, AttributeError) as e:
+        except (RuntimeError, KeyError, ValueError, EOFError) as e:
             raise RuntimeError(
                 f"the checkpoint {self.checkpoint} does not belong to this run (another model, "
                 "configuration or "

@@ -68,13 +68,20 @@ def test_a_resumed_run_continues_its_learning_rate_schedule(tmp_path):
         assert torch.equal(pa, pb)
 
 
-def test_a_checkpoint_without_a_schedule_is_not_resumed_with_one(tmp_path):
+def test_a_checkpoint_and_a_run_must_agree_on_having_a_schedule(tmp_path):
     plain, _, _ = make(tmp_path / "a.pt", stop_after=2)
     with pytest.raises(KeyboardInterrupt):
         plain.fit()
     scheduled, _, _ = make(tmp_path / "a.pt", schedule=True)
     with pytest.raises(RuntimeError, match="does not belong to this run"):
         scheduled.fit()
+    # and the other way round: a scheduled run's checkpoint is not continued without its schedule
+    scheduled, _, _ = make(tmp_path / "b.pt", stop_after=2, schedule=True)
+    with pytest.raises(KeyboardInterrupt):
+        scheduled.fit()
+    plain, _, _ = make(tmp_path / "b.pt")
+    with pytest.raises(RuntimeError, match="does not belong to this run"):
+        plain.fit()
 
 
 def test_finished_run_does_not_train_again(tmp_path):

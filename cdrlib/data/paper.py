@@ -326,17 +326,17 @@ def load_paper_split(
         if not lst.is_file():
             raise _missing(spec, root, lst.name)
         keep = {ln.split()[0] for ln in _read_lines(lst)}
-        on_disk = {p.relative_to(root).as_posix() for p, _ in items}
-        missing = sorted(keep - on_disk)
-        if missing or not keep:  # a smaller split than the list says would change every number
+        if not keep:
+            raise DataError(f"{lst} lists no files: fetch it again")
+        rel = [p.relative_to(root).as_posix() for p, _ in items]
+        missing = sorted(keep.difference(rel))
+        if missing:  # a smaller split than the list says would change every number
             raise DataError(
                 f"{lst} lists {len(missing)} of its {len(keep)} files that are not in "
                 f"{spec.folders[domain]}/<class>/ (e.g. {missing[:3]}): unpack the domain's "
                 "whole archive next to its lists"
-                if keep
-                else f"{lst} lists no files: fetch it again"
             )
-        items = [(p, c) for p, c in items if p.relative_to(root).as_posix() in keep]
+        items = [item for item, r in zip(items, rel, strict=True) if r in keep]
     elif spec.split.startswith("zeroshot") and split != "all":
         lst = root / (
             "testclasses.txt" if spec.split == "zeroshot_cub" else "zeroshot_test_classes.txt"
