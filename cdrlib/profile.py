@@ -12,6 +12,11 @@ that one switch changes every chapter, on a laptop, in CI and on Colab alike::
     import cdrlib
     P = cdrlib.setup(seed=0)        # reads CDR_PROFILE, seeds everything, picks the device
     P.pick(default=20, paper=200)   # one knob, two values
+
+A third setting, ``CDR_SMOKE=1`` with the paper profile, runs the paper profile's code at a tiny
+size (``P.pick(20, 200, smoke=1)``): ``scripts/smoke_paper.py`` uses it, with small copies of the
+paper datasets (:mod:`cdrlib.data.smoke`) and randomly initialised paper backbones
+(``CDR_RANDOM_WEIGHTS=1``), to prove on any CPU that every chapter runs in the paper profile.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.download import cache_dir
 from .data.paper import data_home, load_paper_split
 from .paths import REPO_ROOT, default_results_dir
 from .progress import progress
@@ -54,6 +60,10 @@ class Profile:
         seed: the seed given to :func:`setup`.
         data_root: where the paper datasets live (:func:`cdrlib.data.paper.data_home`).
         results_dir: where chapters save their results tables (``CDR_RESULTS_DIR``).
+        runs_dir: where chapters keep their trained runs: ``book/runs`` in the default profile
+            (committed), ``$CDR_RUNS`` or ``<cache>/runs`` in the paper profile (on Colab, a
+            folder on Google Drive lets a disconnected session resume).
+        smoke: the paper profile at a tiny size (``CDR_SMOKE=1``), see :meth:`pick`.
     """
 
     name: str
@@ -61,13 +71,18 @@ class Profile:
     seed: int
     data_root: Path
     results_dir: Path
+    runs_dir: Path = REPO_ROOT / "book" / "runs"
+    smoke: bool = False
 
     @property
     def is_paper(self) -> bool:
         return self.name == "paper"
 
-    def pick(self, default, paper):
-        """Return ``default`` in the default profile and ``paper`` in the paper profile."""
+    def pick(self, default, paper, smoke=None):
+        """Return ``default`` in the default profile and ``paper`` in the paper profile; ``smoke``
+        (when given) in a smoke run of the paper profile."""
+        if self.smoke and smoke is not None:
+            return smoke
         return paper if self.is_paper else default
 
     def require_data(self, dataset: str, domains) -> None:
@@ -80,9 +95,10 @@ class Profile:
                 load_paper_split(dataset, d, "all", self.data_root / dataset)
 
     def __repr__(self) -> str:  # shown in every chapter's first cell
+        smoke = ", smoke=True" if self.smoke else ""
         return (
             f"Profile(name={self.name!r}, device={self.device.type}, seed={self.seed}, "
-            f"threads={torch.get_num_threads()})"
+            f"threads={torch.get_num_threads()}{smoke})"
         )
 
 
@@ -114,23 +130,60 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _register_only_magic(name: str) -> None:
+    """In IPython, the cell magic ``%%only <profile>``: the cell runs in that profile and is skipped
+    (with one printed line) in the other — how a chapter keeps a section that needs the embedded
+    data, or a GPU run, in one text for both profiles."""
+    try:
+        from IPython import get_ipython  # optional: IPython comes with the book's extras only
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def only(line: str, cell: str):
+        wanted = line.strip()
+        if wanted not in PROFILES:
+            raise ValueError(f"%%only takes a profile, one of {PROFILES}; got {wanted!r}")
+        if wanted != name:
+            print(f"(this cell runs in the {wanted} profile only; the {name} profile skips it)")
+            return None
+        result = shell.run_cell(cell)
+        result.raise_error()  # an error in the cell is an error of the cell, not a silent skip
+        return None
+
+    shell.register_magic_function(only, magic_kind="cell", magic_name="only")
+
+
 def setup(seed: int = 0, profile: str | None = None) -> Profile:
-    """Read the profile, seed everything and choose the device: call it once per chapter.
+    """Read the profile, seed everything and choose the device: call it once per chapter. In a
+    notebook it also defines the cell magic ``%%only default`` / ``%%only paper``.
 
     In the paper profile a missing GPU is allowed (it only makes the run slow) but announced.
     """
     name = profile or profile_name()
     seed_everything(seed)
     device = pick_device() if name == "paper" else pick_device(os.environ.get("CDR_DEVICE", "cpu"))
-    if name == "paper" and device.type != "cuda":
+    smoke = os.environ.get("CDR_SMOKE", "0").strip() == "1"
+    if smoke and name != "paper":
+        raise ValueError("CDR_SMOKE=1 is a size of the paper profile: set CDR_PROFILE=paper too")
+    if name == "paper" and device.type != "cuda" and not smoke:
         print(
             "note: the paper profile runs without a GPU here; expect hours, not minutes.",
             file=sys.stderr,
         )
+    _register_only_magic(name)
     return Profile(
         name=name,
         device=device,
         seed=seed,
         data_root=data_home(),
         results_dir=default_results_dir(),
+        runs_dir=(
+            Path(os.environ.get("CDR_RUNS", cache_dir() / "runs")).expanduser()
+            if name == "paper"
+            else REPO_ROOT / "book" / "runs"
+        ),
+        smoke=smoke,
     )

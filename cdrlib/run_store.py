@@ -72,10 +72,13 @@ class RunStore:
         self.loaded, self.trained = 0, 0
 
     @classmethod
-    def for_chapter(cls, chapter: str, mode: str | None = None) -> "RunStore":
-        """The store of a chapter of the book: ``book/runs/<chapter>/``."""
+    def for_chapter(
+        cls, chapter: str, mode: str | None = None, root: str | Path | None = None
+    ) -> "RunStore":
+        """The store of a chapter of the book: ``<root>/<chapter>/``, by default the committed
+        ``book/runs/<chapter>/`` (the paper profile passes its own ``root``, ``P.runs_dir``)."""
         return cls(
-            REPO_ROOT / "book" / "runs" / chapter,
+            Path(root or REPO_ROOT / "book" / "runs") / chapter,
             command=f"CDR_RUN_STORE=retrain python scripts/run_chapters.py {chapter}",
             mode=mode,
         )

@@ -79,7 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--backbone", help="default: emoji-resnet / emoji-vit on a CPU, moco-v2-resnet50 / dino-vitb16 "
                                        "with the paper's settings")
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--scale-schedule", action="store_true",
+                    help="with --epochs: move the warm-up and the start of SE, DoD and fusion with it, keeping the "
+                         "schedule's proportions (a shorter run of the whole method, e.g. a Colab-size one)")
+    ap.add_argument("--batch-size", type=int, help="images per domain and step (default: the setting's)")
     ap.add_argument("--dod", choices=["batch", "centroid"])
+    ap.add_argument("--losses", choices=["iw", "cw", "cw+se"], default="cw+se",
+                    help="UCDIR's ablation: instance-wise only, + cluster-wise, + self-entropy (the default)")
     ap.add_argument("--method", choices=["ucdir", "ibnm"], default="ucdir")
     ap.add_argument("--fusion", choices=["attention", "random", "none"], default="attention", help="IBNM only")
     ap.add_argument("--cached-views", type=int, default=0,
@@ -96,6 +102,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                  f"own images")
     if args.epochs is not None and args.epochs < 1:
         ap.error(f"--epochs must be at least 1, got {args.epochs}")
+    if args.scale_schedule and args.epochs is None:
+        ap.error("--scale-schedule scales the schedule to --epochs: give --epochs too")
+    if args.batch_size is not None and args.batch_size < 2:
+        ap.error(f"--batch-size must be at least 2, got {args.batch_size}")
     return args
 
 
@@ -154,6 +164,18 @@ def choose_config(args, device: torch.device):
             cfg = replace(cfg, fusion_epoch=1, fusion_batch=8)
     if args.dod:
         cfg = replace(cfg, dod=args.dod)
+    if args.losses != "cw+se":
+        cfg = replace(cfg, use_cw=args.losses == "cw", use_se=False)
+    if args.epochs and args.scale_schedule:
+        scale = lambda epoch: max(1, round(epoch * args.epochs / cfg.epochs))  # noqa: E731
+        cfg = replace(cfg, warmup_epoch=scale(cfg.warmup_epoch), se_epoch=scale(cfg.se_epoch),
+                      dd_epoch=scale(cfg.dd_epoch))
+        if ibnm:
+            cfg = replace(cfg, fusion_epoch=scale(cfg.fusion_epoch))
+    if args.batch_size:
+        cfg = replace(cfg, batch_size=args.batch_size)
+        if ibnm:
+            cfg = replace(cfg, fusion_batch=min(cfg.fusion_batch, args.batch_size))
     if args.epochs:
         if args.epochs <= cfg.warmup_epoch:
             raise SystemExit(f"--epochs {args.epochs} would train plain instance discrimination only: UCDIR's "
@@ -247,6 +269,9 @@ def main(argv=None) -> None:
             evaluate = {"heldout": [get_dataset(args.dataset, d, "heldout") for d in args.domains], "train-as-gallery": train}
     except DataError as e:
         raise SystemExit(f"[train] {e}") from None
+    if paper and cfg.k != len(train[0].classes):  # the papers set k to the number of classes
+        say(f"k = {len(train[0].classes)}, the number of classes of {args.dataset} (the setting says {cfg.k})")
+        cfg = replace(cfg, k=len(train[0].classes))
     if args.tiny:  # the first few images of each domain
         train = [first_items(ds, 64) for ds in train]
         evaluate = {p: [first_items(ds, 48) for ds in sets] for p, sets in evaluate.items()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -199,7 +200,8 @@ def get_backbone(name: str, retrain: bool = True, allow_mismatch: bool = False) 
     Args:
         name: ``"emoji-resnet"``, ``"emoji-vit"`` (shipped, default profile), ``"random-resnet"``,
             ``"random-vit"`` (untrained, the ablation baseline), ``"dino-vitb16"``,
-            ``"moco-v2-resnet50"`` (paper profile, downloaded), ``"imagenet-efficientnet-lite0"``
+            ``"moco-v2-resnet50"`` (paper profile, downloaded; with ``CDR_RANDOM_WEIGHTS=1`` built
+            with random weights instead, for smoke runs), ``"imagenet-efficientnet-lite0"``
             (a backbone that has never seen the emoji; from a pip package, see
             :func:`imagenet_efficientnet_lite0`).
         retrain: for a shipped backbone whose checkpoint is missing, retrain it (the command of
@@ -239,6 +241,13 @@ def get_backbone(name: str, retrain: bool = True, allow_mismatch: bool = False) 
                 "use it as it is."
             )
         return load_backbone(path)
+    if name in PAPER_ARCHS and os.environ.get(RANDOM_WEIGHTS_ENV) == "1":
+        print(
+            f"{RANDOM_WEIGHTS_ENV}=1: {name} is built with random weights (a smoke run: nothing is "
+            "downloaded and no number means anything)",
+            file=sys.stderr,
+        )
+        return PAPER_ARCHS[name]().eval()
     if name == "dino-vitb16":
         return dino_vitb16()
     if name == "moco-v2-resnet50":
@@ -302,6 +311,29 @@ class ImageNetInput(nn.Module):
         return self.model(x * self.scale + self.shift)
 
 
+def vitb16_architecture() -> VisionTransformer:
+    """ViT-B/16 at 224 px, randomly initialised: DINO's architecture without its weights."""
+    return VisionTransformer(
+        img_size=224, patch_size=16, dim=768, depth=12, heads=12, mlp_ratio=4.0
+    )
+
+
+def resnet50_architecture() -> nn.Module:
+    """torchvision's ResNet-50 without its classifier, randomly initialised (MoCo v2's
+    architecture), taking book-normalised images as :func:`moco_v2_resnet50` does."""
+    import torchvision
+
+    model = torchvision.models.resnet50()
+    model.fc = nn.Identity()
+    return ImageNetInput(model, num_features=2048)
+
+
+# the paper backbones' architectures, built with random weights when CDR_RANDOM_WEIGHTS=1 (the
+# smoke run of the paper profile, which must not download)
+RANDOM_WEIGHTS_ENV = "CDR_RANDOM_WEIGHTS"
+PAPER_ARCHS = {"dino-vitb16": vitb16_architecture, "moco-v2-resnet50": resnet50_architecture}
+
+
 def dino_vitb16() -> nn.Module:
     """DINO ViT-B/16 from timm, loaded into :class:`VisionTransformer` (so attention can be
     read)."""
@@ -316,9 +348,7 @@ def dino_vitb16() -> nn.Module:
             f"hub): {e}. Check the network, or download them once on a connected machine and point "
             "HF_HOME at the cache; the default profile does not need them."
         ) from e
-    model = VisionTransformer(
-        img_size=224, patch_size=16, dim=768, depth=12, heads=12, mlp_ratio=4.0
-    )
+    model = vitb16_architecture()
     model.load_state_dict(ref.state_dict(), strict=True)
     fold_input_normalisation(model.patch_embed.proj, IMAGENET_MEAN, IMAGENET_STD)
     return model.eval()
