@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--root", help="CUB's folder (default $CDR_DATA/cub)")
     ap.add_argument("--backbone", help="default: emoji-vit (emoji), dino-vitb16 (cub)")
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--batch-size", type=int, help="image–caption pairs per step (default: the setting's)")
     ap.add_argument("--tiny", action="store_true", help="2 epochs, small model, random ViT: a smoke run")
     ap.add_argument("--out", type=Path, default=Path("runs/pcme"))
     args = ap.parse_args()
@@ -41,6 +42,8 @@ def main() -> None:
         backbone = "random-vit"
     if args.epochs:
         cfg = replace(cfg, epochs=args.epochs)
+    if args.batch_size:
+        cfg = replace(cfg, batch_size=args.batch_size)
     seed_everything(cfg.seed)
     vit = get_backbone(backbone)
     if cub:
