@@ -119,6 +119,7 @@ class IBNM(UCDIR):
         features_a, features_b: optional cached view features (N, V, D) of the same images in the
             same order (:func:`~cdrlib.ucdir_train.cache_view_features`): the backbone is then
             frozen.
+        precision: see :class:`~cdrlib.ucdir_train.UCDIR`.
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class IBNM(UCDIR):
         features_a=None,
         features_b=None,
         device="cpu",
+        precision: str = "float32",
     ):
         if cfg.fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, not {cfg.fusion!r}")
@@ -146,7 +148,12 @@ class IBNM(UCDIR):
             raise ValueError("give cached features for both domains or for neither")
         frozen = features_a is not None
         super().__init__(
-            cfg, features_a if frozen else images_a, features_b if frozen else images_b, vit, device
+            cfg,
+            features_a if frozen else images_a,
+            features_b if frozen else images_b,
+            vit,
+            device,
+            precision=precision,
         )
         # fusion and mixup need the images; when the backbone trains they are UCDIR's own inputs
         self.images = (

@@ -44,6 +44,20 @@ from .memory import MemoryBank, momentum_copy, momentum_update
 from .run_store import RunStore
 from .training import Trainer
 
+# the arithmetic of a training step: float32, or mixed precision under torch.autocast (bfloat16 on
+# a recent GPU or a CPU, float16 on a GPU without bfloat16, with a gradient scaler)
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def auto_precision(device) -> str:
+    """Mixed precision where it pays: bfloat16 on a GPU that has it, float16 on an older GPU (a
+    T4), float32 on a CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
 # the distance-of-distance forms: none, the official code's batch form, the centroid-matching form
 DOD_FORMS = (None, "batch", "centroid")
 
@@ -248,6 +262,9 @@ class UCDIR:
             paper does; the book's premise dials pass :class:`cdrlib.premise.ClassMixedClusters`.
         matching: optional ``(c_a (K, d), c_b (K, d)) -> π (K,)`` used by the ``"centroid"`` DoD
             form instead of Sinkhorn's matching (chapter 05's premise dial).
+        precision: a key of :data:`PRECISIONS`: the forward passes and losses of a step run under
+            ``torch.autocast`` with that type (the weights and the optimiser stay float32);
+            ``"float16"`` adds a gradient scaler and needs a GPU. :func:`auto_precision` chooses.
     """
 
     def __init__(
@@ -259,12 +276,20 @@ class UCDIR:
         device="cpu",
         relabel=None,
         matching=None,
+        precision: str = "float32",
     ):
         if cfg.dod not in DOD_FORMS:
             hint = " (the centroid form was called 'seed' before)" if cfg.dod == "seed" else ""
             raise ValueError(f"dod must be one of {DOD_FORMS}, not {cfg.dod!r}{hint}")
         self.cfg, self.device = cfg, torch.device(device)
         self.relabel, self.matching = relabel, matching  # the premise dials' hooks (see above)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}")
+        if precision == "float16" and self.device.type != "cuda":
+            raise ValueError("float16 autocast needs a GPU; on a CPU use precision='bfloat16'")
+        self.precision = precision
+        # float16's small range needs the loss scaled before backward (bfloat16 has float32's)
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "float16" else None
         self.views = {
             "A": TrainingViews(images_a, cfg.image_size),
             "B": TrainingViews(images_b, cfg.image_size),
@@ -410,10 +435,17 @@ class UCDIR:
     # -- one step
     def step(self, batch, epoch: int) -> dict:
         ids = {"A": batch[0], "B": batch[1]}
-        loss, parts, k = self.loss(ids, epoch)
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            loss, parts, k = self.loss(ids, epoch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         momentum_update(self.encoder, self.key_encoder, self.cfg.key_momentum)
         for d in ("A", "B"):
             self.banks[d].update(_gather(ids[d].to(self.device)), _gather(k[d]))
@@ -508,7 +540,8 @@ class UCDIR:
 
     def state(self) -> dict:
         """Everything else a checkpoint must hold to resume exactly."""
-        return {"bank_A": self.banks["A"], "bank_B": self.banks["B"], "clusters": self.clusters}
+        state = {"bank_A": self.banks["A"], "bank_B": self.banks["B"], "clusters": self.clusters}
+        return state if self.scaler is None else {**state, "grad_scaler": self.scaler}
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)

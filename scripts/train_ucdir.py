@@ -56,7 +56,7 @@ from cdrlib.evaluation import cross_domain_table, dataset_features, icfrr_cross_
 from cdrlib.ibnm_train import IBNM, IBNMConfig  # noqa: E402
 from cdrlib.models import get_backbone, input_size  # noqa: E402
 from cdrlib.profile import pick_device, seed_everything  # noqa: E402
-from cdrlib.ucdir_train import UCDIR, UCDIRConfig, cache_view_features  # noqa: E402
+from cdrlib.ucdir_train import PRECISIONS, UCDIR, UCDIRConfig, auto_precision, cache_view_features  # noqa: E402
 
 DATASETS = tuple(DOMAINS)   # "emoji" and the paper datasets
 CPU_BACKBONE, GPU_BACKBONE = {"ucdir": "emoji-resnet", "ibnm": "emoji-vit"}, {"ucdir": "moco-v2-resnet50",
@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="with --epochs: move the warm-up and the start of SE, DoD and fusion with it, keeping the "
                          "schedule's proportions (a shorter run of the whole method, e.g. a Colab-size one)")
     ap.add_argument("--batch-size", type=int, help="images per domain and step (default: the setting's)")
+    ap.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                    help="the arithmetic of a step: auto = bfloat16 on a GPU that has it, float16 on an older GPU "
+                         "(with a gradient scaler), float32 on a CPU")
     ap.add_argument("--dod", choices=["batch", "centroid"])
     ap.add_argument("--losses", choices=["iw", "cw", "cw+se"], default="cw+se",
                     help="UCDIR's ablation: instance-wise only, + cluster-wise, + self-entropy (the default)")
@@ -289,11 +292,14 @@ def main(argv=None) -> None:
         features = [cache_view_features(backbone, x, args.cached_views, image_size=x.shape[-1], device=device)
                     for x in images]
         say(f"{args.cached_views} cached views of {sum(len(x) for x in images)} images: {time.time() - t0:.0f} s")
+    precision = auto_precision(device) if args.precision == "auto" else args.precision
+    if rank == 0:
+        say(f"precision: {precision} on {device.type}")
     if args.method == "ibnm":
-        method = IBNM(cfg, images[0], images[1], backbone, *features, device=device)
+        method = IBNM(cfg, images[0], images[1], backbone, *features, device=device, precision=precision)
     else:
         inputs = features if features[0] is not None else images
-        method = UCDIR(cfg, inputs[0], inputs[1], backbone, device=device)
+        method = UCDIR(cfg, inputs[0], inputs[1], backbone, device=device, precision=precision)
     args.out.mkdir(parents=True, exist_ok=True)
     trainer = method.trainer(args.out / f"checkpoint{rank}.pt", on_epoch_end=epoch_reporter(cfg, rank))
     trainer.batches = with_heartbeat(trainer.batches, cfg.epochs, rank)
@@ -311,7 +317,7 @@ def main(argv=None) -> None:
         table = pd.concat(tables, ignore_index=True)
         reranked = icfrr_cross_domain_table(*held_features)
         (args.out / "results.json").write_text(json.dumps({
-            "config": method.config_dict(), "setting": note, "history": history,
+            "config": method.config_dict(), "setting": note, "precision": precision, "history": history,
             "metrics": table.to_dict(orient="records"),
             "icfrr_heldout": reranked.to_dict(orient="records"),
             "bank_checksum": [float(method.banks[d].keys.sum()) for d in ("A", "B")],

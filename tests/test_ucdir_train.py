@@ -63,7 +63,7 @@ def test_tiny_two_processes_gloo(tmp_path):
     check(res)
 
 
-def _cached_run(tmp_path, epochs, dod, stop_after=None):
+def _cached_run(tmp_path, epochs, dod, stop_after=None, precision="float32"):
     from dataclasses import replace
 
     import torch
@@ -90,7 +90,7 @@ def _cached_run(tmp_path, epochs, dod, stop_after=None):
         proj_hidden=32,
         proj_dim=8,
     )
-    method = UCDIR(cfg, feats_a, feats_b, backbone)
+    method = UCDIR(cfg, feats_a, feats_b, backbone, precision=precision)
     trainer = method.trainer(tmp_path / "run.pt")
     if stop_after is not None:  # an interruption: the process ends after this many epochs
         trainer.epochs = stop_after
@@ -115,6 +115,35 @@ def test_cached_features_train_every_loss_and_resume_exactly(tmp_path, dod):
 
     emb = extract_features(full.retrieval_model(), torch.rand(5, 3, 64, 64))
     assert emb.shape == (5, 8) and torch.allclose(emb.norm(dim=1), torch.ones(5))
+
+
+@pytest.mark.slow
+def test_a_bfloat16_step_follows_the_float32_one_and_resumes_exactly(tmp_path):
+    """Mixed precision (the paper profile on a GPU) tested on the CPU with bfloat16: the losses of
+    the first epoch stay close to float32's, the weights stay float32, and a resumed run equals an
+    uninterrupted one."""
+    full, hist16 = _cached_run(tmp_path / "bf16", 3, "batch", precision="bfloat16")
+    _, hist32 = _cached_run(tmp_path / "f32", 3, "batch")
+    assert all(p.dtype == torch.float32 for p in full.encoder.parameters())
+    assert abs(hist16[0]["loss"] - hist32[0]["loss"]) < 0.02 * abs(hist32[0]["loss"])
+    assert all(v == v for v in hist16[-1].values())  # finite
+    _cached_run(tmp_path / "bf16b", 3, "batch", stop_after=2, precision="bfloat16")
+    resumed, hist_b = _cached_run(tmp_path / "bf16b", 3, "batch", precision="bfloat16")
+    assert hist_b == hist16
+    for p, r in zip(full.encoder.parameters(), resumed.encoder.parameters()):
+        assert torch.equal(p, r)
+
+
+def test_precisions_are_checked():
+    from cdrlib.models import get_backbone
+    from cdrlib.ucdir_train import UCDIR, UCDIRConfig, auto_precision
+
+    feats = torch.rand(8, 3, 4)
+    with pytest.raises(ValueError, match="one of"):
+        UCDIR(UCDIRConfig(k=2), feats, feats, get_backbone("random-resnet"), precision="half")
+    with pytest.raises(ValueError, match="needs a GPU"):
+        UCDIR(UCDIRConfig(k=2), feats, feats, get_backbone("random-resnet"), precision="float16")
+    assert auto_precision("cpu") == "float32"
 
 
 def test_bad_inputs_are_explained():
