@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
+from typing import Callable, Mapping
 
 import pandas as pd
 
@@ -51,11 +52,17 @@ def run_script(script: str, *args: str, out: str | Path) -> dict:
 
 
 def pair_baselines(
-    dataset: str, pair: tuple[str, str], backbone, device="cpu", split: str = "heldout"
+    dataset: str,
+    pair: tuple[str, str],
+    backbones: Mapping[str, Callable],
+    device="cpu",
+    split: str = "heldout",
 ) -> pd.DataFrame:
-    """Chance, raw pixels (at :data:`RAW_PIXEL_SIZE` px) and the frozen backbone's features on
+    """Chance, raw pixels (at :data:`RAW_PIXEL_SIZE` px) and each frozen backbone's features on
     one pair of a paper dataset, both directions, read from the image files in batches.
 
+    Args:
+        backbones: row name → a model from normalised images (B, 3, 224, 224) to features (B, D).
     Returns:
         a :func:`~cdrlib.evaluation.cross_domain_table` per baseline, with a ``method`` column.
     """
@@ -69,8 +76,9 @@ def pair_baselines(
         f"raw pixels ({RAW_PIXEL_SIZE} px)": {
             d: dataset_features(flatten, ds) for d, ds in small.items()
         },
-        "backbone features": {
-            d: dataset_features(backbone, ds, device=device) for d, ds in sets.items()
+        **{
+            name: {d: dataset_features(model, ds, device=device) for d, ds in sets.items()}
+            for name, model in backbones.items()
         },
     }
     ks = [k for k in (1, 10, 50) if k <= min(len(ds) for ds in sets.values())]
