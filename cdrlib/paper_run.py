@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import pandas as pd
+import torch
 
 from .data import get_dataset
 from .evaluation import RandomFeatures, cross_domain_table, dataset_features
@@ -51,6 +52,13 @@ def run_script(script: str, *args: str, out: str | Path) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+def raw_pixels(dataset: str, domain: str, split: str = "heldout") -> torch.Tensor:
+    """The raw-pixel baseline of a paper dataset's domain: its images at :data:`RAW_PIXEL_SIZE` px,
+    normalised and flattened, (N, 3·RAW_PIXEL_SIZE²), read from the files in batches."""
+    small = get_dataset(dataset, domain, split, image_size=RAW_PIXEL_SIZE)
+    return dataset_features(lambda x: x.flatten(1), small)
+
+
 def pair_baselines(
     dataset: str,
     pair: tuple[str, str],
@@ -67,15 +75,12 @@ def pair_baselines(
         a :func:`~cdrlib.evaluation.cross_domain_table` per baseline, with a ``method`` column.
     """
     sets = {d: get_dataset(dataset, d, split) for d in pair}
-    small = {d: get_dataset(dataset, d, split, image_size=RAW_PIXEL_SIZE) for d in pair}
     labels = {d: ds.labels for d, ds in sets.items()}
-    flatten = lambda x: x.flatten(1)  # noqa: E731  (the images, normalised, as vectors)
-    chance = RandomFeatures(seed=0)
+    raw = {d: raw_pixels(dataset, d, split) for d in pair}
+    chance = RandomFeatures(seed=0)  # one generator: each domain gets its own draws
     features = {
-        "chance": {d: chance(dataset_features(flatten, ds)) for d, ds in small.items()},
-        f"raw pixels ({RAW_PIXEL_SIZE} px)": {
-            d: dataset_features(flatten, ds) for d, ds in small.items()
-        },
+        "chance": {d: chance(f) for d, f in raw.items()},
+        f"raw pixels ({RAW_PIXEL_SIZE} px)": raw,
         **{
             name: {d: dataset_features(model, ds, device=device) for d, ds in sets.items()}
             for name, model in backbones.items()
