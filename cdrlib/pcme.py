@@ -216,7 +216,7 @@ def contrastive_loss(
 @torch.no_grad()
 def match_scores(
     mu_q,
-    log_sigma_q,
+    log_sigma_q: torch.Tensor | None,
     mu_g,
     log_sigma_g,
     a,
@@ -228,20 +228,25 @@ def match_scores(
 ) -> torch.Tensor:
     """The match probability of every query with every gallery item, (Q, G), larger is better.
 
-    Samples are drawn once per item (seeded, by a CPU generator) and reused for all pairs. Memory:
+    Samples are drawn once per item (seeded, by a CPU generator) and reused for all pairs.
+    ``log_sigma_q=None`` makes every query a point (σ = 0): its J samples would all be μ, so one
+    stands for them and a pair costs J distances instead of J² (the same probability). Memory:
     the (Q, G) result plus at most about ``budget`` sample-pair distances at a time (``chunk_size``
-    queries against as many gallery items as fit, J² distances per pair), whatever the gallery's
-    size.
+    queries against as many gallery items as fit), whatever the gallery's size.
     """
     check_positive_int(n_samples, "n_samples")
     check_positive_int(chunk_size, "chunk_size")
     check_positive_int(budget, "budget")
     # on the CPU: the same samples, so the same table, on any device
     g = torch.Generator().manual_seed(seed)
-    z_q = sample(mu_q, log_sigma_q, n_samples, g)
+    if log_sigma_q is None:
+        z_q = mu_q.unsqueeze(1)  # (Q, 1, D)
+    else:
+        z_q = sample(mu_q, log_sigma_q, n_samples, g)
     z_g = sample(mu_g, log_sigma_g, n_samples, g)
     out = torch.empty(len(z_q), len(z_g), dtype=z_q.dtype, device=z_q.device)
-    g_step = max(1, budget // (min(chunk_size, max(len(z_q), 1)) * n_samples**2))
+    per_pair = z_q.shape[1] * n_samples
+    g_step = max(1, budget // (min(chunk_size, max(len(z_q), 1)) * per_pair))
     for i in range(0, len(z_q), chunk_size):
         for j in range(0, len(z_g), g_step):
             out[i : i + chunk_size, j : j + g_step] = match_log_p(

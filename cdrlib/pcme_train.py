@@ -11,6 +11,8 @@
   one face matches every face in the batch); :func:`train_or_load` keeps runs in a run store;
 * :func:`specific_captions`, :func:`general_captions` — the captions restricted to those that fit
   few (or many) emoji: the premise dial on how one-to-many the training captions are;
+* :func:`sigma_from_pairs` — captions' σ set from the training pairs instead of learnt (the
+  spread of the images each caption fits): the far end of the chapter's dial on σ;
 * :func:`evaluate` — image→text and text→image: R@1/5/10 (relevant = the same emoji),
   R-Precision (relevant = the same class) and PMRP (relevant = tag vectors within Hamming ζ).
 """
@@ -225,6 +227,22 @@ class ImageTextData:
             self.pooled, self.tokens, self.image_emoji, captions, self.labels, self.tags
         )
 
+    def subset(self, emoji) -> "ImageTextData":
+        """The images and captions of the given emoji only (an iterable of emoji of this split)."""
+        keep = {int(e) for e in emoji}
+        if not keep <= set(self.captions):
+            raise ValueError(f"emoji {sorted(keep - set(self.captions))[:5]} are not in this split")
+        rows = torch.tensor([int(e) in keep for e in self.image_emoji])
+        captions = {e: c for e, c in self.captions.items() if e in keep}
+        return ImageTextData(
+            self.pooled[rows],
+            self.tokens[rows],
+            self.image_emoji[rows],
+            captions,
+            {e: self.labels[e] for e in captions},
+            {e: self.tags[e] for e in captions},
+        )
+
     def caption_fits(self) -> Counter:
         """caption → the number of emoji of this split it fits (one-to-many when above 1)."""
         return Counter(c for cs in self.caption_sets.values() for c in cs)
@@ -415,6 +433,50 @@ def mean_caption_fits(data: ImageTextData) -> float:
     draws from, of the number of emoji the caption fits (1.0: every caption names one emoji)."""
     fits = data.caption_fits()
     return float(np.mean([fits[c] for c in data.texts]))
+
+
+def sigma_from_pairs(mu_img: torch.Tensor, data: ImageTextData, texts: list[str]) -> torch.Tensor:
+    """Captions' σ set from the image–caption pairs of ``data`` instead of learnt (a plug-in σ).
+
+    A caption's σ is the per-dimension standard deviation of μ over every image of ``data`` that it
+    fits (every style of every emoji that carries it): wide for a caption that fits many different
+    images, the spread of one emoji's styles for a caption of one emoji — σ that follows the
+    one-to-many premise by construction. A caption of ``texts`` that ``data`` never carries gets
+    the median σ of ``data``'s captions of a single emoji (an unseen caption is most likely a
+    specific one). Reads only which caption goes with which image — the pairs PCME trains on —
+    never a class label.
+
+    Args:
+        mu_img: (N_img, D) μ of ``data``'s images, in the order of ``data.image_emoji``.
+        texts: the captions to give a σ (any strings, e.g. another split's ``texts``).
+    Returns:
+        (len(texts), D) log σ (σ floored at 1e-6, so that a caption whose images share one μ
+        stays finite).
+    """
+    if mu_img.dim() != 2 or len(mu_img) != len(data.image_emoji):
+        raise ValueError(
+            f"mu_img must be (images, D) with one row per image of data ({len(data.image_emoji)}), "
+            f"got {tuple(mu_img.shape)}"
+        )
+    rows_of = {}  # emoji → its rows of mu_img
+    for i, e in enumerate(data.image_emoji.tolist()):
+        rows_of.setdefault(e, []).append(i)
+    holders = {}  # caption → the emoji that carry it
+    for e, caps in data.caption_sets.items():
+        for c in caps:
+            holders.setdefault(c, []).append(e)
+    wanted = set(texts)
+    sigma = {
+        c: mu_img[[i for e in es for i in rows_of[e]]].std(0, unbiased=False)
+        for c, es in holders.items()
+        if c in wanted or len(es) == 1
+    }
+    single = [sigma[c] for c, es in holders.items() if len(es) == 1]
+    if not single and not wanted <= set(sigma):
+        raise ValueError("data has no caption of a single emoji to give unseen captions a σ")
+    unseen = torch.stack(single).median(0).values if single else None
+    out = torch.stack([sigma[c] if c in sigma else unseen for c in texts])
+    return out.clamp_min(1e-6).log()
 
 
 class PCMERun:

@@ -83,6 +83,32 @@ def test_sampling_and_match_scores_shapes_and_chunking():
     assert whole.shape == (5, 7) and torch.allclose(whole, chunked) and ((whole > 0) & (whole < 1)).all()
 
 
+def test_match_scores_with_point_queries_against_a_loop():
+    g = torch.Generator().manual_seed(5)
+    mu_q, mu_g = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64)
+    ls_g = torch.randn(6, 3, generator=g, dtype=torch.float64) - 1
+    a, b, J = 4.0, 2.0, 5
+    got = pcme.match_scores(mu_q, None, mu_g, ls_g, a, b, n_samples=J, seed=7, chunk_size=3, budget=8)
+    z_g = pcme.sample(mu_g, ls_g, J, torch.Generator().manual_seed(7))   # the gallery's samples, as drawn there
+    for i in range(4):
+        for k in range(6):
+            want = sum(1 / (1 + math.exp(a * float((mu_q[i] - z_g[k, j]).norm()) - b)) for j in range(J)) / J
+            assert got[i, k].item() == pytest.approx(want, rel=1e-12)
+    # a point query is the limit σ → 0 of a Gaussian one, whatever the query's samples
+    near = pcme.match_scores(mu_q, torch.full_like(mu_q, -60.0), mu_g, ls_g, a, b, n_samples=J)
+    z_near = pcme.sample(mu_g, ls_g, J, _after(mu_q, J))
+    want = torch.tensor([[sum(1 / (1 + math.exp(a * float((mu_q[i] - z_near[k, j]).norm()) - b)) for j in range(J)) / J
+                          for k in range(6)] for i in range(4)], dtype=torch.float64)
+    torch.testing.assert_close(near, want, rtol=1e-10, atol=0)
+
+
+def _after(mu_q, J):
+    """The seed-0 generator after the queries' samples were drawn (match_scores draws them first)."""
+    gen = torch.Generator().manual_seed(0)
+    pcme.sample(mu_q, torch.zeros_like(mu_q), J, gen)
+    return gen
+
+
 def test_contrastive_baseline_against_loop():
     g = torch.Generator().manual_seed(4)
     norm = torch.nn.functional.normalize

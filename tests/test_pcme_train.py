@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from cdrlib.pcme_train import (ImageTextData, PCMEConfig, evaluate, general_captions, mean_caption_fits,
-                               raw_pixel_scores, score_tables, specific_captions, train, train_or_load)
+                               raw_pixel_scores, score_tables, sigma_from_pairs, specific_captions, train,
+                               train_or_load)
 from cdrlib.run_store import RunStore
 
 
@@ -198,3 +199,44 @@ def test_pcme_learns_the_captions_of_separable_images():
     for b, a in zip(before, after):
         assert a["R@10"] >= 0.9 and a["R@10"] > b["R@10"] + 0.2, (b, a)
         assert a["PMRP"] > b["PMRP"] + 0.1, (b, a)
+
+
+def test_sigma_from_pairs_against_a_loop():
+    d = _data(n_emoji=6)
+    d = d.with_captions({e: [f"item{e}", "face" if e % 2 else "animal", "thing"] for e in range(6)})
+    mu = d.pooled.double()
+    texts = ["face", "item3", "thing", "never seen", "item0"]
+    got = sigma_from_pairs(mu, d, texts).exp()
+    emoji = d.image_emoji.tolist()
+
+    def spread(caption):                        # the slow σ: population std over the caption's images, dim by dim
+        rows = [mu[i] for i in range(len(emoji)) if caption in d.captions[emoji[i]]]
+        mean = sum(rows) / len(rows)
+        return (sum((r - mean) ** 2 for r in rows) / len(rows)).sqrt()
+
+    singles = torch.stack([spread(f"item{e}") for e in range(6)])
+    want = [spread("face"), spread("item3"), spread("thing"), singles.median(0).values, spread("item0")]
+    for t, g, w in zip(texts, got, want):
+        torch.testing.assert_close(g, w.clamp_min(1e-6), msg=t)
+    # a caption that fits more emoji is wider here by construction: "thing" fits all six
+    assert got[2].mean() > got[1].mean()
+    # two images with one μ: σ floored, log σ finite
+    same = d.with_captions({e: [f"item{e}"] for e in range(6)})
+    flat = torch.zeros_like(mu)
+    assert torch.isfinite(sigma_from_pairs(flat, same, ["item1"])).all()
+    with pytest.raises(ValueError, match="one row per image"):
+        sigma_from_pairs(mu[:3], d, texts)
+    shared = d.with_captions({e: ["face" if e % 2 else "animal"] for e in range(6)})
+    with pytest.raises(ValueError, match="single emoji"):
+        sigma_from_pairs(mu, shared, ["never seen"])
+
+
+def test_subset_keeps_the_images_and_captions_of_its_emoji():
+    d = _data(n_emoji=6)
+    part = d.subset([4, 1])
+    assert sorted(part.captions) == [1, 4] and part.image_emoji.tolist() == [1, 4, 1, 4]
+    rows = [i for i, e in enumerate(d.image_emoji.tolist()) if e in (1, 4)]
+    assert torch.equal(part.pooled, d.pooled[rows]) and torch.equal(part.tokens, d.tokens[rows])
+    assert part.texts == d.captions[1] + d.captions[4] and part.tags[4] is d.tags[4]
+    with pytest.raises(ValueError, match="not in this split"):
+        d.subset([99])
