@@ -4,8 +4,8 @@ IBNM: an anonymous SIGIR 2024 submission; its code is the GitHub repository sigi
 
 * :func:`cls_patch_attention` — the per-patch importance s a ViT's CLS attention gives (steps 1–3);
 * :func:`patch_ink` — what the importance is compared with: how much of each patch is drawn on;
-* :class:`PatchMixing` — learnable per-patch Beta weights λ, sampled with the reparameterisation
-  (4);
+* :class:`PatchMixing` — learnable Beta weights λ, one per patch, sampled with the
+  reparameterisation (4);
 * :func:`mix_patch_tokens` — m_i = λ_i x_i^A + (1 − λ_i) x_i^B, before CLS and positions (5);
 * :func:`label_weights` — the image-level weights of the two sources (6);
 * :func:`fuse` — all of it for a batch of A and a batch of B, each image's importance from its
@@ -71,7 +71,9 @@ class PatchMixing(nn.Module):
 
     ``forward(batch_size)`` draws λ (B, n) with ``rsample`` so that a loss on the mixed image
     reaches α and β. ``shared=True`` is the official code's form: one learnable Beta (scalar α, β)
-    and one λ per mixed image, the same for all of its patches.
+    for all patches, a λ still drawn for every patch (its ``rsample((B, num_patch))``). One λ for
+    a whole image would make the importance cancel out of :func:`label_weights` (each side's
+    importance sums to 1), so attention fusion would be random fusion.
     """
 
     def __init__(self, num_patches: int, init: float = 1.0, shared: bool = False):
@@ -85,8 +87,9 @@ class PatchMixing(nn.Module):
         return torch.distributions.Beta(F.softplus(self.alpha), F.softplus(self.beta))
 
     def forward(self, batch_size: int) -> torch.Tensor:
-        lam = self.distribution().rsample((batch_size,))  # (B, n), or (B, 1) when shared
-        return lam.expand(batch_size, self.num_patches)
+        if self.shared:  # (B, n, 1) draws of the one Beta
+            return self.distribution().rsample((batch_size, self.num_patches)).squeeze(-1)
+        return self.distribution().rsample((batch_size,))  # (B, n): patch i from Beta i
 
 
 def mix_patch_tokens(

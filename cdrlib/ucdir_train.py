@@ -14,7 +14,9 @@ process with the same seed on the same features).
 The images of a domain are given in one of three forms:
 
 * a float tensor (N, 3, H, W) in [0, 1] — the embedded data, held in memory;
-* a :class:`~cdrlib.data.DomainDataset` of image files — the paper datasets, read per batch;
+* a :class:`~cdrlib.data.DomainDataset` of image files — the paper datasets, read per batch by
+  worker threads, the next batch decoding while a step trains, and sent to a GPU from page-locked
+  memory (:class:`TrainingViews`);
 * (N, V, D) features of a frozen backbone for V views of each image (view 0 un-augmented, views
   1.. augmented; :func:`cache_view_features`) — the CPU setting of the book's default profile:
   only the MLP head trains, and "two augmentations" means two of the cached augmented views. The
@@ -192,6 +194,9 @@ def cache_view_features(
         torch.set_rng_state(gen_state)
 
 
+PREFETCH_BATCHES = 2  # image-file batches decoded ahead of their step, at most, per domain
+
+
 class TrainingViews:
     """How a domain's images become inputs of the encoder (see the module docstring)."""
 
@@ -208,28 +213,54 @@ class TrainingViews:
             )
         self.augment = TwoViewAugment(image_size)
         self.pool = ThreadPoolExecutor(workers) if self.files else None
+        # batches whose files are being decoded ahead of their step: ids → one future per image
+        self.ahead: dict[tuple, list] = {}
 
     def __len__(self):
         return len(self.images)
 
-    def _fetch(self, ids: torch.Tensor) -> torch.Tensor:
+    def prefetch(self, ids: torch.Tensor) -> None:
+        """Start decoding a coming batch's files in the worker threads, so that they are ready when
+        its step asks (image files only; a no-op for tensors). At most :data:`PREFETCH_BATCHES`
+        batches wait at a time: an older one that was never asked for is dropped."""
+        if not self.files:
+            return
+        key = tuple(ids.tolist())
+        if key not in self.ahead:
+            while len(self.ahead) >= PREFETCH_BATCHES:
+                for f in self.ahead.pop(next(iter(self.ahead))):
+                    f.cancel()
+            self.ahead[key] = [self.pool.submit(self.images.raw, i) for i in key]
+
+    def _fetch(self, ids: torch.Tensor, device) -> torch.Tensor:
         if self.files:  # decode the batch's files in threads (PIL releases the GIL while decoding)
-            return torch.stack(list(self.pool.map(self.images.raw, ids.tolist())))
-        return self.images[ids]
+            futures = self.ahead.pop(tuple(ids.tolist()), None)
+            if futures is None:
+                x = torch.stack(list(self.pool.map(self.images.raw, ids.tolist())))
+            else:
+                x = torch.stack([f.result() for f in futures])
+        else:
+            x = self.images[ids]
+        device = torch.device(device)
+        if device.type == "cuda" and x.device.type == "cpu":
+            # page-locked memory: the copy to the GPU runs without blocking this thread
+            return x.pin_memory().to(device, non_blocking=True)
+        return x.to(device)
 
     def two_views(self, ids: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self._fetch(ids)
         if self.cached:  # two different augmented views of each image
+            x = self.images[ids]
             n, v = len(ids), x.shape[1]
             i = torch.randint(1, v, (n,))
             j = (i - 1 + torch.randint(1, v - 1, (n,))) % (v - 1) + 1
             ar = torch.arange(n)
             return x[ar, i].to(device), x[ar, j].to(device)
-        return self.augment.two_views(x.to(device))
+        return self.augment.two_views(self._fetch(ids, device))
 
     def plain(self, ids: torch.Tensor, device) -> torch.Tensor:
-        x = self._fetch(ids)
-        return x[:, 0].to(device) if self.cached else normalize(x.to(device))
+        if self.cached:
+            return self.images[ids][:, 0].to(device)
+        return normalize(self._fetch(ids, device))
 
 
 def rank_and_world_size() -> tuple[int, int]:
@@ -358,11 +389,17 @@ class UCDIR:
                 f"batch_size {bs} is larger than a domain ({na} and {nb} training images)"
             )
         pa, pb = torch.randperm(na, generator=gen), torch.randperm(nb, generator=gen)
-        for s in range(steps):
+
+        def batch(s: int) -> tuple[torch.Tensor, torch.Tensor]:
             # the smaller domain wraps around its permutation; a batch never holds an image twice
             pos = s * bs + torch.arange(bs)
-            ia, ib = pa[pos % na], pb[pos % nb]
-            yield ia[rank::world], ib[rank::world]
+            return pa[pos % na][rank::world], pb[pos % nb][rank::world]
+
+        for s in range(steps):
+            if s + 1 < steps:  # image files: the next batch decodes while this one trains
+                for d, ids in zip(("A", "B"), batch(s + 1)):
+                    self.views[d].prefetch(ids)
+            yield batch(s)
 
     # -- clustering
     def embed_all(

@@ -42,13 +42,31 @@ def test_beta_weights_are_reparameterised():
     assert mix.alpha.grad.abs().sum() > 0 and mix.beta.grad.abs().sum() > 0
 
 
-def test_shared_beta_draws_one_lambda_per_image():
+def test_shared_beta_is_one_distribution_with_a_lambda_per_patch():
+    # the official code: Beta(softplus(α), softplus(β)) with scalar α, β, .rsample((B, num_patch))
     mix = fusion.PatchMixing(7, shared=True)
+    torch.manual_seed(0)
     lam = mix(64)
     assert lam.shape == (64, 7) and mix.alpha.shape == mix.beta.shape == (1,)
-    assert (lam == lam[:, :1]).all() and lam[:, 0].std() > 0    # one λ per image, varying over images
+    assert (lam != lam[:, :1]).any(dim=1).all()                 # patches of one image differ
+    torch.manual_seed(0)
+    want = torch.distributions.Beta(torch.nn.functional.softplus(mix.alpha),
+                                    torch.nn.functional.softplus(mix.beta)).rsample((64, 7))[..., 0]
+    torch.testing.assert_close(lam, want)
     lam.sum().backward()
     assert mix.alpha.grad.abs().sum() > 0 and mix.beta.grad.abs().sum() > 0
+
+
+def test_one_lambda_per_image_would_cancel_the_importance():
+    # why λ is drawn per patch: with one λ for all patches, l_A = λ whatever the (normalised) importance
+    g = torch.Generator().manual_seed(2)
+    s_a, s_b = torch.rand(5, 9, generator=g).softmax(1), torch.rand(5, 9, generator=g).softmax(1)
+    one = torch.rand(5, 1, generator=g).expand(5, 9)
+    torch.testing.assert_close(fusion.label_weights(s_a, s_b, one)[:, 0], one[:, 0])
+    per_patch = torch.rand(5, 9, generator=g)
+    uniform = fusion.uniform_importance(5, 9)
+    assert not torch.allclose(fusion.label_weights(s_a, s_b, per_patch),
+                              fusion.label_weights(uniform, uniform, per_patch))
 
 
 def test_each_domain_attention_goes_with_its_own_patches():

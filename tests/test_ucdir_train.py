@@ -284,3 +284,42 @@ def test_cluster_state_is_ready_only_when_every_required_name_is_set_and_saves_o
     again = ClusterState(required=("A", "B"))
     again.load_state_dict(s.state_dict())
     assert torch.equal(again.get("B")[1], torch.tensor([1, 0, 0]))
+
+
+class _CountingFiles:
+    """A stand-in for a DomainDataset of image files: raw(i) is an (3, 8, 8) uint8 image; every
+    decode is counted."""
+
+    def __init__(self, n):
+        self.n, self.decoded = n, []
+
+    def __len__(self):
+        return self.n
+
+    def raw(self, i):
+        self.decoded.append(i)
+        return torch.full((3, 8, 8), i, dtype=torch.uint8)
+
+
+def test_prefetched_batches_are_the_batches_asked_for_and_each_file_decodes_once():
+    from cdrlib.ucdir_train import PREFETCH_BATCHES, TrainingViews
+
+    files = _CountingFiles(10)
+    views = TrainingViews(files, image_size=8, workers=2)
+    ids = torch.tensor([3, 1, 4])
+    views.prefetch(ids)
+    views.prefetch(ids)                                  # asked twice: decoded once
+    got = views.plain(ids, "cpu")
+    assert sorted(files.decoded) == [1, 3, 4] and views.ahead == {}
+    plain = TrainingViews(_CountingFiles(10), image_size=8, workers=2).plain(ids, "cpu")
+    assert torch.equal(got, plain)                       # the same tensor with and without prefetch
+    first = got[:, 0, 0, 0]                              # image i is filled with i: the order of ids kept
+    assert first[1] < first[0] < first[2]
+    # batches never asked for are dropped: at most PREFETCH_BATCHES wait
+    for k in range(PREFETCH_BATCHES + 3):
+        views.prefetch(torch.tensor([k, k + 1]))
+    assert len(views.ahead) == PREFETCH_BATCHES
+    # in-memory images: nothing to decode ahead
+    mem = TrainingViews(torch.rand(5, 3, 8, 8), image_size=8)
+    mem.prefetch(torch.tensor([0, 1]))
+    assert mem.ahead == {}
