@@ -397,7 +397,7 @@ class UCDIR:
 
         for s in range(steps):
             if s + 1 < steps:  # image files: the next batch decodes while this one trains
-                for d, ids in zip(("A", "B"), batch(s + 1)):
+                for d, ids in zip(("A", "B"), batch(s + 1), strict=True):
                     self.views[d].prefetch(ids)
             yield batch(s)
 
