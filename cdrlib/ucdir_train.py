@@ -396,8 +396,10 @@ class UCDIR:
             return pa[pos % na][rank::world], pb[pos % nb][rank::world]
 
         for s in range(steps):
-            if s + 1 < steps:  # image files: the next batch decodes while this one trains
-                for d, ids in zip(("A", "B"), batch(s + 1), strict=True):
+            # image files: batch s has been decoding since the step before (the first one starts
+            # now, ahead of its successor), and batch s + 1 decodes while s trains
+            for t in range(s, min(s + 2, steps)):
+                for d, ids in zip(("A", "B"), batch(t), strict=True):
                     self.views[d].prefetch(ids)
             yield batch(s)
 
