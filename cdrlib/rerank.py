@@ -18,6 +18,11 @@ weight: ``Δ_q = (1/KQ) Σ_{g ∈ top-KQ(q)} W[g, :]`` with W sparse (KG entries
 iteration costs Q·KQ·KG, the neighbour lists G·KG memory — never the G×G rank table of the
 official code. Queries are processed in chunks, so memory is bounded for any Q.
 
+On a CPU each chunk's iterations run as a few compiled passes and one NumPy sort per iteration
+(:mod:`cdrlib.rerank_kernels`), and the neighbour lists of a distance matrix come from a compiled
+one-pass selection; on a GPU both are torch operations (:class:`Voter`, stable sorts,
+:func:`cdrlib.search.top_k_exact`). The two give the same rankings.
+
 :func:`icfrr_dense` is the slow reference written straight from the specification (full rank table,
 a loop over queries); tests and the benchmark compare the two.
 """
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import rerank_kernels as kernels
 from .parallel import map_chunks
 from .progress import progress
 from .search import knn_search, top_k_exact
@@ -74,10 +80,30 @@ def neighbours_from_distances(
     step = max(1, (1 << 22) // g)
 
     def chunk(s: int) -> torch.Tensor:
-        return top_k_exact(gg[s : s + step], kg + 1, larger_first=False)[1][:, 1:]
+        block = gg[s : s + step]
+        if block.device.type == "cpu":
+            return _nearest_compiled(block.contiguous(), kg + 1)[:, 1:]
+        return top_k_exact(block, kg + 1, larger_first=False)[1][:, 1:]
 
     rows = list(map_chunks(chunk, range(0, g, step), workers, gg.device))
     return GalleryNeighbours(torch.cat(rows), _weights(kg, g, gg.dtype, gg.device))
+
+
+def _nearest_compiled(d: torch.Tensor, k: int) -> torch.Tensor:
+    """The first k columns of a stable ascending argsort of each row of d (R, G), on a CPU:
+    candidates under a sampled threshold, their keys sorted by NumPy
+    (:func:`cdrlib.rerank_kernels.nearest_candidates`)."""
+    a = d.numpy()
+    keys = np.empty(a.shape, dtype=np.uint64)
+    counts = kernels.nearest_candidates(a, k, a.view(f"i{a.itemsize}"), keys.view(np.int64))
+    m = int(counts.max())
+    head = keys[:, :m]
+    head[np.arange(m) >= counts[:, None]] = np.iinfo(np.uint64).max  # after every candidate
+    head.sort(axis=1)
+    out = np.empty((len(a), k), dtype=np.int64)
+    for r in np.flatnonzero(kernels.read_nearest(head, counts, a, out)):
+        out[r] = np.argsort(a[r], kind="stable")[:k]
+    return torch.from_numpy(out)
 
 
 def neighbours_from_features(
@@ -93,153 +119,6 @@ def neighbours_from_features(
 def _euclidean_normalised(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Euclidean distances between L2-normalised rows: sqrt(2 − 2 cos)."""
     return (2 - 2 * q @ g.T).clamp_min(0).sqrt()
-
-
-_POOL = None
-
-
-def _in_row_threads(n_rows: int, work) -> None:
-    """Call ``work(lo, hi)`` on row ranges covering ``range(n_rows)``, one range per torch thread.
-
-    NumPy releases the GIL in its sorts, so two threads sort two halves of a chunk at once.
-    """
-    global _POOL
-    threads = min(torch.get_num_threads(), n_rows)
-    if threads < 2:
-        work(0, n_rows)
-        return
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(max_workers=threads)
-    bounds = np.linspace(0, n_rows, threads + 1).astype(int)
-    list(_POOL.map(lambda i: work(bounds[i], bounds[i + 1]), range(threads)))
-
-
-def _descending_key(x: np.ndarray) -> np.ndarray:
-    """Float rows → unsigned integers of the same width whose ascending order is x's descending
-    order.
-
-    Flip the sign bit of non-negatives and every bit of negatives (an order-preserving map), then
-    invert all: ``key = b ^ 0x7F…F`` for ``b ≥ 0``, ``b`` for ``b < 0``, with b the float's bits.
-    −0.0 is folded into +0.0 first (they compare equal). Built in place: one temporary of x's size.
-    """
-    x = x + x.dtype.type(0.0)
-    signed = np.dtype(f"i{x.itemsize}")
-    b = x.view(signed)
-    key = np.invert(b)
-    key >>= signed.type(8 * x.itemsize - 1)
-    key &= np.iinfo(signed).max
-    key ^= b
-    return key.view(f"u{x.itemsize}")
-
-
-def _packed_argsort_desc(scores: np.ndarray, out: np.ndarray) -> None:
-    """``out[:] = argsort(scores, descending, stable)`` for float64 rows, by sorting integer keys.
-
-    Sorting values is several times faster than argsort (NumPy's SIMD sort), so each score's
-    :func:`_descending_key` has its lowest bits replaced by the column index and the keys are
-    sorted as values; the index is read back from the low bits. Equal keys above the index bits
-    break ties by index — exactly a stable sort. Two different floats can share the truncated key
-    (they differ only in their last bits; rare): those rows are redone by a stable argsort of the
-    exact values, so the result is always exact.
-    """
-    key = _descending_key(scores)
-    bits = max(1, int(scores.shape[1] - 1).bit_length())
-    low = np.uint64((1 << bits) - 1)
-    key &= ~low
-    key |= np.arange(scores.shape[1], dtype=np.uint64)
-    key.sort(axis=1)
-    # a shared truncated key: neighbours whose difference lies in the index bits only
-    shared = np.bitwise_xor(key[:, 1:], key[:, :-1]) <= low
-    np.bitwise_and(key, low, out=key)
-    out[:] = key.view(np.int64)
-    for r in np.flatnonzero(shared.any(axis=1)):
-        out[r] = np.argsort(-scores[r], kind="stable")
-
-
-def _packed_argsort_desc_f32(scores: np.ndarray, out: np.ndarray) -> None:
-    """:func:`_packed_argsort_desc` for float32 rows: the whole 32-bit key fits above a 32-bit
-    index in one uint64, so nothing is truncated and no row needs redoing."""
-    key = _descending_key(scores).astype(np.uint64)
-    key <<= np.uint64(32)
-    key |= np.arange(scores.shape[1], dtype=np.uint64)
-    key.sort(axis=1)
-    key &= np.uint64(2**32 - 1)
-    out[:] = key.view(np.int64)
-
-
-def _stable_argsort_desc(scores: np.ndarray, out: np.ndarray) -> None:
-    """The plain form, for rows too long to leave enough value bits beside a packed index."""
-    out[:] = np.argsort(-scores, axis=1, kind="stable")
-
-
-def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
-    """argsort(scores, dim=1, descending), equal scores in index order (a stable sort).
-
-    On CPU the rows are sorted as packed integer keys (:func:`_packed_argsort_desc`), row ranges in
-    threads (NumPy releases the GIL).
-    """
-    if scores.device.type != "cpu":
-        return torch.argsort(scores, dim=1, descending=True, stable=True)
-    if scores.dtype == torch.float32:
-        a, sort = scores.numpy(), _packed_argsort_desc_f32
-    else:
-        a = scores.to(torch.float64).numpy()
-        sort = _packed_argsort_desc if a.shape[1] < 1 << 24 else _stable_argsort_desc
-    out = np.empty(a.shape, dtype=np.int64)
-    if a.size < 1 << 16:
-        sort(a, out)
-    else:
-        _in_row_threads(len(a), lambda lo, hi: sort(a[lo:hi], out[lo:hi]))
-    return torch.from_numpy(out)
-
-
-MERGE_MAX_MOVED = 0.25  # above this share of moved items, a full sort is faster than the merge
-
-
-def _merge_row(ps: np.ndarray, moved: np.ndarray) -> np.ndarray:
-    """One row of :func:`_resort_desc`: sort the moved entries, merge them into the unmoved ones."""
-    idx_m = np.flatnonzero(moved)
-    idx_u = np.flatnonzero(~moved)  # already in descending order of ps
-    if len(idx_m) == 0:
-        return idx_u
-    if np.isin(ps[idx_m], ps[idx_u]).any():
-        # a moved score equals an unmoved one: equal scores must keep their positions' order, which
-        # the merge below does not track; such rows (exact ties) take a stable sort
-        return np.argsort(-ps, kind="stable")
-    order_m = idx_m[np.argsort(-ps[idx_m], kind="stable")]
-    # where each moved entry goes among the unmoved ones (both descending: search the negations)
-    slot = np.searchsorted(-ps[idx_u], -ps[order_m], side="left") + np.arange(len(order_m))
-    out = np.empty(len(ps), dtype=np.int64)
-    taken = np.zeros(len(ps), dtype=bool)
-    out[slot] = order_m
-    taken[slot] = True
-    out[~taken] = idx_u
-    return out
-
-
-def _resort_desc(ps: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
-    """argsort(ps, descending) for rows in which only the ``moved`` entries broke the order.
-
-    ``ps`` (C, G) is non-increasing along each row at the entries where ``moved`` is False (the
-    scores of items that received no vote keep their previous, sorted, values), so only the moved
-    entries need sorting: M log M + G per row instead of G log G. On GPU: a plain sort.
-    """
-    if ps.device.type != "cpu":
-        return torch.argsort(ps, dim=1, descending=True, stable=True)
-    if moved.float().mean() > MERGE_MAX_MOVED:
-        # most items moved: one batched sort beats a Python-level merge per row (measured)
-        return _argsort_desc(ps)
-    a, m = ps.numpy(), moved.numpy()
-    out = np.empty(a.shape, dtype=np.int64)
-
-    def merge_rows(lo, hi):
-        for r in range(lo, hi):
-            out[r] = _merge_row(a[r], m[r])
-
-    _in_row_threads(len(a), merge_rows)
-    return torch.from_numpy(out)
 
 
 class Voter:
@@ -301,36 +180,107 @@ def vote_delta(top: torch.Tensor, nb: GalleryNeighbours, kq: int) -> torch.Tenso
     return Voter(nb, top.shape[0], kq)(top)
 
 
-def _rerank_chunk(
+def _sort_keys(keys: np.ndarray, scores: np.ndarray, pi, through, out: np.ndarray) -> None:
+    """Sort ordering keys (C, G) in place and write the ranking they give to ``out``.
+
+    ``through``: the keys' low bits are positions of this ranking (the official update), or None:
+    gallery indices. Rows whose keys could not separate two scores take a stable argsort.
+    """
+    keys.sort(axis=1)
+    redo = kernels.read_order(keys.view(np.int64), scores, pi, through is not None, out)
+    for r in np.flatnonzero(redo):
+        order = np.argsort(-scores[r], kind="stable")
+        out[r] = order if through is None else through[r][order]
+
+
+def _argsort_desc_compiled(scores: torch.Tensor) -> torch.Tensor:
+    """argsort(scores, dim=1, descending, stable) of a float32 or float64 CPU block (R, G), by
+    ordering keys (:mod:`cdrlib.rerank_kernels`) — the first ranking of every query."""
+    a = np.ascontiguousarray(scores.numpy())
+    keys = np.empty(a.shape, dtype=np.uint64)
+    out = np.empty(a.shape, dtype=np.int64)
+    none = np.zeros(a.shape, dtype=np.int32)  # no votes: the keys of the scores themselves
+    one = a.dtype.type(1.0)
+    kernels.order_keys_paper(a, none, one, one, a.view(f"i{a.itemsize}"), keys.view(np.int64))
+    _sort_keys(keys, a, out, None, out)
+    return torch.from_numpy(out)
+
+
+def _rerank_chunk_compiled(
     dist: torch.Tensor, nb: GalleryNeighbours, kq: int, beta: float, n_iter: int, variant: str
 ) -> torch.Tensor:
-    """Re-rank one chunk of queries from their distances (C, G); returns the final π (C, G)."""
+    """:func:`_rerank_chunk` on a CPU: per iteration three compiled passes and one NumPy sort
+    (:mod:`cdrlib.rerank_kernels`)."""
+    c, g = dist.shape
+    neg = (-dist).numpy()  # a new array: the paper variant accumulates its scores in it
+    pi = _argsort_desc_compiled(torch.from_numpy(neg)).numpy()
+    if n_iter == 0:
+        return torch.from_numpy(pi)
+    ftype = neg.dtype.type
+    unit, beta_t = ftype((1.0 / (g - 1)) / kq), ftype(beta)
+    index = np.ascontiguousarray(nb.index.numpy())
+    total_dtype = np.int32 if kq * (g - 1) < 2**31 else np.int64
+    total = np.zeros((c, g), dtype=total_dtype)  # KQ·(G−1)·Δ, exact integers
+    values = (g - 1 - np.arange(index.shape[1])).astype(total_dtype)
+    in_top = np.zeros((c, g), dtype=bool)
+    top_prev = np.empty((c, kq), dtype=np.int64)
+    keys = np.empty((c, g), dtype=np.uint64)
+    signed = np.dtype(f"i{neg.itemsize}")
+    if variant == "official":
+        v = np.take_along_axis(neg, pi, axis=1)  # sorted original scores, never updated
+        scores = np.empty_like(v)
+    else:
+        scores = neg  # s
+    nxt = np.empty_like(pi)
+    for it in range(n_iter):
+        kernels.update_votes(total, in_top, top_prev, pi, kq, index, values, it == 0)
+        if variant == "official":
+            kernels.order_keys_official(
+                v, total, pi, unit, beta_t, scores, scores.view(signed), keys.view(np.int64)
+            )
+            _sort_keys(keys, scores, pi, pi, nxt)
+        else:
+            kernels.order_keys_paper(
+                scores, total, unit, beta_t, scores.view(signed), keys.view(np.int64)
+            )
+            _sort_keys(keys, scores, pi, None, nxt)
+        pi, nxt = nxt, pi
+    return torch.from_numpy(pi)
+
+
+def _argsort_desc(scores: torch.Tensor) -> torch.Tensor:
+    """argsort(scores, dim=1, descending), equal scores in index order (a stable sort)."""
+    return torch.argsort(scores, dim=1, descending=True, stable=True)
+
+
+def _rerank_chunk_torch(
+    dist: torch.Tensor, nb: GalleryNeighbours, kq: int, beta: float, n_iter: int, variant: str
+) -> torch.Tensor:
+    """:func:`_rerank_chunk` in torch operations, for a GPU: Δ by :class:`Voter`, a full stable
+    sort per iteration."""
     pi = _argsort_desc(-dist)
     vote = Voter(nb, dist.shape[0], kq)
     if variant == "official":
         v = torch.gather(-dist, 1, pi)  # sorted original scores, never updated
         for _ in range(n_iter):
-            # v[p] + β Δ(π[p]), with β/(KQ·(G−1)) folded into one multiply of the gathered sums;
-            # items without a vote keep v[p], which is sorted: only the voted-for ones need sorting
-            bonus = torch.gather(vote.sums(pi[:, :kq]), 1, pi)
-            moved = bonus > 0
-            pos_scores = bonus.to(v.dtype).mul_(beta * vote.scale / kq).add_(v)
-            pi = torch.gather(pi, 1, _resort_desc(pos_scores, moved))
+            # v[p] + β Δ(π[p]), rounded step by step as the reference does
+            pos_scores = v + beta * torch.gather(vote(pi[:, :kq]), 1, pi)
+            pi = torch.gather(pi, 1, _argsort_desc(pos_scores))
     else:
         s = -dist.clone()
         for _ in range(n_iter):
-            delta = vote(pi[:, :kq])
-            s += beta * delta
-            # s was sorted along π before this update; only the items that got a vote moved
-            moved = torch.gather(delta > 0, 1, pi)
-            pi = torch.gather(pi, 1, _resort_desc(torch.gather(s, 1, pi), moved))
-            # the paper re-sorts the scores from scratch: equal scores go by gallery index, not by
-            # their previous positions (rows with exact ties only)
-            ranked = torch.gather(s, 1, pi)
-            tied = (ranked[:, 1:] == ranked[:, :-1]).any(1).nonzero().flatten()
-            if len(tied):
-                pi[tied] = torch.argsort(s[tied], dim=1, descending=True, stable=True)
+            s = s + beta * vote(pi[:, :kq])
+            pi = _argsort_desc(s)  # equal scores by gallery index, as the paper's full re-sort
     return pi
+
+
+def _rerank_chunk(
+    dist: torch.Tensor, nb: GalleryNeighbours, kq: int, beta: float, n_iter: int, variant: str
+) -> torch.Tensor:
+    """Re-rank one chunk of queries from their distances (C, G); returns the final π (C, G)."""
+    if dist.device.type == "cpu":
+        return _rerank_chunk_compiled(dist, nb, kq, beta, n_iter, variant)
+    return _rerank_chunk_torch(dist, nb, kq, beta, n_iter, variant)
 
 
 def _check(kq: int, kg: int, g: int, beta: float, n_iter: int, variant: str) -> None:
@@ -408,11 +358,17 @@ def icfrr(
     check_positive_int(chunk_size, "chunk_size")
     dev = torch.device(device) if device is not None else (qg if qg is not None else query).device
 
+    # the compiled CPU passes take float32 and float64: half precision is re-ranked in float32
+    wide = torch.float32 if dev.type == "cpu" else None
     if qg is not None:
+        if wide is not None and qg.dtype not in (torch.float32, torch.float64):
+            qg, gg = qg.to(wide), gg.to(wide)
         qg, gg = qg.to(dev), gg.to(dev)
         nb = neighbours_from_distances(gg, kg)
         n_q = qg.shape[0]
     else:
+        if wide is not None and query.dtype not in (torch.float32, torch.float64):
+            query, gallery = query.to(wide), gallery.to(wide)
         query = torch.nn.functional.normalize(query.to(dev), dim=1)
         gallery = torch.nn.functional.normalize(gallery.to(dev), dim=1)
         nb = neighbours_from_features(gallery, kg)

@@ -103,35 +103,75 @@ def test_bad_arguments():
         icfrr(bad, gg, kq=3, kg=3)
 
 
-def test_resort_equals_a_full_sort():
-    from cdrlib.rerank import _resort_desc
-
-    g = torch.Generator().manual_seed(5)
-    base = torch.sort(torch.rand(7, 300, generator=g, dtype=torch.float64), dim=1, descending=True).values
-    moved = torch.rand(7, 300, generator=g) < torch.tensor([0.0, 0.01, 0.1, 0.5, 0.9, 1.0, 0.3]).unsqueeze(1)
-    ps = torch.where(moved, base + torch.randn(7, 300, generator=g, dtype=torch.float64), base)
-    want = torch.argsort(ps, dim=1, descending=True)
-    assert torch.equal(_resort_desc(ps, moved), want)
-
-
-@pytest.mark.parametrize("cols", [1, 2, 300, 5000])
-def test_packed_argsort_equals_a_stable_sort(cols):
-    """The packed-key sort against torch's stable argsort: ties, signs, ±0, ±inf, near-equal floats."""
-    from cdrlib.rerank import _argsort_desc
-
-    g = torch.Generator().manual_seed(cols)
+def hard_rows(cols, dtype, seed):
+    """Rows that stress an ordering: all tied, ±0, many exact ties, neighbours one ulp apart (equal
+    truncated keys), negative and subnormal-scale values."""
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(40, cols, generator=g, dtype=torch.float64)
     x[0] = 1.0                                                   # all tied: index order
     x[1, ::3] = -0.0
-    x[2, ::5] = float("inf")
-    x[3, ::7] = float("-inf")
-    x[4] = torch.randint(-3, 3, (cols,), generator=g).double()   # many exact ties
-    base = torch.rand(cols, generator=g, dtype=torch.float64)
-    h = cols // 2                                                # pairs one ulp apart: equal truncated keys
+    x[2] = torch.randint(-3, 3, (cols,), generator=g).double()   # many exact ties
+    x = x.to(dtype)
+    base = torch.rand(cols, generator=g, dtype=dtype)
+    h = cols // 2                                                # pairs one ulp apart
     x[5] = base
-    x[5, h:2 * h] = torch.nextafter(base[:h], torch.tensor(2.0, dtype=torch.float64))
+    x[5, h:2 * h] = torch.nextafter(base[:h], torch.tensor(2.0, dtype=dtype))
     x[6] = -x[5]
-    x[7:] = x[7:] * 1e-300                                       # subnormal-scale values
+    x[7:20] = x[7:20] * 1e-300 if dtype == torch.float64 else x[7:20] * 1e-40
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cols", [1, 2, 300, 5000])
+def test_compiled_ordering_equals_a_stable_sort(cols, dtype):
+    """The ordering keys (score bits above the index, NumPy's sort, exact redo of rows whose keys
+    cannot separate two scores) against torch's stable argsort."""
+    from cdrlib.rerank import _argsort_desc_compiled
+
+    x = hard_rows(cols, dtype, cols)
     want = torch.argsort(x, dim=1, descending=True, stable=True)
-    assert torch.equal(_argsort_desc(x), want)
-    assert torch.equal(_argsort_desc(x.float()), torch.argsort(x.float(), dim=1, descending=True, stable=True))
+    assert torch.equal(_argsort_desc_compiled(x), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cols,k", [(1, 1), (300, 1), (300, 64), (300, 300), (5000, 257)])
+def test_nearest_columns_equal_a_stable_sort(cols, k, dtype):
+    """The compiled k-nearest selection (sampled threshold, candidates' keys) against the first k
+    columns of a stable argsort — ties at the k-th value included."""
+    from cdrlib.rerank import _nearest_compiled
+
+    x = hard_rows(cols, dtype, 100 + cols)
+    x[20:25] = torch.round(x[20:25] * 4) / 4                     # ties at the k-th value
+    stride = max(1, k // 16)
+    x[25, ::stride] = -5.0   # the sample holds the row's smallest only: its threshold is too low
+    x[26, 1::max(2, stride)] = -5.0   # the sample misses the smallest: its threshold is too high
+    if k + 2 <= cols:  # k + 1 copies of b, then a one ulp below b: all share a truncated key
+        b = torch.tensor(0.5, dtype=dtype)
+        x[27] = 10.0
+        x[27, : k + 1] = b
+        x[27, k + 1] = torch.nextafter(b, torch.tensor(0.0, dtype=dtype))
+    want = torch.argsort(x, dim=1, stable=True)[:, :k]
+    assert torch.equal(_nearest_compiled(x.contiguous(), k), want)
+
+
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_torch_path_equals_dense(variant):
+    """The GPU path (torch operations), run here on the CPU, gives the reference's rankings."""
+    from cdrlib.rerank import GalleryNeighbours, _rerank_chunk_torch, neighbours_from_distances
+
+    _, _, qg, gg = random_problem(q=9, g=50, seed=11)
+    nb = neighbours_from_distances(gg, 7)
+    got = _rerank_chunk_torch(qg, GalleryNeighbours(nb.index, nb.weight), 6, 0.7, 4, variant)
+    assert torch.equal(got, icfrr_dense(qg, gg, kg=7, kq=6, beta=0.7, n_iter=4, variant=variant))
+
+
+@pytest.mark.parametrize("variant", ["official", "paper"])
+def test_float32_and_half_precision(variant):
+    """float32 distances re-rank as the reference computes in float32; half precision as float32."""
+    _, _, qg, gg = random_problem(q=10, g=70, seed=5)
+    qg, gg = qg.float(), gg.float()
+    got = icfrr(qg, gg, kg=9, kq=7, beta=0.3, n_iter=4, variant=variant, chunk_size=4)
+    assert torch.equal(got, icfrr_dense(qg, gg, kg=9, kq=7, beta=0.3, n_iter=4, variant=variant))
+    half = icfrr(qg.half(), gg.half(), kg=9, kq=7, beta=0.3, n_iter=4, variant=variant)
+    want = icfrr(qg.half().float(), gg.half().float(), kg=9, kq=7, beta=0.3, n_iter=4, variant=variant)
+    assert torch.equal(half, want)
