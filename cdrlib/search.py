@@ -1,5 +1,5 @@
-"""Exact k-nearest-neighbour search: faiss when installed (a GPU index when a GPU is there), torch
-otherwise.
+"""Exact k-nearest-neighbour search: torch (on a CPU, one matrix product and a linear-time selection
+per chunk of queries), or faiss (its GPU index for features on a GPU).
 
 Both backends return the same thing: for every query the k best gallery items, best first, with
 exact ties ordered by gallery index (smaller first) — also at the k-th place, where the smallest
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from numba import njit
 
 from .metrics import (
     METRICS,
@@ -35,6 +36,15 @@ def faiss_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def faiss_gpu_available() -> bool:
+    """faiss with its GPU build (``StandardGpuResources``) is installed."""
+    if not faiss_available():
+        return False
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources")
 
 
 def tie_order(values: torch.Tensor, indices: torch.Tensor, larger_first: bool):
@@ -110,6 +120,37 @@ def top_k_from_sorted(
     return _best_k(scores, ascending[:, place : place + 1].contiguous(), k, True)
 
 
+@njit(nogil=True, cache=True, fastmath=True)
+def _first_k_columns(scores, kth, k, out):
+    """:func:`_first_k`'s columns on a CPU for larger-is-better scores, compiled: per row a
+    counting pass (vectorised) and one pass taking the larger entries and the first entries equal
+    to the k-th value until the row has k, in column order. (``fastmath``: the scores are finite,
+    and only the count's additions are reordered.)
+
+    Args:
+        scores: float (R, G); kth: (R,) each row's k-th largest value; out: int64 (R, k), written.
+    """
+    n_rows, g = scores.shape
+    for r in range(n_rows):
+        t = kth[r]
+        row = scores[r]
+        better = 0
+        for j in range(g):
+            better += np.int64(row[j] > t)
+        if better >= k:  # then kth is not the row's k-th value: never write past out's row
+            raise ValueError("kth must be each row's k-th best value")
+        ties = k - better  # how many entries equal to the k-th value belong to the k best
+        n = 0
+        for j in range(g):
+            if row[j] >= t:
+                if row[j] > t or ties > 0:
+                    ties -= row[j] == t
+                    out[r, n] = j
+                    n += 1
+        if n != k:  # kth was not a value of the row: never leave entries unwritten
+            raise ValueError("kth must be each row's k-th best value")
+
+
 def _best_k(
     scores: torch.Tensor, kth: torch.Tensor, k: int, larger_first: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +158,15 @@ def _best_k(
     as good, and where that is more than k (ties at the k-th value), the first tied ones by column.
     """
     r, g = scores.shape
+    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64):
+        cols = np.empty((r, k), dtype=np.int64)
+        a = np.ascontiguousarray(scores.numpy())
+        t = kth.numpy().reshape(r).astype(a.dtype)
+        if not larger_first:  # negation is exact: the smallest are the largest of −scores
+            a, t = -a, -t
+        _first_k_columns(a, t, k, cols)
+        cols = torch.from_numpy(cols)
+        return tie_order(torch.gather(scores, 1, cols), cols, larger_first)
     # on the CPU through NumPy: its comparison, count and flatnonzero are several times faster
     # than torch's there
     cpu = scores.device.type == "cpu"
@@ -212,7 +262,11 @@ def knn_search(
         query: float (Q, d); gallery: float (G, d) — numpy or torch, finite.
         k: neighbours per query, 1 ≤ k ≤ G.
         metric: ``"cosine"``, ``"dot"`` or ``"euclidean"``.
-        backend: ``"faiss"``, ``"torch"`` or ``"auto"`` (faiss when installed).
+        backend: ``"faiss"``, ``"torch"`` or ``"auto"``: faiss's GPU index for features on a GPU
+            where faiss-gpu is installed, torch otherwise — on a CPU the torch path (a matrix
+            product per chunk, NumPy's linear-time partition) searched the top 100 1.75× (20k
+            items) to 2.3× (50k) faster than faiss-cpu's flat index
+            (``benchmarks/results/retrieval.json``).
         chunk_size: queries per chunk (default: about 64 MB of scores per chunk).
     Returns:
         ``(values, indices)``, each (Q, k), best first: similarities (larger first) or squared
@@ -221,7 +275,7 @@ def knn_search(
     q, g = _prepare(query, gallery, metric)
     k = check_k(k, len(g))
     if backend == "auto":
-        backend = "faiss" if faiss_available() else "torch"
+        backend = "faiss" if q.device.type == "cuda" and faiss_gpu_available() else "torch"
     if backend not in ("faiss", "torch"):
         raise ValueError(f"backend must be 'faiss', 'torch' or 'auto', not {backend!r}")
     chunk_size = (
