@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from numba import njit
 
 from .validation import (
     as_tensor,
@@ -273,6 +274,47 @@ def _relevant_columns(relevant: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 TIES_COUNTED_DIRECTLY = 32
 
 
+@njit(nogil=True, cache=True)
+def _ranks_compiled(scores, ascending, rel_idx, n_rel, max_tied, out):
+    """:func:`ranks_from_scores` on a CPU, compiled: per row, the relevant items in descending
+    order of score walk down the sorted row once (the number of entries above each is where the
+    walk stands); an item that ties with another also counts the equal items before it.
+
+    Args:
+        scores: float (Q, G); ascending: its rows sorted; rel_idx: int64 (Q, M) relevant columns
+            packed left, n_rel: int64 (Q,) how many; max_tied: tied items counted directly per row.
+        out: float64 (Q, M), written: each row's ranks (in no particular order), inf past n_rel.
+    Returns:
+        bool (Q,): rows with more than ``max_tied`` tied relevant items, left for the caller.
+    """
+    q, g = scores.shape
+    many = np.zeros(q, dtype=np.bool_)
+    for r in range(q):
+        srt = ascending[r]
+        nr = n_rel[r]
+        for m in range(nr, out.shape[1]):
+            out[r, m] = np.inf
+        x_rel = np.empty(nr, dtype=scores.dtype)
+        for m in range(nr):
+            x_rel[m] = scores[r, rel_idx[r, m]]
+        p = g  # entries at p and beyond are above the current score
+        tied = 0
+        for m in np.argsort(x_rel)[::-1]:
+            x = x_rel[m]
+            while p > 0 and srt[p - 1] > x:
+                p -= 1
+            rank = g - p
+            if p >= 2 and srt[p - 2] == x:  # another item has the same score
+                tied += 1
+                if tied > max_tied:
+                    many[r] = True
+                    break
+                for j in range(rel_idx[r, m]):  # it ranks after the equal items of smaller index
+                    rank += scores[r, j] == x
+            out[r, m] = rank
+    return many
+
+
 def ranks_from_scores(
     scores: torch.Tensor, relevant: torch.Tensor, ascending: torch.Tensor | None = None
 ) -> RelevantRanks:
@@ -290,8 +332,24 @@ def ranks_from_scores(
     q, g = scores.shape
     rel_idx, n_rel = relevant if isinstance(relevant, tuple) else _relevant_columns(relevant)
     m = rel_idx.shape[1]
-    rel_scores = torch.gather(scores, 1, rel_idx)  # padding entries read column 0: masked below
     srt = (sorted_ascending(scores) if ascending is None else ascending).contiguous()
+    columns = torch.arange(g, device=scores.device)
+    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64):
+        ranks = np.empty((q, m), dtype=np.float64)
+        many = _ranks_compiled(
+            np.ascontiguousarray(scores.numpy()),
+            srt.numpy(),
+            np.ascontiguousarray(rel_idx.numpy(), dtype=np.int64),
+            np.ascontiguousarray(n_rel.numpy(), dtype=np.int64),
+            TIES_COUNTED_DIRECTLY,
+            ranks,
+        )
+        ranks = torch.from_numpy(ranks)
+        many = torch.from_numpy(many).nonzero().flatten()
+        if len(many):  # many ties (a collapsed model): ranks from one stable sort of each row
+            ranks[many] = _ranks_by_stable_sort(scores[many], rel_idx[many], n_rel[many], columns)
+        return RelevantRanks(sorted_ascending(ranks), n_rel.cpu(), g)
+    rel_scores = torch.gather(scores, 1, rel_idx)  # padding entries read column 0: masked below
     rel_scores = rel_scores.contiguous()
     at_or_below = torch.searchsorted(srt, rel_scores, right=True)
     above = g - at_or_below
@@ -311,7 +369,6 @@ def ranks_from_scores(
     few = per_row <= TIES_COUNTED_DIRECTLY
     rows, slots = (tied_items & few.unsqueeze(1)).nonzero(as_tuple=True)
     block = max(1, (1 << 24) // g)  # (block, G) comparisons at a time
-    columns = torch.arange(g, device=scores.device)
     for b in range(0, len(rows), block):
         r, c = rows[b : b + block], slots[b : b + block]
         x, j = rel_scores[r, c], rel_idx[r, c]
@@ -319,11 +376,20 @@ def ranks_from_scores(
         ranks[r, c] += equal_before.sum(1).to(torch.float64)
     many = (per_row > TIES_COUNTED_DIRECTLY).nonzero().flatten()
     if len(many):
-        order = torch.argsort(scores[many], dim=1, descending=True, stable=True)
-        position = torch.empty_like(order).scatter_(1, order, columns.expand_as(order))
-        ranks[many] = torch.gather(position, 1, rel_idx[many]).to(torch.float64)
+        ranks[many] = _ranks_by_stable_sort(scores[many], rel_idx[many], n_rel[many], columns)
     ranks[pad] = float("inf")
     return RelevantRanks(sorted_ascending(ranks.cpu()), n_rel.cpu(), g)
+
+
+def _ranks_by_stable_sort(
+    scores: torch.Tensor, rel_idx: torch.Tensor, n_rel: torch.Tensor, columns: torch.Tensor
+) -> torch.Tensor:
+    """The relevant items' ranks (R, M) from one stable sort of each row; inf past n_rel."""
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    position = torch.empty_like(order).scatter_(1, order, columns.expand_as(order))
+    ranks = torch.gather(position, 1, rel_idx).to(torch.float64)
+    pad = torch.arange(rel_idx.shape[1], device=scores.device).unsqueeze(0) >= n_rel.unsqueeze(1)
+    return ranks.masked_fill_(pad, float("inf"))
 
 
 def ranks_from_ranking(ranking: torch.Tensor, relevant: torch.Tensor) -> RelevantRanks:

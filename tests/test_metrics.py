@@ -95,6 +95,31 @@ def test_ties_break_by_gallery_index():
     assert M.ranks_from_scores(scores, rel2).ranks.tolist() == [[0.0, 3.0]]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("levels", [1, 3, 1000])
+def test_ranks_from_scores_equal_a_loop_with_few_and_many_ties(levels, dtype):
+    """Rows with no ties, a few tied relevant items (counted one by one) and more than
+    TIES_COUNTED_DIRECTLY of them (a stable sort of the row), against a plain loop."""
+    g = torch.Generator().manual_seed(levels)
+    scores = torch.randint(0, levels, (6, 200), generator=g).to(dtype) / levels
+    scores[0] = torch.rand(200, generator=g, dtype=dtype)          # no ties
+    scores[1, :5] = scores[1, 5]                                    # a few ties
+    scores[2, ::2] = -0.0                                           # ±0 compare equal
+    scores[2, 1::2] = 0.0
+    rel = torch.rand(6, 200, generator=g) < 0.4
+    rel[3] = False                                                  # a query without relevant items
+    got = M.ranks_from_scores(scores, rel).ranks
+    for q in range(6):
+        s = scores[q].tolist()
+        want = sorted(
+            sum(s[j] > s[c] or (s[j] == s[c] and j < c) for j in range(200))
+            for c in range(200) if rel[q, c]
+        )
+        row = got[q]
+        assert row[: len(want)].tolist() == want
+        assert torch.isinf(row[len(want):]).all()
+
+
 def test_query_without_relevant_items_is_left_out_of_ap():
     scores = torch.tensor([[0.9, 0.1, 0.3], [0.2, 0.4, 0.6]])
     rel = torch.tensor([[True, False, False], [False, False, False]])

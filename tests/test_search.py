@@ -133,3 +133,32 @@ def test_search_and_evaluate_explains_bad_labels():
     q, gal = torch.randn(4, 3), torch.randn(6, 3)
     with pytest.raises(ValueError, match="gallery_labels"):
         search_and_evaluate(q, gal, 2, torch.zeros(4, dtype=torch.long), torch.zeros(5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("larger_first", [True, False])
+@pytest.mark.parametrize("k", [1, 7, 200])
+def test_compiled_best_k_equals_a_stable_sort(k, larger_first, dtype):
+    """The compiled selection of the k best given the k-th value, on rows full of exact ties, against
+    the first k columns of a stable sort."""
+    from cdrlib.search import _best_k
+
+    g = torch.Generator().manual_seed(k)
+    x = torch.randint(-2, 3, (30, 200), generator=g).to(dtype)
+    x[0] = 0.0  # all tied
+    x[1, ::2] = -0.0  # ±0 compare equal
+    order = torch.argsort(-x if larger_first else x, dim=1, stable=True)[:, :k]
+    kth = torch.gather(x, 1, order[:, -1:])
+    values, columns = _best_k(x, kth, k, larger_first)
+    assert torch.equal(columns, order)
+    assert torch.equal(values, torch.gather(x, 1, order))
+
+
+def test_compiled_best_k_refuses_a_kth_from_another_row():
+    from cdrlib.search import _best_k
+
+    x = torch.arange(10.0).repeat(2, 1)
+    with pytest.raises(ValueError, match="k-th best value"):
+        _best_k(x, torch.tensor([[3.5], [7.0]]), 3, True)  # row 0: 6 larger than 3.5, not 3
+    with pytest.raises(ValueError, match="k-th best value"):
+        _best_k(x, torch.tensor([[9.5], [7.0]]), 3, True)  # row 0: nothing reaches 9.5
