@@ -38,7 +38,7 @@ from . import rerank_kernels as kernels
 from .parallel import map_chunks
 from .progress import progress
 from .search import knn_search, top_k_exact
-from .validation import check_features, check_k, check_positive_int
+from .validation import check_features, check_k, check_positive_int, non_finite_error
 
 VARIANTS = ("official", "paper")
 
@@ -78,24 +78,34 @@ def neighbours_from_distances(
     """
     g = gg.shape[0]
     step = max(1, (1 << 22) // g)
+    compiled = gg.device.type == "cpu" and gg.dtype in (torch.float32, torch.float64)
+    if not compiled:
+        check_features(gg, "gg", products=False)
+    # on a CPU, NaN and infinities are found in the selection's own pass over each row
 
     def chunk(s: int) -> torch.Tensor:
         block = gg[s : s + step]
-        if block.device.type == "cpu":
-            return _nearest_compiled(block.contiguous(), kg + 1)[:, 1:]
-        return top_k_exact(block, kg + 1, larger_first=False)[1][:, 1:]
+        if compiled:
+            return _nearest_compiled(block.contiguous(), kg + 1)
+        return top_k_exact(block, kg + 1, larger_first=False)[1], 0
 
-    rows = list(map_chunks(chunk, range(0, g, step), workers, gg.device))
-    return GalleryNeighbours(torch.cat(rows), _weights(kg, g, gg.dtype, gg.device))
+    rows, bad = zip(*map_chunks(chunk, range(0, g, step), workers, gg.device), strict=True)
+    if sum(bad):
+        raise non_finite_error("gg", sum(bad))
+    return GalleryNeighbours(torch.cat(rows)[:, 1:], _weights(kg, g, gg.dtype, gg.device))
 
 
-def _nearest_compiled(d: torch.Tensor, k: int) -> torch.Tensor:
+def _nearest_compiled(d: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
     """The first k columns of a stable ascending argsort of each row of d (R, G), on a CPU:
     candidates under a sampled threshold, their keys sorted by NumPy
-    (:func:`cdrlib.rerank_kernels.nearest_candidates`)."""
+    (:func:`cdrlib.rerank_kernels.nearest_candidates`). Also returns how many rows hold NaN or
+    an infinity (their columns are then meaningless: the caller raises)."""
     a = d.numpy()
     keys = np.empty(a.shape, dtype=np.uint64)
     counts = kernels.nearest_candidates(a, k, a.view(f"i{a.itemsize}"), keys.view(np.int64))
+    bad = int((counts < 0).sum())
+    if bad:
+        return torch.empty((len(a), k), dtype=torch.int64), bad
     m = int(counts.max())
     head = keys[:, :m]
     head[np.arange(m) >= counts[:, None]] = np.iinfo(np.uint64).max  # after every candidate
@@ -103,7 +113,7 @@ def _nearest_compiled(d: torch.Tensor, k: int) -> torch.Tensor:
     out = np.empty((len(a), k), dtype=np.int64)
     for r in np.flatnonzero(kernels.read_nearest(head, counts, a, out)):
         out[r] = np.argsort(a[r], kind="stable")[:k]
-    return torch.from_numpy(out)
+    return torch.from_numpy(out), 0
 
 
 def neighbours_from_features(
@@ -343,7 +353,8 @@ def icfrr(
         raise ValueError("give either qg= and gg= (distances) or query= and gallery= (features)")
     if qg is not None:
         qg = check_features(qg, "qg", products=False)
-        gg = check_features(gg, "gg", products=False)
+        # gg's NaN and infinities: found by the neighbour lists' pass over it
+        gg = check_features(gg, "gg", products=False, finite=False)
         if gg.shape[0] != gg.shape[1] or gg.shape[0] != qg.shape[1]:
             raise ValueError(
                 f"gg must be (G, G) with G = qg.shape[1] = {qg.shape[1]}, got {tuple(gg.shape)}"

@@ -193,7 +193,8 @@ def nearest_candidates(d, k, score_bits, keys):
             viewed as signed integers of d's width.
         keys: int64 view of uint64 (R, G), written: each row's candidates' keys first.
     Returns:
-        int64 (R,): the number of candidates of each row.
+        int64 (R,): the number of candidates of each row; −1 for a row that holds NaN or an
+        infinity (checked first, in the pass that brings the row into cache).
     """
     n_rows, g = d.shape
     width = score_bits.itemsize * 8
@@ -204,6 +205,12 @@ def nearest_candidates(d, k, score_bits, keys):
     counts = np.empty(n_rows, dtype=np.int64)
     for r in range(n_rows):
         row = d[r]
+        bad = 0
+        for j in range(g):
+            bad += not (abs(row[j]) < np.inf)  # NaN fails every comparison
+        if bad:
+            counts[r] = -1
+            continue
         place = (2 * k) // stride
         while True:
             threshold = _kth_smallest_strided(row, stride, place) if place < n_sample else np.inf

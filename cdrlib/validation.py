@@ -35,11 +35,23 @@ def as_tensor(x, name: str) -> torch.Tensor:
         ) from e
 
 
-def check_features(x, name: str, dim: int | None = None, products: bool = True) -> torch.Tensor:
+def non_finite_error(name: str, rows: int) -> ValueError:
+    """The error for a matrix that holds NaN or infinite values in ``rows`` rows."""
+    return ValueError(
+        f"{name} holds NaN or infinite values in {rows} row(s); check the model's output "
+        f"(a diverged loss?) or drop those rows"
+    )
+
+
+def check_features(
+    x, name: str, dim: int | None = None, products: bool = True, finite: bool = True
+) -> torch.Tensor:
     """A finite float matrix (N, d) with N ≥ 1.
 
     ``products``: the rows will be multiplied (inner products, squared distances in float32), so
     values whose products overflow float32 are refused too (not for matrices of distances).
+    ``finite=False``: the caller checks for NaN and infinities itself, in a pass over the matrix
+    it makes anyway (raising :func:`non_finite_error`), so this pass is left out.
     """
     t = as_tensor(x, name)
     if not t.is_floating_point():
@@ -56,13 +68,11 @@ def check_features(x, name: str, dim: int | None = None, products: bool = True) 
     # boolean copy first (seconds for a 20k × 20k distance matrix)
     if t.requires_grad:
         t = t.detach()  # scores need no gradient; faiss and NumPy cannot take one
+    if not finite and not products:
+        return t
     lo, hi = torch.aminmax(t)
     if not (torch.isfinite(lo) and torch.isfinite(hi)):
-        bad = int((~torch.isfinite(t)).any(1).sum())
-        raise ValueError(
-            f"{name} holds NaN or infinite values in {bad} row(s); check the model's output "
-            f"(a diverged loss?) or drop those rows"
-        )
+        raise non_finite_error(name, int((~torch.isfinite(t)).any(1).sum()))
     # scores are computed in float32: an inner product of rows this large would overflow to inf
     largest = max(abs(float(lo)), abs(float(hi)))
     if products and largest * largest * t.shape[1] > FLOAT32_MAX / 4:

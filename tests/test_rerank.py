@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cdrlib.rerank import icfrr, icfrr_dense
+from cdrlib.rerank import icfrr, icfrr_dense, neighbours_from_distances
 
 
 def random_problem(q=12, g=40, d=6, seed=0):
@@ -101,6 +101,13 @@ def test_bad_arguments():
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="qg holds NaN"):
         icfrr(bad, gg, kq=3, kg=3)
+    for dtype in (torch.float64, torch.float32, torch.float16):  # compiled pass; torch check
+        bad = gg.clone().to(dtype)
+        bad[2, 5], bad[7, 1] = float("nan"), float("-inf")
+        with pytest.raises(ValueError, match=r"gg holds NaN or infinite values in 2 row\(s\)"):
+            icfrr(qg.to(dtype), bad, kq=3, kg=3)
+        with pytest.raises(ValueError, match="gg holds NaN or infinite values"):
+            neighbours_from_distances(bad, 3)
 
 
 def hard_rows(cols, dtype, seed):
@@ -151,7 +158,7 @@ def test_nearest_columns_equal_a_stable_sort(cols, k, dtype):
         x[27, : k + 1] = b
         x[27, k + 1] = torch.nextafter(b, torch.tensor(0.0, dtype=dtype))
     want = torch.argsort(x, dim=1, stable=True)[:, :k]
-    assert torch.equal(_nearest_compiled(x.contiguous(), k), want)
+    assert torch.equal(_nearest_compiled(x.contiguous(), k)[0], want)
 
 
 @pytest.mark.parametrize("variant", ["official", "paper"])
