@@ -180,5 +180,7 @@ def test_float32_and_half_precision(variant):
     got = icfrr(qg, gg, kg=9, kq=7, beta=0.3, n_iter=4, variant=variant, chunk_size=4)
     assert torch.equal(got, icfrr_dense(qg, gg, kg=9, kq=7, beta=0.3, n_iter=4, variant=variant))
     half = icfrr(qg.half(), gg.half(), kg=9, kq=7, beta=0.3, n_iter=4, variant=variant)
-    want = icfrr(qg.half().float(), gg.half().float(), kg=9, kq=7, beta=0.3, n_iter=4, variant=variant)
+    want = icfrr(
+        qg.half().float(), gg.half().float(), kg=9, kq=7, beta=0.3, n_iter=4, variant=variant
+    )
     assert torch.equal(half, want)
