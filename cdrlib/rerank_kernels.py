@@ -42,20 +42,20 @@ def update_votes(total, in_top, top_prev, pi, kq, index, values, first):
     """
     c, g = total.shape
     kg = index.shape[1]
-    entering = np.zeros(g, dtype=np.bool_)
+    in_new_top = np.zeros(g, dtype=np.bool_)
     for r in range(c):
         if not first:
             for i in range(kq):
-                entering[pi[r, i]] = True
+                in_new_top[pi[r, i]] = True
             for i in range(kq):  # items that left the top: take their votes away
                 j = top_prev[r, i]
-                if not entering[j]:
+                if not in_new_top[j]:
                     in_top[r, j] = False
                     for t in range(kg):
                         total[r, index[j, t]] -= values[t]
         for i in range(kq):  # items that entered it: add theirs
             j = pi[r, i]
-            entering[j] = False
+            in_new_top[j] = False  # cleared for the next row
             top_prev[r, i] = j
             if not in_top[r, j]:
                 in_top[r, j] = True
