@@ -55,7 +55,7 @@ def child(n: int, what: str) -> dict:
     if what in ("fused", "faiss", "torch"):
         search_and_evaluate(q[:64], g[:64], 10, ql[:64], gl[:64], ks=(1, 10))
         knn_search(q[:64], g[:64], 10, backend=what if what != "fused" else "torch")
-    load_s = round(time.perf_counter() - t0, 2)
+    load_s = round(time.perf_counter() - t0, 2) if what in ("fused", "faiss", "torch") else None
     t0 = time.perf_counter()
     if what == "floor":
         qn, gn = torch.nn.functional.normalize(q, dim=1), torch.nn.functional.normalize(g, dim=1)
