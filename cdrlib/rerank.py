@@ -72,9 +72,10 @@ def neighbours_from_distances(
     """Sparse weights from a gallery–gallery distance matrix (G, G), by chunks of rows.
 
     Each row's KG + 1 nearest (itself first) with exact ties in gallery order, also at the KG
-    boundary — the first KG + 1 entries of a stable argsort of the row
-    (:func:`cdrlib.search.top_k_exact`); on a CPU, chunks side by side
-    (:func:`cdrlib.parallel.map_chunks`).
+    boundary — the first KG + 1 entries of a stable argsort of the row. On a CPU (float32 or
+    float64) a compiled pass per row selects them (:func:`cdrlib.rerank_kernels.nearest_candidates`;
+    chunks side by side, :func:`cdrlib.parallel.map_chunks`) and finds NaN and infinities on the
+    way; elsewhere :func:`cdrlib.search.top_k_exact` after a finiteness check.
     """
     g = gg.shape[0]
     step = max(1, (1 << 22) // g)
