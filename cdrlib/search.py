@@ -90,7 +90,8 @@ def top_k_exact(
     r, g = scores.shape
     if scores.device.type == "cpu":
         place = g - k if larger_first else k - 1  # the k-th best's place in an ascending row
-        kth = torch.from_numpy(np.partition(scores.numpy(), place, axis=1)[:, place : place + 1])
+        wide = scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
+        kth = torch.from_numpy(np.partition(wide.numpy(), place, axis=1)[:, place : place + 1])
         return _best_k(scores, kth, k, larger_first)
     v, i = torch.topk(scores, k, dim=1, largest=larger_first)
     v, i = tie_order(v, i, larger_first)
@@ -158,30 +159,23 @@ def _best_k(
     as good, and where that is more than k (ties at the k-th value), the first tied ones by column.
     """
     r, g = scores.shape
-    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64):
+    if scores.device.type == "cpu":
+        # the compiled selection; half precision widened to float32 (exact and order-preserving)
+        wide = scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
         cols = np.empty((r, k), dtype=np.int64)
-        a = np.ascontiguousarray(scores.numpy())
-        t = kth.numpy().reshape(r).astype(a.dtype)
+        a = np.ascontiguousarray(wide.numpy())
+        t = kth.to(wide.dtype).numpy().reshape(r)
         if not larger_first:  # negation is exact: the smallest are the largest of −scores
             a, t = -a, -t
         _first_k_columns(a, t, k, cols)
         cols = torch.from_numpy(cols)
-        return tie_order(torch.gather(scores, 1, cols), cols, larger_first)
-    # on the CPU through NumPy: its comparison, count and flatnonzero are several times faster
-    # than torch's there
-    cpu = scores.device.type == "cpu"
-    a, t = (scores.numpy(), kth.numpy()) if cpu else (scores, kth)
-    chosen = a >= t if larger_first else a <= t
-    at_least = torch.from_numpy(np.count_nonzero(chosen, axis=1)) if cpu else chosen.sum(1)
-    over = (at_least > k).nonzero().flatten()  # rows with more entries tied at the k-th value
+        values, cols = tie_order(torch.gather(wide, 1, cols), cols, larger_first)
+        return values.to(scores.dtype), cols
+    chosen = scores >= kth if larger_first else scores <= kth
+    over = (chosen.sum(1) > k).nonzero().flatten()  # rows with more entries tied at the k-th value
     if len(over):
-        first = _first_k(scores[over], kth[over], k, larger_first)
-        chosen[over.numpy() if cpu else over] = first.numpy() if cpu else first
-    # exactly k per row, in column order
-    if cpu:
-        cols = torch.from_numpy(np.flatnonzero(chosen) % g).view(r, k)
-    else:
-        cols = chosen.nonzero()[:, 1].view(r, k)
+        chosen[over] = _first_k(scores[over], kth[over], k, larger_first)
+    cols = chosen.nonzero()[:, 1].view(r, k)  # exactly k per row, in column order
     return tie_order(torch.gather(scores, 1, cols), cols, larger_first)
 
 

@@ -162,3 +162,17 @@ def test_compiled_best_k_refuses_a_kth_from_another_row():
         _best_k(x, torch.tensor([[3.5], [7.0]]), 3, True)  # row 0: 6 larger than 3.5, not 3
     with pytest.raises(ValueError, match="k-th best value"):
         _best_k(x, torch.tensor([[9.5], [7.0]]), 3, True)  # row 0: nothing reaches 9.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("larger_first", [True, False])
+def test_top_k_exact_in_half_precision(dtype, larger_first):
+    """Half precision is selected in float32 (exact) and comes back in its own dtype; bfloat16
+    used to fail inside NumPy."""
+    from cdrlib.search import top_k_exact
+
+    x = torch.randint(0, 5, (6, 50), generator=torch.Generator().manual_seed(1)).to(dtype)
+    values, columns = top_k_exact(x, 7, larger_first)
+    want = torch.argsort(-x.float() if larger_first else x.float(), dim=1, stable=True)[:, :7]
+    assert torch.equal(columns, want)
+    assert values.dtype == dtype and torch.equal(values, torch.gather(x, 1, want))
