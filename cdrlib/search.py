@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from numba import njit
 
+from .fused import select_and_rank
 from .metrics import (
     METRICS,
     MetricSums,
@@ -334,11 +335,14 @@ def search_and_evaluate(
         s = _scores(q[sl], g, metric, g_sq)
         if not larger_first:
             s.neg_()  # distances: the smaller the better, so rank their negatives
-        # one sort of each row serves both the top k and the ranks of the relevant items
-        ascending = sorted_ascending(s)
-        v, i = top_k_from_sorted(s, ascending, k)
-        ranks = ranks_from_scores(s, relevance(sl), ascending=ascending)
-        del s, ascending
+        if s.device.type == "cpu":  # one compiled pass per row for both
+            v, i, ranks = select_and_rank(s, relevance(sl), k)
+        else:  # one sort of each row serves both the top k and the ranks of the relevant items
+            ascending = sorted_ascending(s)
+            v, i = top_k_from_sorted(s, ascending, k)
+            ranks = ranks_from_scores(s, relevance(sl), ascending=ascending)
+            del ascending
+        del s
         return_freed_memory()
         return (v if larger_first else v.neg_()), i, ranks
 

@@ -111,7 +111,7 @@ def test_a_failing_chunk_gives_the_thread_count_back(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory in a chunk")
 
-    monkeypatch.setattr(search_module, "sorted_ascending", broken)
+    monkeypatch.setattr(search_module, "select_and_rank", broken)
     before = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="out of memory in a chunk"):
         search_and_evaluate(torch.randn(20, 4), torch.randn(30, 4), 5, torch.zeros(20, dtype=torch.long),
