@@ -29,29 +29,9 @@ import torch
 from numba import njit
 
 from .metrics import TIES_COUNTED_DIRECTLY, RelevantRanks, ranks_from_scores, sorted_ascending
+from .thresholds import sample_threshold
 
 LOOKUP = 4  # lookup-table buckets per relevant score
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _kth_largest_strided(row, stride, place):
-    """The ``place``-th largest (from 0) of ``row[::stride]``, from a buffer of the ``place + 1``
-    largest seen so far, kept sorted descending (most entries are rejected by one comparison)."""
-    buf = np.empty(place + 1, dtype=row.dtype)
-    n = 0
-    for i in range(0, len(row), stride):
-        x = row[i]
-        if n == place + 1:
-            if x <= buf[place]:
-                continue
-            n -= 1
-        j = n
-        while j > 0 and buf[j - 1] < x:
-            buf[j] = buf[j - 1]
-            j -= 1
-        buf[j] = x
-        n += 1
-    return buf[n - 1] if n < place + 1 else buf[place]
 
 
 @njit(nogil=True, cache=True)
@@ -104,7 +84,7 @@ def _select_and_rank(scores, rel_idx, n_rel, k, max_tied, top_values, top_column
                     b += 1
                 lookup[i] = b
         place = (2 * k) // stride
-        threshold = _kth_largest_strided(row, stride, place) if place < n_sample else -np.inf
+        threshold = sample_threshold(row, stride, place, True) if place < n_sample else -np.inf
         n = 0
         below = 0  # entries under every relevant score, and over every one: counted apart
         above_all = 0
@@ -129,7 +109,7 @@ def _select_and_rank(scores, rel_idx, n_rel, k, max_tied, top_values, top_column
         counts[nr] += above_all
         while n < k:  # the threshold let too few through: lower it and scan again
             place = 2 * place + 1
-            threshold = _kth_largest_strided(row, stride, place) if place < n_sample else -np.inf
+            threshold = sample_threshold(row, stride, place, True) if place < n_sample else -np.inf
             n = 0
             for j in range(g):
                 if row[j] >= threshold:

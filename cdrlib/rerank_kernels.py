@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .thresholds import sample_threshold
+
 
 @njit(nogil=True, cache=True)
 def update_votes(total, in_top, top_prev, pi, kq, index, values, first):
@@ -157,27 +159,6 @@ def read_order(keys, scores, pi, through, out):
     return redo
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _kth_smallest_strided(row, stride, place):
-    """The ``place``-th smallest (from 0) of ``row[::stride]``, from a sorted buffer of the
-    ``place + 1`` smallest seen so far (most entries are rejected by one comparison)."""
-    buf = np.empty(place + 1, dtype=row.dtype)
-    n = 0
-    for i in range(0, len(row), stride):
-        x = row[i]
-        if n == place + 1:
-            if x >= buf[place]:
-                continue
-            n -= 1
-        j = n
-        while j > 0 and buf[j - 1] > x:
-            buf[j] = buf[j - 1]
-            j -= 1
-        buf[j] = x
-        n += 1
-    return buf[n - 1] if n < place + 1 else buf[place]
-
-
 @njit(nogil=True, cache=True)
 def nearest_candidates(d, k, score_bits, keys):
     """Step 1 of the k nearest per row: the candidates' ordering keys, in about one pass per row.
@@ -213,7 +194,7 @@ def nearest_candidates(d, k, score_bits, keys):
             continue
         place = (2 * k) // stride
         while True:
-            threshold = _kth_smallest_strided(row, stride, place) if place < n_sample else np.inf
+            threshold = sample_threshold(row, stride, place, False) if place < n_sample else np.inf
             n = 0
             for j in range(g):
                 if row[j] <= threshold:
