@@ -34,6 +34,67 @@ from .thresholds import sample_threshold
 LOOKUP = 4  # lookup-table buckets per relevant score
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _interval_lookup(xs, nr):
+    """A table of ``LOOKUP · nr + 1`` equal buckets over [xs[0], xs[nr − 1]]: entry i is how many
+    of the sorted relevant scores ``xs[:nr]`` lie below bucket i's lower edge — where the search
+    for an entry's interval starts (the caller corrects it exactly). Returns ``(table, lo,
+    scale)``: an entry y falls in bucket ``int((y − lo) · scale)``."""
+    n_buckets = LOOKUP * nr + 1
+    lookup = np.zeros(n_buckets + 1, dtype=np.int64)
+    lo = np.float64(xs[0]) if nr else 0.0
+    hi = np.float64(xs[nr - 1]) if nr else 0.0
+    scale = n_buckets / (hi - lo) if hi > lo else 0.0
+    if nr:
+        b = 0
+        for i in range(n_buckets + 1):
+            edge = lo + i / scale if scale > 0 else lo
+            while b < nr and np.float64(xs[b]) < edge:
+                b += 1
+            lookup[i] = b
+    return lookup, lo, scale
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _ranks_from_counts(row, rel_idx, xs, order, counts, equal, max_tied, ranks):
+    """One row's ranks from its interval counts: the entries above ``xs[t]`` are those of
+    intervals t + 1 … nr, plus, for a tied relevant item, the equal entries of smaller column.
+
+    Args:
+        row: (G,) scores; rel_idx: (M,) relevant columns (the first nr used); xs: the nr sorted
+            relevant scores, then +inf; order: ``xs[t] = row[rel_idx[order[t]]]``;
+        counts, equal: the pass's (nr + 1,) interval counts and equal-entry counts.
+        ranks: float64 (M,), written in ``rel_idx``'s order, inf past nr.
+    Returns:
+        True when more than ``max_tied`` relevant items tie (the ranks are then not complete).
+    """
+    nr = len(xs) - 1
+    for m in range(nr, len(ranks)):
+        ranks[m] = np.inf
+    above = 0
+    tied = 0
+    t = nr - 1
+    while t >= 0:
+        above += counts[t + 1]
+        first = t  # the run of relevant scores equal to xs[t]: first … t
+        while first > 0 and xs[first - 1] == xs[t]:
+            first -= 1
+            above += counts[first + 1]  # zero: no entry lies strictly between equal scores
+        for u in range(first, t + 1):
+            m = order[u]
+            rank = np.float64(above)
+            if equal[first] > 1:  # another entry has this score: those of smaller column win
+                tied += 1
+                if tied > max_tied:
+                    return True
+                x = xs[u]
+                for j in range(rel_idx[m]):
+                    rank += row[j] == x
+            ranks[m] = rank
+        t = first - 1
+    return False
+
+
 @njit(nogil=True, cache=True)
 def _select_and_rank(scores, rel_idx, n_rel, k, max_tied, top_values, top_columns, ranks):
     """Per row of ``scores``: its k best entries and the ranks of its relevant items.
@@ -51,7 +112,6 @@ def _select_and_rank(scores, rel_idx, n_rel, k, max_tied, top_values, top_column
         written.
     """
     n_rows, g = scores.shape
-    m_max = rel_idx.shape[1]
     many = np.zeros(n_rows, dtype=np.bool_)
     stride = max(1, k // 16)  # about 32 sample entries above the threshold
     n_sample = (g + stride - 1) // stride
@@ -70,19 +130,8 @@ def _select_and_rank(scores, rel_idx, n_rel, k, max_tied, top_values, top_column
         xs[nr] = np.inf
         counts = np.zeros(nr + 1, dtype=np.int64)  # entries with exactly b relevant scores below
         equal = np.zeros(nr + 1, dtype=np.int64)  # entries equal to xs[b] (b: first of its run)
-        n_buckets = LOOKUP * nr + 1
-        lookup = np.zeros(n_buckets + 1, dtype=np.int64)
-        lo = np.float64(xs[0]) if nr else 0.0
-        hi = np.float64(xs[nr - 1]) if nr else 0.0
-        scale = n_buckets / (hi - lo) if hi > lo else 0.0
-        if nr:
-            # lookup[i]: relevant scores below bucket i's lower edge (a hint, made exact below)
-            b = 0
-            for i in range(n_buckets + 1):
-                edge = lo + i / scale if scale > 0 else lo
-                while b < nr and np.float64(xs[b]) < edge:
-                    b += 1
-                lookup[i] = b
+        lookup, lo, scale = _interval_lookup(xs, nr)
+        n_buckets = len(lookup) - 1
         place = (2 * k) // stride
         threshold = sample_threshold(row, stride, place, True) if place < n_sample else -np.inf
         n = 0
@@ -123,33 +172,7 @@ def _select_and_rank(scores, rel_idx, n_rel, k, max_tied, top_values, top_column
         for i in range(k):
             top_columns[r, i] = cand[best[i]]
             top_values[r, i] = row[top_columns[r, i]]
-        # ranks: entries above xs[t] are those in intervals t + 1 … nr
-        for m in range(nr, m_max):
-            ranks[r, m] = np.inf
-        above = 0
-        tied = 0
-        t = nr - 1
-        while t >= 0:
-            above += counts[t + 1]
-            first = t  # the run of relevant scores equal to xs[t]: first … t
-            while first > 0 and xs[first - 1] == xs[t]:
-                first -= 1
-                above += counts[first + 1]  # zero: no entry lies strictly between equal scores
-            for u in range(first, t + 1):
-                m = order[u]
-                rank = np.float64(above)
-                if equal[first] > 1:  # another entry has this score: those of smaller column win
-                    tied += 1
-                    if tied > max_tied:
-                        many[r] = True
-                        break
-                    x = xs[u]
-                    for j in range(rel_idx[r, m]):
-                        rank += row[j] == x
-                ranks[r, m] = rank
-            if many[r]:
-                break
-            t = first - 1
+        many[r] = _ranks_from_counts(row, rel_idx[r], xs, order, counts, equal, max_tied, ranks[r])
     return many
 
 
