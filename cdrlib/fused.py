@@ -190,6 +190,14 @@ def select_and_rank(
         (as :func:`cdrlib.search.top_k_exact`), and the :class:`cdrlib.metrics.RelevantRanks`
         that :func:`cdrlib.metrics.ranks_from_scores` gives.
     """
+    if scores.device.type != "cpu" or scores.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"select_and_rank takes float32 or float64 scores on the CPU, got {scores.dtype} on "
+            f"{scores.device}; use cdrlib.search.top_k_exact and cdrlib.metrics.ranks_from_scores "
+            "elsewhere"
+        )
+    if scores.dim() != 2 or not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"expected scores (R, G) and 1 ≤ k ≤ G, got {tuple(scores.shape)}, k={k}")
     rel_idx, n_rel = relevant
     r, g = scores.shape
     a = np.ascontiguousarray(scores.numpy())

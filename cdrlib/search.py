@@ -313,8 +313,8 @@ def search_and_evaluate(
             two cores' matrix products efficient — 1.64× the floor at 50k against 1.96× with
             2^22 / G) and 2^22 / G on a GPU (its sort makes several tables that size).
         workers: chunks in flight at once on the CPU (default: torch's thread count), each on
-            one thread (:func:`cdrlib.parallel.map_chunks`: the sort after a threaded matrix
-            product could not use the other cores).
+            one thread (:func:`cdrlib.parallel.map_chunks`: the per-row pass after a threaded
+            matrix product could not use the other cores).
     Returns:
         ``(values, indices, metrics)``: (Q, k) each as :func:`knn_search` returns them, and the
         dict of :func:`cdrlib.metrics.summarize`.

@@ -108,3 +108,12 @@ def test_large_random_rows_equal_ranks_from_scores():
     assert torch.equal(columns, order)
     assert torch.equal(rr.ranks, ranks_from_scores(s, relevant).ranks)
     assert np.isfinite(rr.ranks.numpy()[relevant.sum(1).numpy() > 0, 0]).all()
+
+
+def test_refuses_what_its_kernel_cannot_take():
+    s = torch.randn(3, 10)
+    relevant = packed(torch.rand(3, 10) < 0.5)
+    with pytest.raises(ValueError, match="float32 or float64 scores on the CPU"):
+        select_and_rank(s.half(), relevant, 2)
+    with pytest.raises(ValueError, match="1 ≤ k ≤ G"):
+        select_and_rank(s, relevant, 11)
