@@ -65,14 +65,28 @@ def measured_tolerance(
     if rows is None:
         return float(entry["tolerance"]), entry
     per_row = [m.get("rows") for m in entry["measurements"]]
-    if any(r is None for r in per_row):  # a measurement without per-row numbers: the table's
+    # a measurement without per-row numbers, or without one of these rows: the table's tolerance
+    if any(r is None or any(label not in r for label in rows) for r in per_row):
         return float(entry["tolerance"]), entry
-    return tolerance_from(r[label] for r in per_row for label in rows if label in r), entry
+    return tolerance_from(r[label] for r in per_row for label in rows), entry
+
+
+# the fields that name a row, in order of preference; a table with none of them is named by its
+# first text field
+LABEL_FIELDS = ("regime", "method")
 
 
 def row_label(row: dict) -> str:
-    """A row's name in a results table: its first text field (``method``, ``regime``,
-    ``query``…)."""
+    """A row's name in a results table: its ``regime`` (premise tables), else its ``method``, else
+    its first text field (``query``…).
+
+    Named fields, not the first one, because a notebook's metadata stores a record's fields in
+    alphabetical order: a premise record read back from a committed chapter starts with
+    ``ablation``, which many of its rows share.
+    """
+    for field in LABEL_FIELDS:
+        if isinstance(row.get(field), str):
+            return row[field]
     return next((str(v) for v in row.values() if isinstance(v, str)), "")
 
 

@@ -163,6 +163,18 @@ def _pairwise_distances(c: torch.Tensor) -> torch.Tensor:
     return torch.where(eye, torch.zeros_like(d2), d2.sqrt())
 
 
+def cluster_centroids(z: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """L2-normalised cluster means (k, d) of embeddings z (N, d) with cluster ids labels (N,) in
+    [0, k); an empty cluster gives a zero row.
+
+    The centroid form's *exact* centroids (``dod="centroid_exact"``): every training image
+    through the current encoder, so the loss's gradient reaches each image's embedding, where
+    :func:`batch_centroids` lets it reach only the batch's B of N entries.
+    """
+    sums = torch.zeros(k, z.shape[1], dtype=z.dtype, device=z.device).index_add(0, labels, z)
+    return F.normalize(sums, dim=1)
+
+
 def batch_centroids(
     bank: torch.Tensor, bank_labels: torch.Tensor, ids: torch.Tensor, q: torch.Tensor, k: int
 ) -> torch.Tensor:

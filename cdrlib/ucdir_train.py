@@ -61,7 +61,9 @@ def auto_precision(device) -> str:
 
 
 # the distance-of-distance forms: none, the official code's batch form, the centroid-matching form
-DOD_FORMS = (None, "batch", "centroid")
+# on the memory bank's centroids, and on the exact centroids of every training image (frozen
+# backbone only: it embeds each domain's whole training part at every step)
+DOD_FORMS = (None, "batch", "centroid", "centroid_exact")
 
 
 @dataclass
@@ -88,7 +90,7 @@ class UCDIRConfig:
     tau_se: float = 0.1
     dd_epoch: int = 6
     w_dd: float = 0.1
-    dod: str | None = None  # None, "batch" (the official code's) or "centroid"
+    dod: str | None = None  # one of DOD_FORMS (None: no DoD; "batch": the official code's)
     tau_dd: float = 0.01  # "batch": the temperature of the distance patterns
     sinkhorn_eps: float = 0.05  # "centroid": ε of the centroid matching
     use_cw: bool = True
@@ -327,6 +329,12 @@ class UCDIR:
         }
         if self.views["A"].cached != self.views["B"].cached:
             raise ValueError("give both domains as images or both as cached view features")
+        if cfg.dod == "centroid_exact" and not self.views["A"].cached:
+            raise ValueError(
+                "dod='centroid_exact' embeds every training image at every step, which only cached "
+                "features of a frozen backbone make affordable; give cached view features "
+                "(cache_view_features) or use dod='centroid' to train the whole network"
+            )
         self.frozen_backbone = None
         if self.views["A"].cached:
             self.frozen_backbone = backbone.to(self.device).eval()
@@ -529,14 +537,21 @@ class UCDIR:
                 if cfg.dod == "batch":
                     l_dd = ucdir.dod_loss_batch(q["A"], q["B"], ca, cb, cfg.tau_dd)
                 else:
-                    # The k-means centroids are constants; their gradient path is the centroids of
-                    # the banks with this batch's entries replaced by its queries.
+                    # The k-means centroids are constants; the gradient's path is the same clusters
+                    # seen through the current encoder: the banks with this batch's entries
+                    # replaced by its queries ("centroid"), or every training image's plain view
+                    # ("centroid_exact").
                     cur = {}
                     for d in ("A", "B"):
                         c, labels = self.clusters.get(d)
-                        cur[d] = ucdir.batch_centroids(
-                            self.banks[d].keys, labels, ids[d].to(self.device), q[d], len(c)
-                        )
+                        if cfg.dod == "centroid":
+                            cur[d] = ucdir.batch_centroids(
+                                self.banks[d].keys, labels, ids[d].to(self.device), q[d], len(c)
+                            )
+                        else:
+                            every = torch.arange(len(self.views[d]))
+                            z = self.model(self.views[d].plain(every, self.device))
+                            cur[d] = ucdir.cluster_centroids(z, labels, len(c))
                     pi = (
                         None
                         if self.matching is None

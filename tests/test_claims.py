@@ -156,13 +156,21 @@ CLAIMS = [
      beats("backbone features (no UCDIR)", "UCDIR CW+SE", "heldout: mean")),
     ("04_cluster_contrastive", "premise", "class clusters: CW clears its ablation",
      premise_holds("oracle clusters p=1.0")),
-    # chapter 05: neither DoD form moves CW+SE by more than a seed does, not even where its premise holds
+    # chapter 05: neither DoD form as trained moves CW+SE by more than a seed does, not even where its
+    # premise holds; with exact centroids it clears CW+SE where the clusters are classes, not at default
     ("05_dod_alignment", "ablation_map_all", "DoD (centroid) level with CW+SE",
      within_seed_range("UCDIR CW+SE+DoD (centroid)", "UCDIR CW+SE", "heldout: mean")),
     ("05_dod_alignment", "ablation_map_all", "DoD (batch) level with CW+SE",
      within_seed_range("UCDIR CW+SE+DoD (batch)", "UCDIR CW+SE", "heldout: mean")),
-    ("05_dod_alignment", "premise", "right clusters and matching: DoD still adds nothing",
+    ("05_dod_alignment", "premise_bank_centroids", "bank centroids, right clusters and matching: DoD adds nothing",
      premise_fails("oracle clusters and matching")),
+    ("05_dod_alignment", "premise", "exact centroids, right clusters and matching: DoD clears CW+SE",
+     premise_holds("oracle clusters and matching")),
+    ("05_dod_alignment", "premise", "exact centroids, class clusters, Sinkhorn's matching: DoD clears CW+SE",
+     premise_holds("oracle clusters, Sinkhorn matching")),
+    ("05_dod_alignment", "premise", "exact centroids, default data: no gain", premise_fails("default")),
+    ("05_dod_alignment", "premise", "exact centroids, half-class clusters: no gain",
+     premise_fails("oracle clusters p=0.5, Sinkhorn matching")),
     # chapter 06: fusion with an importance that marks the drawing is still level with random fusion
     ("06_ibnm", "premise", "drawn-pixel importance: fusion still adds nothing", premise_fails("drawn pixels")),
     ("06_ibnm", "premise", "default attention: fusion adds nothing", premise_fails("default")),

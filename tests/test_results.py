@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from cdrlib.results import (FALLBACK_TOLERANCE, VARIATION_FILE, compare_records, largest_difference,
-                            measured_tolerance, row_differences, save_results, tolerance_from)
+                            measured_tolerance, row_differences, row_label, save_results,
+                            tolerance_from)
 
 A = [{"method": "x", "m": 0.10, "n": 0.50}, {"method": "y", "m": 0.20, "n": 0.30}, {"method": "x", "m": 0.0, "n": 1.0}]
 B = [{"method": "x", "m": 0.11, "n": 0.50}, {"method": "y", "m": 0.20, "n": 0.27}, {"method": "x", "m": 0.0, "n": 0.98}]
@@ -40,6 +41,22 @@ def test_measured_tolerance_per_table_and_per_row(tmp_path):
     entry["measurements"][1].pop("rows")                     # one measurement without rows: the table's
     path.write_text(json.dumps({"ch__t": entry}))
     assert measured_tolerance("ch", "t", rows=["x"], root=tmp_path)[0] == 0.06
+    entry["measurements"][1]["rows"] = {"y": 0.02}           # one measurement without row x: the table's
+    path.write_text(json.dumps({"ch__t": entry}))
+    assert measured_tolerance("ch", "t", rows=["x"], root=tmp_path)[0] == 0.06
+    assert measured_tolerance("ch", "t", rows=["y"], root=tmp_path)[0] == pytest.approx(0.06)
+
+
+def test_row_labels_do_not_depend_on_the_order_of_fields():
+    """A notebook stores a record's fields sorted: a premise row must keep its regime as its name."""
+    premise = {"regime": "oracle", "premise": "purity", "method": "CW", "ablation": "IW", "gain": 0.1}
+    assert row_label(premise) == row_label(dict(sorted(premise.items()))) == "oracle"
+    method_row = {"method": "CW", "protocol": "heldout", "mAP@all": 0.2}
+    assert row_label(dict(sorted(method_row.items()))) == "CW"
+    assert row_label({"query": "sketch", "gallery": "twemoji"}) == "sketch"
+    rows_a = [dict(sorted({**premise, "regime": r, "gain": g}.items())) for r, g in (("a", 0.1), ("b", 0.2))]
+    rows_b = [{**premise, "regime": r, "gain": g} for r, g in (("a", 0.15), ("b", 0.2))]
+    assert row_differences(rows_a, rows_b) == pytest.approx({"a": 0.05, "b": 0.0})
 
 
 def test_save_results_rejects_a_bad_tolerance_and_states_a_measured_one(tmp_path, capsys):

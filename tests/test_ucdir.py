@@ -123,6 +123,20 @@ def test_batch_centroids_against_loop():
     assert torch.allclose(same, F.normalize(torch.stack([bank[labels == c].sum(0) for c in range(4)]), dim=1))
 
 
+def test_cluster_centroids_against_loop():
+    z = unit(11, 4, 21).requires_grad_()
+    labels = torch.tensor([2, 0, 2, 2, 0, 1, 1, 2, 0, 0, 1])
+    got = ucdir.cluster_centroids(z, labels, k=4)   # cluster 3 is empty
+    for c in range(4):
+        members = z.detach()[labels == c]
+        want = F.normalize(members.sum(0), dim=0) if len(members) else torch.zeros(4, dtype=z.dtype)
+        assert torch.allclose(got[c].detach(), want, atol=1e-6)
+    assert got.shape == (4, 4) and torch.equal(got[3].detach(), torch.zeros(4, dtype=z.dtype))
+    got[0].sum().backward()         # the gradient reaches every member of the cluster, and only them
+    touched = z.grad.abs().sum(1) > 0
+    assert torch.equal(touched, labels == 0)
+
+
 def test_dod_seed_gradient_is_finite_when_centroids_coincide():
     # two coincident centroids (a collapsed head, or two empty clusters): sqrt at 0 must not give NaN
     c_a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64, requires_grad=True)

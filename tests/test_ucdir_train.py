@@ -98,7 +98,7 @@ def _cached_run(tmp_path, epochs, dod, stop_after=None, precision="float32"):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dod", ["centroid", "batch"])
+@pytest.mark.parametrize("dod", ["centroid", "centroid_exact", "batch"])
 def test_cached_features_train_every_loss_and_resume_exactly(tmp_path, dod):
     import torch
 
@@ -132,6 +132,64 @@ def test_a_bfloat16_step_follows_the_float32_one_and_resumes_exactly(tmp_path):
     assert hist_b == hist16
     for p, r in zip(full.encoder.parameters(), resumed.encoder.parameters()):
         assert torch.equal(p, r)
+
+
+def test_exact_centroids_need_cached_features():
+    from dataclasses import replace
+
+    from cdrlib.models import get_backbone
+    from cdrlib.ucdir_train import UCDIR, UCDIRConfig
+
+    images = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cfg = replace(UCDIRConfig(), dod="centroid_exact", batch_size=4, k=2)
+    with pytest.raises(ValueError, match="cached view features"):
+        UCDIR(cfg, images, images, get_backbone("random-resnet"))
+
+
+def test_exact_centroid_dod_is_the_loss_on_every_image_and_reaches_the_head():
+    """One step of dod='centroid_exact': its DoD term is the centroid form on the current encoder's
+    cluster means of every training image, and it changes the head's gradient."""
+    from dataclasses import replace
+
+    from cdrlib import ucdir
+    from cdrlib.models import get_backbone
+    from cdrlib.ucdir_train import UCDIR, UCDIRConfig, cache_view_features
+
+    g = torch.Generator().manual_seed(0)
+    backbone = get_backbone("random-resnet")
+    feats = [
+        cache_view_features(backbone, torch.rand(n, 3, 32, 32, generator=g), n_views=3)
+        for n in (20, 16)
+    ]
+    cfg = replace(UCDIRConfig(), dod="centroid_exact", batch_size=4, k=3, warmup_epoch=0,
+                  se_epoch=0, dd_epoch=0, w_dd=1.0, use_cw=False, use_se=False, kmeans_nredo=1,
+                  proj_hidden=16, proj_dim=4)
+    method = UCDIR(cfg, feats[0], feats[1], backbone)
+    method.recluster(0)
+    ids = {"A": torch.arange(4), "B": torch.arange(4)}
+
+    def head_grads(dod):
+        method.cfg = replace(cfg, dod=dod)
+        torch.manual_seed(1)  # the same views for both
+        method.encoder.zero_grad()
+        loss, parts, _ = method.loss(ids, epoch=0)
+        loss.backward()
+        return parts, [p.grad.clone() for p in method.encoder.head.parameters()]
+
+    parts, with_dod = head_grads("centroid_exact")
+    _, without = head_grads(None)
+    with torch.no_grad():
+        cur = {
+            d: ucdir.cluster_centroids(
+                method.model(method.views[d].plain(torch.arange(len(method.views[d])), "cpu")),
+                method.clusters.get(d)[1],
+                3,
+            )
+            for d in ("A", "B")
+        }
+        want = ucdir.dod_loss_centroid(cur["A"], cur["B"], eps=cfg.sinkhorn_eps, reduction="mean")
+    assert parts["dd"] == pytest.approx(want.item(), rel=1e-5)
+    assert any(not torch.allclose(a, b) for a, b in zip(with_dod, without))
 
 
 def test_precisions_are_checked():
