@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from . import ucdir
 from .clustering import kmeans
@@ -64,6 +65,9 @@ def auto_precision(device) -> str:
 # on the memory bank's centroids, and on the exact centroids of every training image (frozen
 # backbone only: it embeds each domain's whole training part at every step)
 DOD_FORMS = (None, "batch", "centroid", "centroid_exact")
+# "centroid_exact" embeds a domain in chunks of this many images, each recomputed in the backward
+# pass: memory holds one chunk's activations, not the whole domain's
+EXACT_CENTROID_CHUNK = 4096
 
 
 @dataclass
@@ -426,6 +430,23 @@ class UCDIR:
                 batch_size,
             )
 
+    def embed_with_grad(self, domain: str) -> torch.Tensor:
+        """Query-encoder embeddings (N, proj_dim) of a domain's training images, un-augmented, with
+        their gradient (``dod="centroid_exact"``).
+
+        The encoder runs on chunks of :data:`EXACT_CENTROID_CHUNK` images under activation
+        checkpointing, so the backward pass recomputes one chunk at a time: a step costs one more
+        forward pass over the domain, and its memory stays that of one chunk plus (N, proj_dim).
+        """
+        v = self.views[domain]
+        chunks = torch.arange(len(v)).split(EXACT_CENTROID_CHUNK)
+        return torch.cat(
+            [
+                checkpoint(self.model, v.plain(ids, self.device), use_reentrant=False)
+                for ids in chunks
+            ]
+        )
+
     def retrieval_model(self) -> nn.Module:
         """The model whose output is the retrieval embedding (B, proj_dim), from normalised images
         (B, 3, H, W); use it with :func:`~cdrlib.evaluation.extract_features` or
@@ -549,9 +570,9 @@ class UCDIR:
                                 self.banks[d].keys, labels, ids[d].to(self.device), q[d], len(c)
                             )
                         else:
-                            every = torch.arange(len(self.views[d]))
-                            z = self.model(self.views[d].plain(every, self.device))
-                            cur[d] = ucdir.cluster_centroids(z, labels, len(c))
+                            cur[d] = ucdir.cluster_centroids(
+                                self.embed_with_grad(d), labels, len(c)
+                            )
                     pi = (
                         None
                         if self.matching is None
