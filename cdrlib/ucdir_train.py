@@ -494,9 +494,7 @@ class UCDIR:
                         f"relabel must return (N,) cluster ids in [0, {self.cfg.k}); "
                         f"got shape {tuple(labels.shape)}"
                     )
-                c = F.normalize(
-                    torch.zeros(self.cfg.k, emb.shape[1]).index_add_(0, labels, emb), dim=1
-                )
+                c = ucdir.cluster_centroids(emb, labels, self.cfg.k)
             self.clusters.set(d, c.to(self.device), labels.to(self.device))
         return {}
 
