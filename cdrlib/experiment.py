@@ -237,10 +237,15 @@ class PairBenchmark:
 
         return train
 
-    def ibnm(self, cfg: IBNMConfig, ks=(10,)) -> Callable:
+    def ibnm(self, cfg: IBNMConfig, joint_relabel_of: Callable | None = None, ks=(10,)) -> Callable:
         """A ``train`` for :meth:`run`: IBNM on the cached views (the backbone must be a cdrlib
         ViT), ``cfg`` with the run's seed. ``fusion=None, noise=False`` trains UCDIR through the
-        same code."""
+        same code.
+
+        Args:
+            joint_relabel_of: optional ``(a, b, seed) → joint_relabel`` (see
+                :class:`~cdrlib.ibnm_train.IBNM`), for chapter 06's premise dial.
+        """
 
         def train(a: str, b: str, seed: int, key: str):
             return ibnm_train.train_and_evaluate(
@@ -253,6 +258,7 @@ class PairBenchmark:
                 device=self.device,
                 store=self.store,
                 key=key,
+                joint_relabel=None if joint_relabel_of is None else joint_relabel_of(a, b, seed),
             )
 
         return train

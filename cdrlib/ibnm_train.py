@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import fusion, noise
+from . import fusion, noise, ucdir
 from .clustering import kmeans
 from .inference import evaluating, in_batches
 from .models.vit import VisionTransformer
@@ -119,6 +119,12 @@ class IBNM(UCDIR):
         features_a, features_b: optional cached view features (N, V, D) of the same images in the
             same order (:func:`~cdrlib.ucdir_train.cache_view_features`): the backbone is then
             frozen.
+        joint_relabel: optional ``(labels (N,), clean (N,) bool) -> (labels, clean)``, with N =
+            N_A + N_B (A's images first), applied to the joint pseudo-labels and the noise split's
+            clean mask after the split's relabelling; the joint centroids become the L2-normalised
+            means of the new labels. ``None`` keeps IBNM's own. Chapter 06's premise dial passes
+            :class:`cdrlib.premise.OracleJointLabels` (an oracle); when the hook has an
+            ``agreement`` attribute, the history records it as ``joint_agreement``.
         precision: see :class:`~cdrlib.ucdir_train.UCDIR`.
     """
 
@@ -132,6 +138,7 @@ class IBNM(UCDIR):
         features_b=None,
         device="cpu",
         precision: str = "float32",
+        joint_relabel=None,
     ):
         if cfg.fusion not in FUSION_MODES:
             raise ValueError(f"fusion must be one of {FUSION_MODES}, not {cfg.fusion!r}")
@@ -179,6 +186,7 @@ class IBNM(UCDIR):
         )
         self.fusion_weights = fusion.FusionLossWeights(cfg.r_init).to(self.device)
         self.joint = ClusterState(required=("centroids",))
+        self.joint_relabel = joint_relabel  # the premise dial's hook (see above)
         self.importance = {}
         if cfg.fusion == "ink":
             self.importance = {
@@ -266,6 +274,24 @@ class IBNM(UCDIR):
                 ]
             )
             out["clean_fraction"] = clean.float().mean().item()
+        if self.joint_relabel is not None:
+            labels, clean = self.joint_relabel(labels, clean)
+            labels = torch.as_tensor(labels, dtype=torch.int64)
+            clean = torch.as_tensor(clean, dtype=torch.bool).cpu()
+            n = len(both)
+            if (
+                labels.shape != (n,)
+                or clean.shape != (n,)
+                or int(labels.min()) < 0
+                or int(labels.max()) >= cfg.k
+            ):
+                raise ValueError(
+                    f"joint_relabel must return ({n},) cluster ids in [0, {cfg.k}) and a ({n},) "
+                    f"clean mask; got shapes {tuple(labels.shape)} and {tuple(clean.shape)}"
+                )
+            centroids = ucdir.cluster_centroids(both, labels, cfg.k)
+            if hasattr(self.joint_relabel, "agreement"):  # an oracle reports its share of classes
+                out["joint_agreement"] = self.joint_relabel.agreement
         self.joint.set("centroids", centroids.to(self.device))
         self.joint.set("labels_A", labels[:na].to(self.device))
         self.joint.set("labels_B", labels[na:].to(self.device))
@@ -375,6 +401,7 @@ def train_and_evaluate(
     checkpoint: str | Path | None = None,
     store: RunStore | None = None,
     key: str | None = None,
+    joint_relabel=None,
 ):
     """Train IBNM on one pair of domains and evaluate it under each protocol.
 
@@ -382,11 +409,21 @@ def train_and_evaluate(
         images: (A, B) training images; features: optional (A, B) cached view features of them
             (frozen backbone); evaluation: see :func:`~cdrlib.ucdir_train.evaluate_method`.
         checkpoint, store, key: as for :func:`cdrlib.ucdir_train.train_and_evaluate`.
+        joint_relabel: see :class:`IBNM`.
     Returns:
         ``(method, history, table)``.
     """
     features = features or (None, None)
-    method = IBNM(cfg, images[0], images[1], vit, features[0], features[1], device=device)
+    method = IBNM(
+        cfg,
+        images[0],
+        images[1],
+        vit,
+        features[0],
+        features[1],
+        device=device,
+        joint_relabel=joint_relabel,
+    )
     shapes = [tuple(x.shape) for x in (features if features[0] is not None else images)]
     history = fit_or_load(method, checkpoint, store, key, shapes)
     return method, history, evaluate_method(method, evaluation, ks, device)

@@ -78,6 +78,9 @@ class ClassMixedClusters:
         labels: domain (``"A"``, ``"B"``) → (N,) class ids of that domain's training images.
         p: share of each domain's images given their class, in [0, 1].
         seed: which images are in the share.
+
+    Attributes:
+        agreement: share of the last call's output that equals the class (NaN before a call).
     """
 
     def __init__(self, labels: Mapping[str, np.ndarray], p: float, seed: int = 0):
@@ -89,6 +92,7 @@ class ClassMixedClusters:
         self.p = p
         g = torch.Generator().manual_seed(seed)
         self.order = {d: torch.randperm(len(y), generator=g) for d, y in self.labels.items()}
+        self.agreement = float("nan")
 
     def __call__(self, domain: str, assignments: torch.Tensor) -> torch.Tensor:
         y = self.labels[domain]
@@ -99,7 +103,44 @@ class ClassMixedClusters:
         out = match_clusters_to_classes(a, y, k)[a]
         chosen = self.order[domain][: int(round(self.p * len(y)))]
         out[chosen] = y[chosen]
+        self.agreement = float((out == y).float().mean())
         return out
+
+    def chosen(self, domain: str) -> torch.Tensor:
+        """(N,) bool: the images of ``domain`` that take their class."""
+        n = len(self.labels[domain])
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[self.order[domain][: int(round(self.p * n))]] = True
+        return mask
+
+
+class OracleJointLabels:
+    """Oracle analysis of IBNM's joint pseudo-labels: a share ``p`` of the images of A ∪ B take
+    their class, and the noise split counts them clean.
+
+    The joint clusters are renamed to classes and a fixed share ``p`` of the images takes its class,
+    as :class:`ClassMixedClusters` does for one domain. Those images join the clean set — the oracle
+    knows their labels are right, which is what the noise split tries to find out; the others keep
+    the split's verdict. ``p = 0`` leaves IBNM's labels (renamed) and split; ``p = 1`` gives every
+    image its class, all clean. Pass it as :class:`~cdrlib.ibnm_train.IBNM`'s ``joint_relabel``.
+
+    Args:
+        labels: (N_A + N_B,) class ids of the training images, A's first (IBNM's joint order).
+        p: share in [0, 1]. seed: which images are in the share.
+
+    Attributes:
+        agreement: share of the last call's labels that equal the class (NaN before a call).
+    """
+
+    def __init__(self, labels, p: float, seed: int = 0):
+        self.classes = ClassMixedClusters({"joint": labels}, p, seed=seed)
+        self.agreement = float("nan")
+
+    def __call__(self, assignments: torch.Tensor, clean: torch.Tensor):
+        """(N,) joint pseudo-labels and (N,) bool clean mask → the same two, replaced."""
+        out = self.classes("joint", assignments)
+        self.agreement = self.classes.agreement
+        return out, torch.as_tensor(clean, dtype=torch.bool).cpu() | self.classes.chosen("joint")
 
 
 class OracleMatching:

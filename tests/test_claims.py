@@ -171,9 +171,13 @@ CLAIMS = [
     ("05_dod_alignment", "premise", "exact centroids, default data: no gain", premise_fails("default")),
     ("05_dod_alignment", "premise", "exact centroids, half-class clusters: no gain",
      premise_fails("oracle clusters p=0.5, Sinkhorn matching")),
-    # chapter 06: fusion with an importance that marks the drawing is still level with random fusion
-    ("06_ibnm", "premise", "drawn-pixel importance: fusion still adds nothing", premise_fails("drawn pixels")),
-    ("06_ibnm", "premise", "default attention: fusion adds nothing", premise_fails("default")),
+    # chapter 06: fusion with an importance that marks the drawing is still level with random fusion …
+    ("06_ibnm", "premise_importance", "drawn-pixel importance: fusion still adds nothing",
+     premise_fails("drawn pixels")),
+    ("06_ibnm", "premise_importance", "default attention: fusion adds nothing", premise_fails("default")),
+    # … and IBNM clears UCDIR once its joint pseudo-labels are the classes (and known clean), not at default
+    ("06_ibnm", "premise", "oracle joint labels: IBNM clears UCDIR", premise_holds("oracle joint labels p=1")),
+    ("06_ibnm", "premise", "joint labels of the default data: no gain", premise_fails("default")),
     # chapter 07: PCME stays below its deterministic twin; the gap narrows as the captions get more one-to-many …
     ("07_pcme", "retrieval", "the deterministic model beats PCME",
      beats("deterministic", "PCME (J=7): match probability", "image→text: R@10")),

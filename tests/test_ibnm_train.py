@@ -114,3 +114,29 @@ def test_the_paper_configuration_has_the_official_noise_split_and_mixing():
     # the CPU chapters keep their own (what their stored runs were trained with)
     assert (default.gmm_max_iter, default.gmm_tol, default.gmm_reg_covar, default.shared_mixing) == (100, 1e-3, 1e-6, False)
     assert (c.optimizer, c.lr, c.weight_decay, c.batch_size, c.backbone) == ("adamw", 5e-6, 0.05, 32, "dino-vitb16")
+
+
+def test_joint_relabel_replaces_the_joint_labels_and_their_centroids():
+    from cdrlib.premise import OracleJointLabels
+    from cdrlib.ucdir import cluster_centroids
+
+    vit, ia, ib, cfg = _setup()
+    feats = (cache_view_features(vit, ia, 4, 32), cache_view_features(vit, ib, 4, 32))
+    classes = torch.arange(76) % 3  # A's 40 images, then B's 36
+    oracle = OracleJointLabels(classes, 1.0)
+    method = IBNM(cfg, ia, ib, vit, *feats, joint_relabel=oracle)
+    hist = method.trainer().fit()
+    assert hist[-1]["joint_agreement"] == 1.0 and oracle.agreement == 1.0
+    # the labels the fusion and mixup terms read are the classes, all clean, the centroids their means
+    labels = torch.cat([method.joint.get("labels_A"), method.joint.get("labels_B")]).cpu()
+    assert torch.equal(labels, classes)
+    assert bool(method.joint.get("clean_A").all()) and bool(method.joint.get("clean_B").all())
+    # centroids: the means of the relabelled clusters of the embeddings at the time of reclustering
+    fresh = IBNM(cfg, ia, ib, vit, *feats, joint_relabel=OracleJointLabels(classes, 1.0))
+    fresh.recluster(cfg.fusion_epoch)
+    emb = torch.cat([fresh.embed_all(d) for d in ("A", "B")])
+    torch.testing.assert_close(fresh.joint.get("centroids").cpu(), cluster_centroids(emb, classes, cfg.k))
+    # a hook that returns ids out of range is refused
+    bad = IBNM(cfg, ia, ib, vit, *feats, joint_relabel=lambda a, c: (torch.full_like(a, cfg.k), c))
+    with pytest.raises(ValueError, match="joint_relabel must return"):
+        bad.trainer().fit()

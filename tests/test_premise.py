@@ -12,8 +12,8 @@ from cdrlib.clustering import cluster_purity
 from cdrlib.experiment import PairBenchmark
 from cdrlib.ibnm_train import IBNMConfig
 from cdrlib.models.vit import VisionTransformer
-from cdrlib.premise import (ClassMixedClusters, OracleMatching, holds, match_clusters_to_classes,
-                            premise_record)
+from cdrlib.premise import (ClassMixedClusters, OracleJointLabels, OracleMatching, holds,
+                            match_clusters_to_classes, premise_record)
 from cdrlib.ucdir_train import UCDIR, UCDIRConfig
 
 
@@ -180,3 +180,20 @@ def test_pair_benchmark_trains_ibnm_and_ucdir_through_one_harness():
     assert "feat" in history[-1] and "feat" not in bench.trained[("UCDIR", "a–b", 0)][1][-1]
     assert bench.embeddings("IBNM", "a", "b")["a"].shape == (12, 8)
     assert set(bench.table()["method"]) == {"IBNM", "UCDIR"}
+
+
+def test_oracle_joint_labels_set_classes_and_mark_them_clean():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    assign = torch.tensor([1, 1, 1, 0, 2, 2, 1, 0])  # renamed 1 → 0, 0 → 1, 2 → 2: 7 of 8 right
+    split = torch.tensor([True, False, False, True, False, True, False, False])
+    none = OracleJointLabels(labels, 0.0)
+    out, clean = none(assign, split)
+    assert torch.equal(out, ClassMixedClusters({"joint": labels}, 0.0)("joint", assign))
+    assert torch.equal(clean, split) and none.agreement == pytest.approx(7 / 8)
+    half = OracleJointLabels(labels, 0.5, seed=2)
+    out, clean = half(assign, split)
+    chosen = half.classes.chosen("joint")
+    assert int(chosen.sum()) == 4 and torch.equal(out[chosen], labels[chosen])
+    assert torch.equal(clean, split | chosen)                     # the oracle's images are clean
+    out, clean = OracleJointLabels(labels, 1.0)(assign, split)
+    assert torch.equal(out, labels) and bool(clean.all())

@@ -85,11 +85,14 @@ def test_modes_off_and_retrain(tiny, tmp_path):
 
 
 def test_the_shipped_run_stores_verify_and_stay_small():
-    """Every stored run of the book matches its manifest; stored runs and backbones together ≤ 64 MB.
+    """Every stored run of the book matches its manifest; stored runs and backbones together ≤ 72 MB.
 
     The bound was 30 MB while only chapters 05 and 06 stored runs; chapters 04 and 07 storing theirs
-    (so that every chapter runs in under four minutes) brought the total to about 53 MB. The PCME runs
-    of chapter 07 are the largest (1.5 MB each, mostly the word embeddings of the text encoder).
+    (so that every chapter runs in under four minutes) brought the total to about 53 MB, later
+    premise dials to 63.6 MB, and chapter 06's joint-label dial (13 runs of 0.46 MB:
+    three IBNM runs at each of three dial settings, two for the choice of the mixup weight, two seeds
+    of the ablation) to 68.6 MB. The PCME runs of chapter 07 are the largest (1.5 MB each, mostly the
+    word embeddings of the text encoder).
     """
     from cdrlib.data.download import file_sha256
     from cdrlib.profile import REPO_ROOT
@@ -103,4 +106,4 @@ def test_the_shipped_run_stores_verify_and_stay_small():
             path = manifest_file.parent / entry["file"]
             assert file_sha256(path) == entry["sha256"], f"{key}: sha256 differs"
             total += path.stat().st_size
-    assert total <= 64 * 2**20, f"checkpoints and stored runs take {total / 2**20:.1f} MB (> 64 MB)"
+    assert total <= 72 * 2**20, f"checkpoints and stored runs take {total / 2**20:.1f} MB (> 72 MB)"
