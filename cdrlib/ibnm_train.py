@@ -153,6 +153,11 @@ class IBNM(UCDIR):
             )
         if (features_a is None) != (features_b is None):
             raise ValueError("give cached features for both domains or for neither")
+        if joint_relabel is not None and cfg.fusion is None and not cfg.noise:
+            raise ValueError(
+                "joint_relabel replaces the joint pseudo-labels, which fusion=None, noise=False "
+                "(UCDIR alone) never makes: switch fusion or the noise split on, or pass no hook"
+            )
         frozen = features_a is not None
         super().__init__(
             cfg,

@@ -140,3 +140,5 @@ def test_joint_relabel_replaces_the_joint_labels_and_their_centroids():
     bad = IBNM(cfg, ia, ib, vit, *feats, joint_relabel=lambda a, c: (torch.full_like(a, cfg.k), c))
     with pytest.raises(ValueError, match="joint_relabel must return"):
         bad.trainer().fit()
+    with pytest.raises(ValueError, match="never makes"):
+        IBNM(replace(cfg, fusion=None, noise=False), ia, ib, vit, *feats, joint_relabel=oracle)
