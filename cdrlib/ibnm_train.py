@@ -46,6 +46,7 @@ from .ucdir_train import (
     fit_or_load,
     rank_and_world_size,
 )
+from .validation import check_cluster_ids
 
 FUSION_MODES = (None, "random", "attention", "attention_raw", "ink")
 
@@ -281,18 +282,12 @@ class IBNM(UCDIR):
             out["clean_fraction"] = clean.float().mean().item()
         if self.joint_relabel is not None:
             labels, clean = self.joint_relabel(labels, clean)
-            labels = torch.as_tensor(labels, dtype=torch.int64)
+            labels = check_cluster_ids(labels, "joint_relabel", len(both), cfg.k)
             clean = torch.as_tensor(clean, dtype=torch.bool).cpu()
-            n = len(both)
-            if (
-                labels.shape != (n,)
-                or clean.shape != (n,)
-                or int(labels.min()) < 0
-                or int(labels.max()) >= cfg.k
-            ):
+            if clean.shape != (len(both),):
                 raise ValueError(
-                    f"joint_relabel must return ({n},) cluster ids in [0, {cfg.k}) and a ({n},) "
-                    f"clean mask; got shapes {tuple(labels.shape)} and {tuple(clean.shape)}"
+                    f"joint_relabel must return a ({len(both)},) clean mask beside the labels; "
+                    f"got shape {tuple(clean.shape)}"
                 )
             centroids = ucdir.cluster_centroids(both, labels, cfg.k)
             if hasattr(self.joint_relabel, "agreement"):  # an oracle reports its share of classes

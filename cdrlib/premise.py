@@ -101,7 +101,7 @@ class ClassMixedClusters:
             raise ValueError(f"domain {domain} has {len(y)} labels but {len(a)} assignments")
         k = max(int(a.max()) + 1, int(y.max()) + 1)
         out = match_clusters_to_classes(a, y, k)[a]
-        chosen = self.order[domain][: int(round(self.p * len(y)))]
+        chosen = self.chosen(domain)
         out[chosen] = y[chosen]
         self.agreement = float((out == y).float().mean())
         return out
@@ -134,12 +134,14 @@ class OracleJointLabels:
 
     def __init__(self, labels, p: float, seed: int = 0):
         self.classes = ClassMixedClusters({"joint": labels}, p, seed=seed)
-        self.agreement = float("nan")
+
+    @property
+    def agreement(self) -> float:
+        return self.classes.agreement
 
     def __call__(self, assignments: torch.Tensor, clean: torch.Tensor):
         """(N,) joint pseudo-labels and (N,) bool clean mask → the same two, replaced."""
         out = self.classes("joint", assignments)
-        self.agreement = self.classes.agreement
         return out, torch.as_tensor(clean, dtype=torch.bool).cpu() | self.classes.chosen("joint")
 
 

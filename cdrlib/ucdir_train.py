@@ -46,6 +46,7 @@ from .inference import evaluating, in_batches
 from .memory import MemoryBank, momentum_copy, momentum_update
 from .run_store import RunStore
 from .training import Trainer
+from .validation import check_cluster_ids
 
 # the arithmetic of a training step: float32, or mixed precision under torch.autocast (bfloat16 on
 # a recent GPU or a CPU, float16 on a GPU without bfloat16, with a gradient scaler)
@@ -484,16 +485,7 @@ class UCDIR:
                 seed=self.cfg.seed + epoch,
             )
             if self.relabel is not None:
-                labels = torch.as_tensor(self.relabel(d, labels), dtype=torch.int64)
-                if (
-                    labels.shape != (len(emb),)
-                    or int(labels.min()) < 0
-                    or int(labels.max()) >= self.cfg.k
-                ):
-                    raise ValueError(
-                        f"relabel must return (N,) cluster ids in [0, {self.cfg.k}); "
-                        f"got shape {tuple(labels.shape)}"
-                    )
+                labels = check_cluster_ids(self.relabel(d, labels), "relabel", len(emb), self.cfg.k)
                 c = ucdir.cluster_centroids(emb, labels, self.cfg.k)
             self.clusters.set(d, c.to(self.device), labels.to(self.device))
         return {}

@@ -105,6 +105,20 @@ def check_ids(x, name: str) -> torch.Tensor:
     return t
 
 
+def check_cluster_ids(x, name: str, n: int, k: int) -> torch.Tensor:
+    """(n,) cluster ids in [0, k) as int64, e.g. what a premise dial's relabelling hook returned.
+
+    ``name`` names the hook in the error (``"relabel"``, ``"joint_relabel"``).
+    """
+    t = torch.as_tensor(x, dtype=torch.int64)
+    if t.shape != (n,) or (n and (int(t.min()) < 0 or int(t.max()) >= k)):
+        raise ValueError(
+            f"{name} must return ({n},) cluster ids in [0, {k}); got shape {tuple(t.shape)}"
+            + (f", ids {int(t.min())}..{int(t.max())}" if t.dim() == 1 and len(t) else "")
+        )
+    return t
+
+
 def check_positive_int(x, name: str) -> int:
     """A positive integer (chunk sizes, iteration counts)."""
     if not isinstance(x, (int, np.integer)) or isinstance(x, bool) or x < 1:
