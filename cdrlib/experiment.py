@@ -6,6 +6,9 @@ different methods: cache the backbone's features of several views of every train
 methods' inputs, since on a CPU only a head trains), evaluate every run under both protocols on both
 directions of each pair, put chance, raw pixels and the backbone's own features beside it, and pivot
 the runs into one table. :class:`PairBenchmark` holds all of that once per chapter.
+
+The cached views are most of a chapter's run time, and a run loaded from the chapter's run store
+never reads them: they are computed the first time a run trains (:class:`ViewFeatures`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from .evaluation import (
 )
 from .ibnm_train import IBNMConfig
 from .run_store import RunStore
-from .ucdir_train import UCDIRConfig, cache_view_features, train_and_evaluate
+from .ucdir_train import UCDIRConfig, ViewFeatures, train_and_evaluate
 
 
 class PairBenchmark:
@@ -45,7 +48,8 @@ class PairBenchmark:
             (with the same settings), otherwise trained and stored. ``None``: every run trains.
 
     Attributes:
-        inputs: domain → (N, n_views, D) view features of the training part (what methods train on).
+        inputs: domain → :class:`~cdrlib.ucdir_train.ViewFeatures` of the training part (what
+            methods train on: (N, n_views, D), computed when the first run trains).
         features: protocol → domain → (N, D) frozen features of the images it evaluates on.
         images: protocol → domain → (N, 3, H, W) images in [0, 1] (for the raw-pixel baseline).
         labels: protocol → domain → (N,) class ids (evaluation and marked analysis only).
@@ -75,11 +79,9 @@ class PairBenchmark:
             "heldout": {d: held_sets[d].tensor() for d in self.domains},
             "train-as-gallery": {d: train_sets[d].tensor() for d in self.domains},
         }
-        # the views are augmented at the images' own size
+        # the views are augmented at the images' own size, and computed only for runs that train
         self.inputs = {
-            d: cache_view_features(
-                backbone, x, n_views=n_views, image_size=x.shape[-1], device=device
-            )
+            d: ViewFeatures(backbone, x, n_views=n_views, image_size=x.shape[-1], device=device)
             for d, x in self.images["train-as-gallery"].items()
         }
         self.features = {
@@ -87,8 +89,8 @@ class PairBenchmark:
                 d: extract_features(backbone, x, device=device)
                 for d, x in self.images["heldout"].items()
             },
-            "train-as-gallery": {d: self.inputs[d][:, 0] for d in self.domains},
-        }  # view 0: the plain image
+            "train-as-gallery": {d: self.inputs[d].plain for d in self.domains},
+        }
         self.labels = {
             "heldout": {d: held_sets[d].labels for d in self.domains},
             "train-as-gallery": {d: train_sets[d].labels for d in self.domains},

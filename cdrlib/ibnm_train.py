@@ -45,6 +45,8 @@ from .ucdir_train import (
     evaluate_method,
     fit_or_load,
     rank_and_world_size,
+    run_settings,
+    training_inputs,
 )
 from .validation import check_cluster_ids
 
@@ -407,13 +409,16 @@ def train_and_evaluate(
 
     Args:
         images: (A, B) training images; features: optional (A, B) cached view features of them
-            (frozen backbone); evaluation: see :func:`~cdrlib.ucdir_train.evaluate_method`.
+            (frozen backbone), tensors or :class:`~cdrlib.ucdir_train.ViewFeatures` (computed
+            only if the run trains); evaluation: see :func:`~cdrlib.ucdir_train.evaluate_method`.
         checkpoint, store, key: as for :func:`cdrlib.ucdir_train.train_and_evaluate`.
         joint_relabel: see :class:`IBNM`.
     Returns:
         ``(method, history, table)``.
     """
     features = features or (None, None)
+    shapes = [tuple(x.shape) for x in (features if features[0] is not None else images)]
+    features = training_inputs(features, store, key, run_settings("IBNM", asdict(cfg), shapes))
     method = IBNM(
         cfg,
         images[0],
@@ -424,6 +429,5 @@ def train_and_evaluate(
         device=device,
         joint_relabel=joint_relabel,
     )
-    shapes = [tuple(x.shape) for x in (features if features[0] is not None else images)]
     history = fit_or_load(method, checkpoint, store, key, shapes)
     return method, history, evaluate_method(method, evaluation, ks, device)

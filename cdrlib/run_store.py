@@ -99,6 +99,22 @@ class RunStore:
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", key).strip("-")[:80]
         return f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:8]}.pt"
 
+    @staticmethod
+    def _settings_text(settings: dict) -> str:
+        return json.dumps(settings, sort_keys=True, default=str)
+
+    def holds(self, key: str, settings: dict) -> bool:
+        """Whether :meth:`fit` would load the run ``key`` (stored with these ``settings``, mode
+        ``use``) rather than train it. A caller can then skip preparing what only training reads
+        (the cached views of :class:`~cdrlib.ucdir_train.ViewFeatures`)."""
+        entry = self.manifest()["runs"].get(key)
+        return (
+            self.mode == "use"
+            and entry is not None
+            and entry["settings"] == self._settings_text(settings)
+            and (self.folder / self.file_name(key)).is_file()
+        )
+
     def fit(self, key: str, method: StorableMethod, settings: dict) -> list[dict]:
         """Load the run ``key`` into ``method`` if stored with these ``settings``, otherwise train
         it.
@@ -111,15 +127,10 @@ class RunStore:
             the training history (one dict per epoch). Either way ``method`` ends with the stored
             (float16-rounded) weights.
         """
-        text = json.dumps(settings, sort_keys=True, default=str)
+        text = self._settings_text(settings)
         entry = self.manifest()["runs"].get(key)
         path = self.folder / self.file_name(key)
-        if (
-            self.mode == "use"
-            and entry is not None
-            and entry["settings"] == text
-            and path.is_file()
-        ):
+        if self.holds(key, settings):
             if file_sha256(path) != entry["sha256"]:
                 raise CheckpointError(
                     f"the stored run {path} does not match the sha256 in {self.manifest_file}: "

@@ -167,6 +167,13 @@ class FrozenFeatures(nn.Module):
         return x
 
 
+def _check_n_views(n_views: int) -> None:
+    if n_views < 3:
+        raise ValueError(
+            f"n_views must be at least 3 (the plain view and two augmented ones), got {n_views}"
+        )
+
+
 def cache_view_features(
     backbone: nn.Module,
     images: torch.Tensor,
@@ -180,10 +187,7 @@ def cache_view_features(
 
     View 0 is the un-augmented image, views 1.. are :class:`TwoViewAugment` draws (seeded).
     """
-    if n_views < 3:
-        raise ValueError(
-            f"n_views must be at least 3 (the plain view and two augmented ones), got {n_views}"
-        )
+    _check_n_views(n_views)
     gen_state = torch.get_rng_state()
     torch.manual_seed(seed)
     augment = TwoViewAugment(image_size)
@@ -199,6 +203,70 @@ def cache_view_features(
             return in_batches(views, len(images), batch_size, desc="caching view features")
     finally:
         torch.set_rng_state(gen_state)
+
+
+class ViewFeatures:
+    """:func:`cache_view_features` of one domain's training images, computed when first needed.
+
+    The cached views cost ``n_views`` backbone passes per image: most of a chapter's run time when
+    its runs load from a :class:`~cdrlib.run_store.RunStore` and never train on them. Given as a
+    domain's input to :func:`train_or_load` (or IBNM's ``features``), they are computed only when
+    the run trains; a run the store holds loads onto :meth:`stand_ins` of the same shape.
+
+    Args:
+        backbone, images, n_views, image_size, batch_size, device, seed: as for
+            :func:`cache_view_features` (images (N, 3, H, W) in [0, 1]).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        images: torch.Tensor,
+        n_views: int = 16,
+        image_size: int = 64,
+        batch_size: int = 256,
+        device="cpu",
+        seed: int = 0,
+    ):
+        _check_n_views(n_views)
+        self.backbone, self.images, self.n_views = backbone, images, n_views
+        self.batch_size, self.device = batch_size, device
+        self.augmented = dict(image_size=image_size, seed=seed)  # what only the views depend on
+
+    @functools.cached_property
+    def plain(self) -> torch.Tensor:
+        """(N, D) features of the un-augmented images: view 0 of :attr:`views`, bit for bit (the
+        same batches through the same function), without the augmented views."""
+        if "views" in self.__dict__:
+            return self.views[:, 0]
+        return extract_features(
+            self.backbone.to(self.device), self.images, self.batch_size, self.device
+        )
+
+    @functools.cached_property
+    def views(self) -> torch.Tensor:
+        """(N, n_views, D): every view, computed on first access."""
+        return cache_view_features(
+            self.backbone,
+            self.images,
+            self.n_views,
+            batch_size=self.batch_size,
+            device=self.device,
+            **self.augmented,
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(N, n_views, D) of :attr:`views`, known without computing them."""
+        return (len(self.images), self.n_views, self.plain.shape[1])
+
+    def stand_ins(self) -> torch.Tensor:
+        """(N, n_views, D) in place of :attr:`views` for a method that only loads a stored run:
+        view 0 is :attr:`plain` (what reading the plain view gives), the augmented views are NaN,
+        so that a training step on them could only fail loudly."""
+        out = torch.full(self.shape, float("nan"), dtype=self.plain.dtype)
+        out[:, 0] = self.plain
+        return out
 
 
 PREFETCH_BATCHES = 2  # image-file batches decoded ahead of their step, at most, per domain
@@ -679,7 +747,8 @@ def train_and_evaluate(
     """Train UCDIR on one pair of domains and evaluate it under each protocol.
 
     Args:
-        inputs: (domain A, domain B) training inputs in any form of the module docstring.
+        inputs: (domain A, domain B) training inputs in any form of the module docstring, or
+            :class:`ViewFeatures` (views computed only if the run trains).
         evaluation: see :func:`evaluate_method`.
         relabel, matching: see :class:`UCDIR` (None: k-means pseudo-labels and Sinkhorn's matching,
             as the paper).
@@ -689,11 +758,52 @@ def train_and_evaluate(
     Returns:
         ``(method, history, table)``: the table has the two directions and their mean per protocol.
     """
+    method, history = train_or_load(
+        cfg, inputs, backbone, device, checkpoint, relabel, matching, store, key
+    )
+    return method, history, evaluate_method(method, evaluation, ks, device)
+
+
+def train_or_load(
+    cfg: UCDIRConfig,
+    inputs: tuple,
+    backbone: nn.Module,
+    device="cpu",
+    checkpoint: str | Path | None = None,
+    relabel=None,
+    matching=None,
+    store: RunStore | None = None,
+    key: str | None = None,
+) -> tuple["UCDIR", list[dict]]:
+    """Train UCDIR on one pair of domains, or load the run from ``store``; no evaluation.
+
+    Args: as for :func:`train_and_evaluate`; an input may also be a :class:`ViewFeatures`, whose
+        views are then computed only if the run trains.
+    Returns:
+        ``(method, history)``.
+    """
+    shapes = [tuple(x.shape) for x in inputs]
+    inputs = training_inputs(inputs, store, key, run_settings("UCDIR", asdict(cfg), shapes))
     method = UCDIR(
         cfg, inputs[0], inputs[1], backbone, device=device, relabel=relabel, matching=matching
     )
-    history = fit_or_load(method, checkpoint, store, key, [tuple(x.shape) for x in inputs])
-    return method, history, evaluate_method(method, evaluation, ks, device)
+    return method, fit_or_load(method, checkpoint, store, key, shapes)
+
+
+def run_settings(method: str, config: dict, input_shapes) -> dict:
+    """What defines a stored run (:meth:`~cdrlib.run_store.RunStore.fit`): the method's class name,
+    its configuration and the shapes of its inputs."""
+    return {"config": config, "inputs": [tuple(s) for s in input_shapes], "method": method}
+
+
+def training_inputs(inputs: tuple, store: RunStore | None, key: str | None, settings: dict):
+    """The tensors a method is built on: each :class:`ViewFeatures` as its views, or — when
+    ``store`` holds the run, which then only loads — as its stand-ins (the views never computed).
+    Tensors and other inputs pass through."""
+    loads = store is not None and key is not None and store.holds(key, settings)
+    return tuple(
+        (x.stand_ins() if loads else x.views) if isinstance(x, ViewFeatures) else x for x in inputs
+    )
 
 
 def fit_or_load(
@@ -706,9 +816,7 @@ def fit_or_load(
     if key is None or checkpoint is not None:
         raise ValueError("a run store needs the run's key, and no run checkpoint beside it")
     return store.fit(
-        key,
-        method,
-        {"config": method.config_dict(), "inputs": input_shapes, "method": type(method).__name__},
+        key, method, run_settings(type(method).__name__, method.config_dict(), input_shapes)
     )
 
 

@@ -2,9 +2,9 @@
 imported across modules, and every module importable alone in a fresh interpreter."""
 
 import ast
+import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -106,13 +106,68 @@ def test_no_private_name_is_imported_across_modules():
     assert not found, "private names used outside their module:\n" + "\n".join(found)
 
 
+# Run in one fresh interpreter: import the third-party packages cdrlib's modules import (torch and
+# the rest: most of each import's time), then fork one child per cdrlib module, which imports that
+# module alone and reports. Every child starts with no cdrlib module loaded, as a fresh interpreter.
+IMPORT_EACH_ALONE = r"""
+import importlib, json, os, sys, traceback
+names, third_party = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+for package in third_party:
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        pass  # an optional dependency: the child's import reports it if a module needs it
+assert not [m for m in sys.modules if m.split(".")[0] == "cdrlib"]
+failed = {}
+for name in names:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            importlib.import_module(name)
+            os._exit(0)
+        except BaseException:
+            os.write(write, traceback.format_exc()[-1500:].encode())
+            os._exit(1)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        error = pipe.read()
+    if os.waitpid(pid, 0)[1] != 0:
+        failed[name] = error or "the child died without a traceback"
+print(json.dumps(failed))
+"""
+
+
+def third_party_imports() -> list[str]:
+    """The top-level packages outside cdrlib that cdrlib's modules import at their top level."""
+    found = set()
+    for path in module_names().values():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                found.add(node.module.split(".")[0])
+    return sorted(found - {"cdrlib", "__future__"})
+
+
 @pytest.mark.slow
 def test_every_module_imports_alone_in_a_fresh_interpreter():
-    def try_import(name):
-        p = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
-        return name, p.returncode, p.stderr[-1500:]
+    names = sorted(module_names())
+    third_party = third_party_imports()
+    assert {"torch", "numpy"} <= set(third_party)  # the list is read right
+    p = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, json.dumps(names), json.dumps(third_party)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    failed = json.loads(p.stdout.strip().splitlines()[-1])
+    assert not failed, "\n\n".join(f"import {n} failed:\n{err}" for n, err in failed.items())
 
-    with ThreadPoolExecutor(2) as pool:  # the machine's two cores
-        failed = [r for r in pool.map(try_import, sorted(module_names())) if r[1] != 0]
-    assert not failed, "\n\n".join(f"import {n} failed:\n{err}" for n, _, err in failed)
+
+@pytest.mark.slow
+def test_a_module_that_fails_alone_is_reported(tmp_path):
+    """The forking check catches what a fresh interpreter would: a module that raises on import."""
+    (tmp_path / "broken.py").write_text("import json\nraise RuntimeError('broken on import')\n")
+    p = subprocess.run([sys.executable, "-c", IMPORT_EACH_ALONE, json.dumps(["json", "broken"]), "[]"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    failed = json.loads(p.stdout.strip().splitlines()[-1])
+    assert list(failed) == ["broken"] and "broken on import" in failed["broken"]

@@ -14,6 +14,7 @@ from cdrlib.ibnm_train import IBNMConfig
 from cdrlib.models.vit import VisionTransformer
 from cdrlib.premise import (ClassMixedClusters, OracleJointLabels, OracleMatching, holds,
                             match_clusters_to_classes, premise_record)
+from cdrlib.run_store import RunStore
 from cdrlib.ucdir_train import UCDIR, UCDIRConfig
 
 
@@ -124,7 +125,8 @@ def _tiny_bench(pairs=(("a", "b"),)):
 def test_pair_benchmark_tables_and_per_seed():
     bench = _tiny_bench()
     assert bench.inputs["a"].shape == (24, 3, 12)
-    torch.testing.assert_close(bench.features["train-as-gallery"]["a"], bench.inputs["a"][:, 0])
+    assert "views" not in vars(bench.inputs["a"])          # the augmented views wait for a run that trains
+    assert torch.equal(bench.features["train-as-gallery"]["a"], bench.inputs["a"].views[:, 0])
     bench.baselines()
 
     def fake(a, b, seed, key):   # a "method" whose table is known: each row's mAP@all is 0.1 × (seed + 1)
@@ -160,18 +162,18 @@ def test_pair_benchmark_embeddings_are_the_runs_own():
     bench.run("fake", fake)
     emb = bench.embeddings("fake", "a", "b")
     torch.testing.assert_close(emb["a"], 2 * bench.features["heldout"]["a"])
-    torch.testing.assert_close(bench.embeddings("fake", "a", "b", protocol="train-as-gallery")["b"], 2 * bench.inputs["b"][:, 0])
+    torch.testing.assert_close(bench.embeddings("fake", "a", "b", protocol="train-as-gallery")["b"], 2 * bench.inputs["b"].plain)
     with pytest.raises(KeyError, match="no trained run of 'fake' on a–b with seed 1"):
         bench.embeddings("fake", "a", "b", seed=1)
 
 
-def test_pair_benchmark_trains_ibnm_and_ucdir_through_one_harness():
+def test_pair_benchmark_trains_ibnm_and_ucdir_through_one_harness(tmp_path):
     g = torch.Generator().manual_seed(0)
     sets = {part: {d: _Sets(images=torch.rand(n, 3, 32, 32, generator=g), labels=np.arange(n) % 4) for d in "ab"}
             for part, n in (("train", 24), ("held", 12))}
     torch.manual_seed(0)
     vit = VisionTransformer(img_size=32, patch_size=8, dim=32, depth=2, heads=2).eval()
-    bench = PairBenchmark(vit, sets["train"], sets["held"], [("a", "b")], n_views=3)
+    bench = PairBenchmark(vit, sets["train"], sets["held"], [("a", "b")], n_views=3, store=RunStore(tmp_path))
     cfg = IBNMConfig.frozen(epochs=2, warmup_epoch=1, se_epoch=1, fusion_epoch=1, batch_size=8, k=4, image_size=32,
                             proj_hidden=16, proj_dim=8, kmeans_nredo=1)
     bench.run("IBNM", bench.ibnm(cfg))
@@ -180,6 +182,13 @@ def test_pair_benchmark_trains_ibnm_and_ucdir_through_one_harness():
     assert "feat" in history[-1] and "feat" not in bench.trained[("UCDIR", "a–b", 0)][1][-1]
     assert bench.embeddings("IBNM", "a", "b")["a"].shape == (12, 8)
     assert set(bench.table()["method"]) == {"IBNM", "UCDIR"}
+    # a second harness loads both runs from the store without computing the augmented views
+    again = PairBenchmark(vit, sets["train"], sets["held"], [("a", "b")], n_views=3, store=RunStore(tmp_path))
+    again.run("IBNM", again.ibnm(cfg))
+    again.run("UCDIR", again.ibnm(replace(cfg, fusion=None, noise=False)))
+    assert again.store.loaded == 2 and again.store.trained == 0
+    assert all("views" not in vars(v) for v in again.inputs.values())
+    assert again.table().equals(bench.table())
 
 
 def test_oracle_joint_labels_set_classes_and_mark_them_clean():

@@ -1,6 +1,6 @@
 """The run store: a stored run loads into the same weights and table as the run that trained it."""
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pandas as pd
 import pytest
@@ -11,7 +11,8 @@ from cdrlib.evaluation import pair_protocols
 from cdrlib.models import get_backbone
 from cdrlib.premise import OracleMatching
 from cdrlib.run_store import RunStore
-from cdrlib.ucdir_train import UCDIRConfig, cache_view_features, train_and_evaluate
+from cdrlib.ucdir_train import (UCDIRConfig, ViewFeatures, cache_view_features, run_settings,
+                                train_and_evaluate)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,44 @@ def test_a_stored_run_loads_into_the_same_weights_history_and_table(tiny, tmp_pa
     assert list(manifest["runs"]) == ["UCDIR | A–B | seed 0"]
 
 
+def test_holds_says_whether_fit_would_load(tiny, tmp_path):
+    cfg, feats, _, _ = tiny
+    settings = run_settings("UCDIR", asdict(replace(cfg, seed=0)), [f.shape for f in feats])
+    key = "UCDIR | A–B | seed 0"
+    store = RunStore(tmp_path / "runs")
+    assert not store.holds(key, settings)
+    run(tiny, store)
+    assert store.holds(key, settings)
+    assert not store.holds(key, {**settings, "method": "IBNM"})      # other settings
+    assert not store.holds("UCDIR | A–B | seed 1", settings)         # another run
+    for mode in ("retrain", "off"):                                  # modes that always train
+        assert not RunStore(tmp_path / "runs", mode=mode).holds(key, settings)
+
+
+def test_view_features_are_computed_only_when_the_run_trains(tiny, tmp_path):
+    cfg, _, backbone, evaluation = tiny
+    g = torch.Generator().manual_seed(1)
+    images = (torch.rand(40, 3, 64, 64, generator=g), torch.rand(36, 3, 64, 64, generator=g))
+    lazy = lambda: tuple(ViewFeatures(backbone, x, n_views=3) for x in images)  # noqa: E731
+    first = lazy()
+    assert first[0].shape == (40, 3, 256) and "views" not in vars(first[0])   # shape without views
+    # view 0 of the views is the plain features, bit for bit (the train-as-gallery protocol's)
+    assert torch.equal(first[0].plain, cache_view_features(backbone, images[0], n_views=3)[:, 0])
+    store = RunStore(tmp_path / "runs")
+    kw = dict(ks=(5,), store=store, key="UCDIR | A–B | seed 0")
+    trained, hist, table = train_and_evaluate(cfg, first, backbone, evaluation, **kw)
+    assert store.trained == 1 and all("views" in vars(v) for v in first)
+    assert torch.equal(first[1].views, cache_view_features(backbone, images[1], n_views=3))
+    again, store2 = lazy(), RunStore(tmp_path / "runs")
+    loaded, hist2, table2 = train_and_evaluate(cfg, again, backbone, evaluation, **{**kw, "store": store2})
+    assert store2.loaded == 1 and all("views" not in vars(v) for v in again)
+    assert table2.equals(table) and pd.DataFrame(hist2).equals(pd.DataFrame(hist))
+    stand_ins = again[0].stand_ins()
+    assert torch.equal(stand_ins[:, 0], again[0].plain) and bool(stand_ins[:, 1:].isnan().all())
+    with pytest.raises(ValueError, match="at least 3"):
+        ViewFeatures(backbone, images[0], n_views=2)
+
+
 def test_other_settings_train_again(tiny, tmp_path):
     store = RunStore(tmp_path / "runs")
     run(tiny, store)
@@ -91,7 +130,8 @@ def test_the_shipped_run_stores_verify_and_stay_small():
     (so that every chapter runs in under four minutes) brought the total to about 53 MB, later
     premise dials to 63.6 MB, and chapter 06's joint-label dial (13 runs of 0.46 MB:
     three IBNM runs at each of three dial settings, two for the choice of the mixup weight, two seeds
-    of the ablation) to 68.6 MB. The PCME runs of chapter 07 are the largest (1.5 MB each, mostly the
+    of the ablation) to 68.6 MB, and chapter 08's UCDIR head (0.46 MB, stored so that the chapter
+    computes its cached views only when the head trains) to 69.1 MB. The PCME runs of chapter 07 are the largest (1.5 MB each, mostly the
     word embeddings of the text encoder).
     """
     from cdrlib.data.download import file_sha256

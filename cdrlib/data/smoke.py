@@ -72,8 +72,8 @@ def write_paper_layouts(
     root: str | Path,
     datasets=tuple(PAPER_DATASETS),
     n_classes: int = 6,
-    per_class: int = 6,
-    unseen: int = 2,
+    per_class: int = 4,
+    unseen: int = 3,
     image_size: int = 224,
 ) -> Path:
     """Write small copies of the paper datasets in their real layouts under ``root/<dataset>/``.
@@ -81,8 +81,11 @@ def write_paper_layouts(
     Args:
         root: the folder to use as ``CDR_DATA``.
         datasets: which of :data:`~cdrlib.data.paper.PAPER_DATASETS` to write.
-        n_classes, per_class: classes per dataset, images per class and domain.
-        unseen: classes held out as unseen by the zero-shot datasets (Sketchy, TU-Berlin, CUB).
+        n_classes, per_class: classes per dataset, images per class and domain (the defaults:
+            domains of 24 images, as few as k-means and a batch of 8 need, because the smoke run's
+            time is mostly the paper backbones training on them).
+        unseen: classes held out as unseen by the zero-shot datasets (Sketchy, TU-Berlin, CUB);
+            the default leaves their galleries 12 items, more than chapter 08's P@10 needs.
         image_size: side of the written images (the papers' 224).
     Returns:
         ``root``.
