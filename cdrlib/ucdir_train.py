@@ -777,8 +777,11 @@ def train_or_load(
 ) -> tuple["UCDIR", list[dict]]:
     """Train UCDIR on one pair of domains, or load the run from ``store``; no evaluation.
 
-    Args: as for :func:`train_and_evaluate`; an input may also be a :class:`ViewFeatures`, whose
-        views are then computed only if the run trains.
+    Args:
+        inputs: as for :func:`train_and_evaluate`: an input may be a :class:`ViewFeatures`, whose
+            views are then computed only if the run trains.
+        backbone, device, checkpoint, relabel, matching, store, key: as for
+            :func:`train_and_evaluate`.
     Returns:
         ``(method, history)``.
     """
