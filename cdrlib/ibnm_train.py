@@ -417,8 +417,9 @@ def train_and_evaluate(
         ``(method, history, table)``.
     """
     features = features or (None, None)
-    shapes = [tuple(x.shape) for x in (features if features[0] is not None else images)]
-    features = training_inputs(features, store, key, run_settings("IBNM", asdict(cfg), shapes))
+    shapes = [x.shape for x in (features if features[0] is not None else images)]
+    settings = run_settings("IBNM", asdict(cfg), shapes)
+    features = training_inputs(features, store, key, settings)
     method = IBNM(
         cfg,
         images[0],
@@ -429,5 +430,5 @@ def train_and_evaluate(
         device=device,
         joint_relabel=joint_relabel,
     )
-    history = fit_or_load(method, checkpoint, store, key, shapes)
+    history = fit_or_load(method, checkpoint, store, key, settings)
     return method, history, evaluate_method(method, evaluation, ks, device)

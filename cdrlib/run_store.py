@@ -107,13 +107,19 @@ class RunStore:
         """Whether :meth:`fit` would load the run ``key`` (stored with these ``settings``, mode
         ``use``) rather than train it. A caller can then skip preparing what only training reads
         (the cached views of :class:`~cdrlib.ucdir_train.ViewFeatures`)."""
+        return self._entry_to_load(key, settings) is not None
+
+    def _entry_to_load(self, key: str, settings: dict) -> dict | None:
+        """The manifest entry of ``key`` when :meth:`fit` would load it, otherwise None."""
         entry = self.manifest()["runs"].get(key)
-        return (
+        if (
             self.mode == "use"
             and entry is not None
             and entry["settings"] == self._settings_text(settings)
             and (self.folder / self.file_name(key)).is_file()
-        )
+        ):
+            return entry
+        return None
 
     def fit(self, key: str, method: StorableMethod, settings: dict) -> list[dict]:
         """Load the run ``key`` into ``method`` if stored with these ``settings``, otherwise train
@@ -127,10 +133,9 @@ class RunStore:
             the training history (one dict per epoch). Either way ``method`` ends with the stored
             (float16-rounded) weights.
         """
-        text = self._settings_text(settings)
-        entry = self.manifest()["runs"].get(key)
         path = self.folder / self.file_name(key)
-        if self.holds(key, settings):
+        entry = self._entry_to_load(key, settings)
+        if entry is not None:
             if file_sha256(path) != entry["sha256"]:
                 raise CheckpointError(
                     f"the stored run {path} does not match the sha256 in {self.manifest_file}: "
@@ -148,7 +153,13 @@ class RunStore:
         method.load_kept_state(_cast_floats(kept, torch.float32))  # evaluate exactly what is stored
         self.trained += 1
         if self.mode != "off":
-            self._write(key, path, {"kept": kept, "history": history}, text, seconds)
+            self._write(
+                key,
+                path,
+                {"kept": kept, "history": history},
+                self._settings_text(settings),
+                seconds,
+            )
         return history
 
     def _write(self, key: str, path: Path, state: dict, settings: str, seconds: float) -> None:

@@ -785,12 +785,12 @@ def train_or_load(
     Returns:
         ``(method, history)``.
     """
-    shapes = [tuple(x.shape) for x in inputs]
-    inputs = training_inputs(inputs, store, key, run_settings("UCDIR", asdict(cfg), shapes))
+    settings = run_settings("UCDIR", asdict(cfg), [x.shape for x in inputs])
+    inputs = training_inputs(inputs, store, key, settings)
     method = UCDIR(
         cfg, inputs[0], inputs[1], backbone, device=device, relabel=relabel, matching=matching
     )
-    return method, fit_or_load(method, checkpoint, store, key, shapes)
+    return method, fit_or_load(method, checkpoint, store, key, settings)
 
 
 def run_settings(method: str, config: dict, input_shapes) -> dict:
@@ -810,17 +810,15 @@ def training_inputs(inputs: tuple, store: RunStore | None, key: str | None, sett
 
 
 def fit_or_load(
-    method, checkpoint, store: RunStore | None, key: str | None, input_shapes
+    method, checkpoint, store: RunStore | None, key: str | None, settings: dict
 ) -> list[dict]:
     """Train ``method`` (resumable with ``checkpoint``), or through a run store when one is
-    given."""
+    given (``settings``: the run's :func:`run_settings`)."""
     if store is None:
         return method.trainer(checkpoint).fit()
     if key is None or checkpoint is not None:
         raise ValueError("a run store needs the run's key, and no run checkpoint beside it")
-    return store.fit(
-        key, method, run_settings(type(method).__name__, method.config_dict(), input_shapes)
-    )
+    return store.fit(key, method, settings)
 
 
 def evaluate_method(method: UCDIR, evaluation: dict, ks=(10,), device="cpu"):
