@@ -515,8 +515,9 @@ def train_or_load(
 ):
     """:func:`train`, or the run ``key`` of ``store`` when it is stored with the same settings.
 
-    Returns ``(model, history)``; with a store the weights are the stored float16 ones (also right
-    after training), so a chapter shows the same table whether its runs were loaded or trained.
+    Returns ``(model, history)``; with a store the weights are the stored, rounded ones
+    (:func:`~cdrlib.run_store.pack_state`; also right after training), so a chapter shows the same
+    table whether its runs were loaded or trained.
     """
     if store is None:
         return train(cfg, data, device=device)
