@@ -65,9 +65,9 @@ def pack_state(state, name: str = ""):
     key, whose last part starts with ``weight``) with ≥ 2 dimensions and at least
     ``QUANTIZED_MIN_VALUES`` values become ``{"int8 codes": (codes, scale)}`` over their R =
     shape[0] rows: scale (R,) float32 = the row's largest absolute value / 127, codes (same shape,
-    int8) = round(value / scale), ties to even. int64 tensors become ``{"int64 as": t}`` in the
-    smallest of int8/int16/int32 that holds their values. Dicts, lists and tuples are walked; other
-    values pass through.
+    int8) = round(value / scale), ties to even (a weight holding NaN or inf stays float16).
+    int64 tensors become ``{"int64 as": t}`` in the smallest of int8/int16/int32 that holds their
+    values. Dicts, lists and tuples are walked; other values pass through.
     """
     if isinstance(state, dict):
         return {k: pack_state(v, str(k)) for k, v in state.items()}
@@ -88,6 +88,8 @@ def pack_state(state, name: str = ""):
     weight = name.rsplit(".", 1)[-1].startswith("weight")
     if not weight or t.dim() < 2 or t.numel() < QUANTIZED_MIN_VALUES:
         return t
+    if not bool(torch.isfinite(t).all()):
+        return t  # a diverged run keeps its NaN/inf, which the evaluation then shows, in float16
     rows = t.float().reshape(t.shape[0], -1)
     scale = rows.abs().amax(dim=1) / 127
     # an all-zero row keeps scale 0 and codes 0 (divided by the smallest float instead of 0)

@@ -191,5 +191,10 @@ def test_pack_state_rounds_as_the_plain_reference_and_keeps_the_rest(monkeypatch
     assert isinstance(back["clusters"]["A"], tuple) and back["clusters"]["A"][1].dtype == torch.int64
     assert packed["clusters"]["A"][1]["int64 as"].dtype == torch.int16 and torch.equal(back["clusters"]["A"][1], labels)
     assert torch.equal(back["mask"], state["mask"]) and back["epoch"] == 3
+    diverged = weight.clone()
+    diverged[2, 3] = float("nan")                                           # kept, not coded
+    packed_nan = pack_state({"a.weight": diverged})["a.weight"]
+    assert isinstance(packed_nan, torch.Tensor) and packed_nan.dtype == torch.float16
+    torch.testing.assert_close(unpack_state(packed_nan), diverged.half().float(), rtol=0, atol=0, equal_nan=True)
     old_float16 = {"w": weight.half()}                                      # an older store's file
     assert torch.equal(unpack_state(old_float16)["w"], weight.half().float())
