@@ -132,7 +132,7 @@ def test_the_shipped_run_stores_verify_and_stay_small():
 
     With float16 weights they took 69.1 MB (chapter 07's PCME runs 1.5 MB each, mostly the word
     embeddings of the text encoder; a UCDIR head 0.46 MB). With 8-bit weights (``pack_state``) they
-    take 41.6 MB: backbones 9.4 MB, stored runs 32.2 MB. The issue that asked for stored runs set
+    take 42.4 MB: backbones 9.4 MB, stored runs 33.0 MB. The issue that asked for stored runs set
     30 MB; reaching it would take 4-bit weights, which moved chapter 07's seed spreads as much as
     the spreads themselves (see ``cdrlib/run_store.py``).
     """
