@@ -77,9 +77,9 @@ def pack_state(state, name: str = ""):
         return state
     t = state.detach().cpu()
     if t.dtype == torch.int64:
+        low, high = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
         for small in (torch.int8, torch.int16, torch.int32):
-            info = torch.iinfo(small)
-            if t.numel() == 0 or (info.min <= t.min() and t.max() <= info.max):
+            if torch.iinfo(small).min <= low and high <= torch.iinfo(small).max:
                 return {INT64_AS: t.to(small)}
         return t
     if not t.is_floating_point():
