@@ -417,8 +417,8 @@ def train_and_evaluate(
         ``(method, history, table)``.
     """
     features = features or (None, None)
-    shapes = [x.shape for x in (features if features[0] is not None else images)]
-    settings = run_settings("IBNM", asdict(cfg), shapes)
+    inputs = features if features[0] is not None else images
+    settings = run_settings("IBNM", asdict(cfg), inputs, {"joint_relabel": joint_relabel})
     features = training_inputs(features, store, key, settings)
     method = IBNM(
         cfg,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from .run_store import digest
 from .ucdir import match_centroids
 
 PREMISE_FIELDS = (
@@ -89,10 +90,19 @@ class ClassMixedClusters:
         self.labels = {
             d: torch.as_tensor(np.asarray(y), dtype=torch.int64) for d, y in labels.items()
         }
-        self.p = p
+        self.p, self.seed = p, seed
         g = torch.Generator().manual_seed(seed)
         self.order = {d: torch.randperm(len(y), generator=g) for d, y in self.labels.items()}
         self.agreement = float("nan")
+
+    def settings(self) -> dict:
+        """What defines the oracle, for a stored run's settings (:mod:`cdrlib.run_store`)."""
+        return {
+            "oracle": type(self).__name__,
+            "p": self.p,
+            "seed": self.seed,
+            "labels": digest(self.labels),
+        }
 
     def __call__(self, domain: str, assignments: torch.Tensor) -> torch.Tensor:
         y = self.labels[domain]
@@ -139,6 +149,10 @@ class OracleJointLabels:
     def agreement(self) -> float:
         return self.classes.agreement
 
+    def settings(self) -> dict:
+        """What defines the oracle, for a stored run's settings (:mod:`cdrlib.run_store`)."""
+        return {**self.classes.settings(), "oracle": type(self).__name__}
+
     def __call__(self, assignments: torch.Tensor, clean: torch.Tensor):
         """(N,) joint pseudo-labels and (N,) bool clean mask → the same two, replaced."""
         out = self.classes("joint", assignments)
@@ -162,9 +176,26 @@ class OracleMatching:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"q must be a share in [0, 1], got {q}")
         self.fallback = fallback or match_centroids
+        self.k, self.q, self.seed = k, q, seed
         g = torch.Generator().manual_seed(seed)
         self.right = torch.randperm(k, generator=g)[: int(round(q * k))]
         self.agreement = float("nan")
+
+    def settings(self) -> dict:
+        """What defines the oracle, for a stored run's settings (:mod:`cdrlib.run_store`); the
+        fallback by its qualified name."""
+        fallback = (
+            getattr(self.fallback, "__module__", "")
+            + "."
+            + getattr(self.fallback, "__qualname__", type(self.fallback).__name__)
+        )
+        return {
+            "oracle": type(self).__name__,
+            "k": self.k,
+            "q": self.q,
+            "seed": self.seed,
+            "fallback": fallback,
+        }
 
     def __call__(self, c_a: torch.Tensor, c_b: torch.Tensor) -> torch.Tensor:
         pi = self.fallback(c_a, c_b).clone()

@@ -8,6 +8,13 @@ manifest (``RUNS.json``) that records each file's sha256, the run's settings and
 trained. A stored run is used only when its settings are the ones asked for and its sha256 matches;
 otherwise the run trains and is stored again.
 
+The settings say everything that defines a run besides the code: the configuration, a
+:func:`digest` of the training data (the images and the backbone that sees them, not only their
+shapes) and the settings of the premise hooks that replace a step of the method
+(:func:`hook_settings`). So a chapter whose data or dial changed trains again instead of loading a
+run of other data. A change of the code itself is not seen: after one, retrain
+(``CDR_RUN_STORE=retrain``).
+
 What is stored is compact (:func:`pack_state`): each weight matrix as 8-bit codes with one scale
 per row, other floating tensors as float16, cluster labels in the smallest integer type that holds
 them — a UCDIR head and its clusters take 0.24 MB. The trained state is always rounded this way
@@ -15,9 +22,12 @@ before evaluation, also when the run was just trained (:func:`unpack_state` of
 :func:`pack_state`), so the table a chapter shows is the same whether its runs were loaded or
 trained.
 
-``CDR_RUN_STORE`` chooses the mode: ``use`` (default), ``retrain`` (train every run and store it
-again), ``off`` (train every run, read and write nothing: what ``scripts/measure_variation.py`` does
-to measure training's run-to-run variation).
+A run is stored once in the book: a chapter that evaluates a run an earlier chapter trained (the
+same settings) loads it from that chapter's store.
+
+``CDR_RUN_STORE`` chooses the mode: ``use`` (default), ``retrain`` (train every run this store
+holds and store it again), ``off`` (train every run, read and write nothing: what
+``scripts/measure_variation.py`` does to measure training's run-to-run variation).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from .checkpoint_io import CheckpointError, load_state
@@ -37,6 +48,69 @@ from .data.download import file_sha256
 from .paths import REPO_ROOT
 
 MODES = ("use", "retrain", "off")
+
+
+def digest(*parts) -> str:
+    """A short sha256 (16 hex digits) of tensors, arrays, modules and plain values, the same on
+    every machine for the same values.
+
+    A tensor or array counts with its dtype, shape and bytes (on the CPU); a module with its
+    ``state_dict`` (names, then tensors, in order); a dict, list or tuple item by item; anything
+    else by its ``repr``. Floating values computed on this machine (features) differ in their last
+    bits from another CPU's: digest what defines them (images, weights), not them, where a stored
+    run should load on every machine.
+    """
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, torch.nn.Module):
+            x = x.state_dict()
+        if isinstance(x, torch.Tensor):
+            h.update(f"tensor {x.dtype} {tuple(x.shape)};".encode())
+            h.update(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, np.ndarray):
+            h.update(f"array {x.dtype} {x.shape};".encode())
+            h.update(np.ascontiguousarray(x).tobytes())
+        elif isinstance(x, dict):
+            h.update(f"dict {len(x)};".encode())
+            for k, v in x.items():
+                feed(k)
+                feed(v)
+        elif isinstance(x, (list, tuple)):
+            h.update(f"{type(x).__name__} {len(x)};".encode())
+            for v in x:
+                feed(v)
+        else:
+            h.update(f"{type(x).__name__} {x!r};".encode())
+
+    feed(parts)
+    return h.hexdigest()[:16]
+
+
+def hook_settings(hooks: dict) -> dict:
+    """Name → settings of the premise hooks given to a method (``relabel``, ``matching``,
+    ``joint_relabel``), for a stored run's settings: None for a hook not given, otherwise what the
+    hook's ``settings()`` returns (the premise dials' oracles, :mod:`cdrlib.premise`, say their
+    share, seed and a digest of their labels).
+
+    Raises:
+        ValueError: a hook without a ``settings()`` method — a function of one's own. A run store
+            could not tell its runs from the method's own ones, so it refuses them.
+    """
+    out = {}
+    for name, hook in hooks.items():
+        if hook is None:
+            out[name] = None
+        elif callable(getattr(hook, "settings", None)):
+            out[name] = hook.settings()
+        else:
+            raise ValueError(
+                f"a run store identifies a run by its settings, and the {name} hook "
+                f"{hook!r} has no settings() method saying what defines it: give it one (returning "
+                f"a JSON-serialisable dict, as cdrlib.premise's oracles do), or train without a "
+                f"store (store=None)"
+            )
+    return out
 
 
 class StorableMethod(Protocol):
@@ -123,27 +197,35 @@ class RunStore:
         folder: e.g. ``book/runs/05_dod_alignment`` (created when the first run is stored).
         command: how to retrain every stored run (recorded in the manifest, for people).
         mode: ``"use"``, ``"retrain"`` or ``"off"``; default ``$CDR_RUN_STORE`` or ``"use"``.
+        shared: whether the stores beside this one (the other chapters' stores in the same runs
+            folder, as :meth:`for_chapter` makes them) lend their runs: a run one of them holds
+            with the same settings is loaded from there instead of trained and stored again.
     """
 
-    def __init__(self, folder: str | Path, command: str = "", mode: str | None = None):
+    def __init__(
+        self, folder: str | Path, command: str = "", mode: str | None = None, shared: bool = False
+    ):
         self.folder = Path(folder)
-        self.command = command
+        self.command, self.shared = command, shared
         self.mode = mode or os.environ.get("CDR_RUN_STORE", "use")
         if self.mode not in MODES:
             raise ValueError(f"CDR_RUN_STORE / mode must be one of {MODES}, got {self.mode!r}")
         self.manifest_file = self.folder / "RUNS.json"
         self.loaded, self.trained = 0, 0
+        self.borrowed = 0  # of the loaded runs, those another chapter's store holds
 
     @classmethod
     def for_chapter(
         cls, chapter: str, mode: str | None = None, root: str | Path | None = None
     ) -> "RunStore":
         """The store of a chapter of the book: ``<root>/<chapter>/``, by default the committed
-        ``book/runs/<chapter>/`` (the paper profile passes its own ``root``, ``P.runs_dir``)."""
+        ``book/runs/<chapter>/`` (the paper profile passes its own ``root``, ``P.runs_dir``),
+        sharing runs with the other chapters' stores there."""
         return cls(
             Path(root or REPO_ROOT / "book" / "runs") / chapter,
             command=f"CDR_RUN_STORE=retrain python scripts/run_chapters.py {chapter}",
             mode=mode,
+            shared=True,
         )
 
     def train_seconds(self, key: str) -> float:
@@ -167,21 +249,39 @@ class RunStore:
         return json.dumps(settings, sort_keys=True, default=str)
 
     def holds(self, key: str, settings: dict) -> bool:
-        """Whether :meth:`fit` would load the run ``key`` (stored with these ``settings``, mode
-        ``use``) rather than train it. A caller can then skip preparing what only training reads
-        (the cached views of :class:`~cdrlib.ucdir_train.ViewFeatures`)."""
+        """Whether :meth:`fit` would load the run ``key`` (stored here with these ``settings``,
+        or by another chapter with them) rather than train it. A caller can then skip preparing
+        what only training reads (the cached views of :class:`~cdrlib.ucdir_train.ViewFeatures`).
+        """
         return self._entry_to_load(key, settings) is not None
 
-    def _entry_to_load(self, key: str, settings: dict) -> dict | None:
-        """The manifest entry of ``key`` when :meth:`fit` would load it, otherwise None."""
-        entry = self.manifest()["runs"].get(key)
-        if (
-            self.mode == "use"
-            and entry is not None
-            and entry["settings"] == self._settings_text(settings)
-            and (self.folder / self.file_name(key)).is_file()
-        ):
-            return entry
+    def _entry_to_load(self, key: str, settings: dict) -> tuple[Path, dict, Path] | None:
+        """``(file, manifest entry, manifest file)`` of the run :meth:`fit` would load, or None.
+
+        First, in mode ``use``: this store's run ``key`` stored with these settings. Then, in
+        modes ``use`` and ``retrain`` of a ``shared`` store: a run with the same settings in a
+        store beside this one (another chapter's). The settings define a run, so the book stores
+        it once, and a chapter that evaluates a run of another chapter loads it from there; mode
+        ``retrain`` trains again only the runs that this store holds itself.
+        """
+        if self.mode == "off":
+            return None
+        text = self._settings_text(settings)
+        if self.mode == "use":
+            entry = self.manifest()["runs"].get(key)
+            path = self.folder / self.file_name(key)
+            if entry is not None and entry["settings"] == text and path.is_file():
+                return path, entry, self.manifest_file
+        if not self.shared:
+            return None
+        for manifest_file in sorted(self.folder.parent.glob("*/RUNS.json")):
+            if manifest_file.parent.resolve() == self.folder.resolve():
+                continue
+            for other_key, entry in json.loads(manifest_file.read_text())["runs"].items():
+                # the file's name comes from the key, never from the manifest's text
+                path = manifest_file.parent / self.file_name(other_key)
+                if entry["settings"] == text and path.is_file():
+                    return path, entry, manifest_file
         return None
 
     def fit(self, key: str, method: StorableMethod, settings: dict) -> list[dict]:
@@ -190,24 +290,27 @@ class RunStore:
 
         Args:
             key: unique within the store (method name, pair, seed).
-            settings: everything that defines the run (JSON-serialisable): configuration, dial
-                setting, input shapes.
+            settings: everything that defines the run (JSON-serialisable): configuration, digests
+                of the data, the premise hooks' settings, input shapes (as
+                :func:`~cdrlib.ucdir_train.run_settings` gives them).
         Returns:
             the training history (one dict per epoch). Either way ``method`` ends with the stored
             (rounded, :func:`pack_state`) weights.
         """
         path = self.folder / self.file_name(key)
-        entry = self._entry_to_load(key, settings)
-        if entry is not None:
-            if file_sha256(path) != entry["sha256"]:
+        found = self._entry_to_load(key, settings)
+        if found is not None:
+            stored, entry, manifest_file = found
+            if file_sha256(stored) != entry["sha256"]:
                 raise CheckpointError(
-                    f"the stored run {path} does not match the sha256 in {self.manifest_file}: "
-                    f"a damaged or replaced file. Delete it (it will train again) or set "
-                    f"CDR_RUN_STORE=retrain"
+                    f"the stored run {stored} does not match the sha256 in {manifest_file}: "
+                    "a damaged or replaced file. Delete it: the run then trains again and is "
+                    "stored"
                 )
-            state = load_state(path, "stored run")
+            state = load_state(stored, "stored run")
             method.load_kept_state(unpack_state(state["kept"]))
             self.loaded += 1
+            self.borrowed += manifest_file != self.manifest_file
             return state["history"]
         t0 = time.time()
         history = method.trainer().fit()
@@ -250,8 +353,10 @@ class RunStore:
             return f"{self.trained} runs trained (run store off)"
         folder = self.folder.resolve()
         shown = folder.relative_to(REPO_ROOT) if folder.is_relative_to(REPO_ROOT) else folder
+        borrowed = (
+            f" ({self.borrowed} of them from other chapters' stores)" if self.borrowed else ""
+        )
         return (
-            f"{self.loaded} runs loaded from {shown.as_posix()}/, {self.trained} trained and "
-            "stored; "
-            f"to train every run again: CDR_RUN_STORE=retrain"
+            f"{self.loaded} runs loaded from {shown.as_posix()}/{borrowed}, {self.trained} trained "
+            "and stored; to train this chapter's runs again: CDR_RUN_STORE=retrain"
         )

@@ -44,7 +44,7 @@ from .data.transforms import TwoViewAugment, normalize
 from .evaluation import cross_domain_table, extract_features
 from .inference import evaluating, in_batches
 from .memory import MemoryBank, momentum_copy, momentum_update
-from .run_store import RunStore
+from .run_store import RunStore, digest, hook_settings
 from .training import Trainer
 from .validation import check_cluster_ids
 
@@ -254,6 +254,13 @@ class ViewFeatures:
             device=self.device,
             **self.augmented,
         )
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A :func:`~cdrlib.run_store.digest` of what defines the views — the images, the
+        backbone's weights, ``n_views`` and the augmentation's size and seed — the same on every
+        machine (the views' own values differ in their last bits from one CPU to another)."""
+        return digest(self.images, self.backbone, self.n_views, self.augmented)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -785,7 +792,9 @@ def train_or_load(
     Returns:
         ``(method, history)``.
     """
-    settings = run_settings("UCDIR", asdict(cfg), [x.shape for x in inputs])
+    settings = run_settings(
+        "UCDIR", asdict(cfg), inputs, {"relabel": relabel, "matching": matching}
+    )
     inputs = training_inputs(inputs, store, key, settings)
     method = UCDIR(
         cfg, inputs[0], inputs[1], backbone, device=device, relabel=relabel, matching=matching
@@ -793,10 +802,19 @@ def train_or_load(
     return method, fit_or_load(method, checkpoint, store, key, settings)
 
 
-def run_settings(method: str, config: dict, input_shapes) -> dict:
+def run_settings(method: str, config: dict, inputs, hooks: dict | None = None) -> dict:
     """What defines a stored run (:meth:`~cdrlib.run_store.RunStore.fit`): the method's class name,
-    its configuration and the shapes of its inputs."""
-    return {"config": config, "inputs": [tuple(s) for s in input_shapes], "method": method}
+    its configuration, the shapes of its training inputs and a digest of each (a
+    :class:`ViewFeatures` by :attr:`~ViewFeatures.fingerprint`, a tensor by its values), and the
+    settings of its premise hooks (:func:`~cdrlib.run_store.hook_settings`; name → hook or None).
+    """
+    return {
+        "config": config,
+        "data": [x.fingerprint if isinstance(x, ViewFeatures) else digest(x) for x in inputs],
+        "hooks": hook_settings(hooks or {}),
+        "inputs": [tuple(x.shape) for x in inputs],
+        "method": method,
+    }
 
 
 def training_inputs(inputs: tuple, store: RunStore | None, key: str | None, settings: dict):

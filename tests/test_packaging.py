@@ -164,13 +164,18 @@ QUOTED = {
         "42.23": "published",
         "44.61": "published",
     },
-    "05_dod_alignment.ipynb": {"38.14": "published", "44.61": "published"},
+    "05_dod_alignment.ipynb": {
+        "38.14": "published",
+        "44.61": "published",
+        "256": "faiss's sample of points per centroid",
+    },
     "07_pcme.ipynb": {
         "45.0": "published",
         "68.8": "published",
         "40.3": "published",
         "66.7": "published",
         "312": "CUB's attribute count",
+        "128": "the configuration's batch size (PCMEConfig)",
     },
     "08_icfrr.ipynb": {
         "0.695": "published",

@@ -1,4 +1,6 @@
 """The run store: a stored run loads into the same weights and table as the run that trained it."""
+import copy
+import hashlib
 import json
 from dataclasses import asdict, replace
 
@@ -9,8 +11,8 @@ import torch
 from cdrlib.checkpoint_io import CheckpointError, load_state
 from cdrlib.evaluation import pair_protocols
 from cdrlib.models import get_backbone
-from cdrlib.premise import OracleMatching
-from cdrlib.run_store import RunStore, pack_state, unpack_state
+from cdrlib.premise import ClassMixedClusters, OracleMatching
+from cdrlib.run_store import RunStore, digest, pack_state, unpack_state
 from cdrlib.ucdir_train import (UCDIRConfig, ViewFeatures, cache_view_features, run_settings,
                                 train_and_evaluate)
 
@@ -59,7 +61,8 @@ def test_a_stored_run_loads_into_the_same_weights_history_and_table(tiny, tmp_pa
 
 def test_holds_says_whether_fit_would_load(tiny, tmp_path):
     cfg, feats, _, _ = tiny
-    settings = run_settings("UCDIR", asdict(replace(cfg, seed=0)), [f.shape for f in feats])
+    hooks = {"relabel": None, "matching": OracleMatching(cfg.k, 0.5, seed=0)}  # as run() gives
+    settings = run_settings("UCDIR", asdict(replace(cfg, seed=0)), feats, hooks)
     key = "UCDIR | A–B | seed 0"
     store = RunStore(tmp_path / "runs")
     assert not store.holds(key, settings)
@@ -69,6 +72,100 @@ def test_holds_says_whether_fit_would_load(tiny, tmp_path):
     assert not store.holds("UCDIR | A–B | seed 1", settings)         # another run
     for mode in ("retrain", "off"):                                  # modes that always train
         assert not RunStore(tmp_path / "runs", mode=mode).holds(key, settings)
+
+
+def test_other_data_or_another_dial_setting_under_the_same_key_train_again(tiny, tmp_path):
+    """The key names a run for people; the settings say what defines it: a stored run of other
+    images of the same shape, or of another oracle share, is never loaded in its place."""
+    cfg, feats, backbone, evaluation = tiny
+    store = RunStore(tmp_path / "runs")
+    run(tiny, store)
+    other = (feats[0].clone(), feats[1])
+    other[0][0, 0, 0] += 1.0
+    train_and_evaluate(cfg, other, backbone, evaluation, ks=(5,), store=store, key="UCDIR | A–B | seed 0",
+                       matching=OracleMatching(cfg.k, 0.5, seed=0))
+    assert store.trained == 2 and store.loaded == 0
+    labels = {"A": torch.arange(40) % 4, "B": torch.arange(36) % 4}
+    for p in (0.5, 1.0):
+        train_and_evaluate(cfg, feats, backbone, evaluation, ks=(5,), store=store, key="dial | seed 0",
+                           relabel=ClassMixedClusters(labels, p, seed=0))
+    assert store.trained == 4 and store.loaded == 0
+    train_and_evaluate(cfg, feats, backbone, evaluation, ks=(5,), store=store, key="dial | seed 0",
+                       relabel=ClassMixedClusters(labels, 1.0, seed=0))
+    assert store.trained == 4 and store.loaded == 1                  # the same dial setting loads
+    settings = json.loads(json.loads((tmp_path / "runs" / "RUNS.json").read_text())["runs"]["dial | seed 0"]["settings"])
+    assert settings["hooks"] == {"relabel": {"oracle": "ClassMixedClusters", "p": 1.0, "seed": 0,
+                                             "labels": digest({"A": labels["A"], "B": labels["B"]})},
+                                 "matching": None}
+    with pytest.raises(ValueError, match="has no settings"):          # a hook of one's own
+        train_and_evaluate(cfg, feats, backbone, evaluation, ks=(5,), store=store, key="own | seed 0",
+                           relabel=lambda domain, assignments: assignments)
+
+
+def test_a_run_another_chapter_stored_loads_from_its_store(tiny, tmp_path):
+    """The settings define a run: a chapter that evaluates a run of an earlier chapter, under a key
+    of its own, loads it from that chapter's store and stores no copy."""
+    first = RunStore(tmp_path / "runs" / "04_first", shared=True)
+    trained, hist, table = run(tiny, first)
+    alone = RunStore(tmp_path / "runs" / "05_alone")                     # not shared: its own runs
+    assert not alone.holds("UCDIR | A–B | seed 0", json.loads(first.manifest()["runs"]["UCDIR | A–B | seed 0"]["settings"]))
+    later = RunStore(tmp_path / "runs" / "09_later", shared=True)
+    loaded, hist2, table2 = run(tiny, later, key="CW+SE, as in chapter 04 | A–B | seed 0")
+    assert (later.loaded, later.borrowed, later.trained) == (1, 1, 0) and not (tmp_path / "runs" / "09_later").exists()
+    assert table2.equals(table) and pd.DataFrame(hist2).equals(pd.DataFrame(hist))
+    assert "(1 of them from other chapters' stores)" in later.summary()
+    retrain = RunStore(tmp_path / "runs" / "09_later", mode="retrain", shared=True)   # retrains only its own runs
+    run(tiny, retrain, key="CW+SE, as in chapter 04 | A–B | seed 0")
+    assert (retrain.loaded, retrain.trained) == (1, 0)
+    run(tiny, later, key="CW+SE, as in chapter 04 | A–B | seed 1", seed=1)  # other settings: its own
+    assert later.trained == 1 and (tmp_path / "runs" / "09_later" / "RUNS.json").is_file()
+    off = RunStore(tmp_path / "runs" / "09_later", mode="off", shared=True)
+    run(tiny, off, key="CW+SE, as in chapter 04 | A–B | seed 0")
+    assert (off.loaded, off.trained) == (0, 1)
+    path = tmp_path / "runs" / "04_first" / RunStore.file_name("UCDIR | A–B | seed 0")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="04_first.RUNS.json"):   # checked against its own manifest
+        run(tiny, RunStore(tmp_path / "runs" / "09_later", shared=True), key="CW+SE, as in chapter 04 | A–B | seed 0")
+
+
+def test_digest_is_of_values_dtype_and_shape():
+    x = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    assert digest(x) == digest(x.t().contiguous().t()) == digest(x.clone())     # layout is not a value
+    assert len(digest(x)) == 16 and digest(x) != digest(x.double()) and digest(x) != digest(x.reshape(4, 3))
+    y = x.clone()
+    y.view(torch.int32)[1, 2] ^= 1                                               # one bit
+    assert digest(y) != digest(x)
+    assert digest(x.numpy()) != digest(x) and digest(x.numpy()) == digest(x.numpy().copy())
+    net = torch.nn.Linear(4, 2)
+    assert digest(net) == digest(net.state_dict()) != digest(torch.nn.Linear(4, 2))
+    assert digest({"a": 1, "b": x}) != digest({"b": x, "a": 1})                  # order counts, as in a state_dict
+    assert digest([1, 2]) != digest((1, 2)) and digest(torch.zeros(0)) != digest(torch.zeros(0, 1))
+    assert digest(torch.tensor(1.0)) == digest(torch.tensor(1.0)) != digest(torch.tensor([1.0]))
+    # the reference: sha256 of the same byte string built by hand
+    ref = hashlib.sha256(b"tuple 1;tensor torch.float32 (3, 4);" + x.numpy().tobytes()).hexdigest()[:16]
+    assert digest(x) == ref
+
+
+def test_view_features_fingerprint_is_of_what_defines_the_views(tiny):
+    _, _, backbone, _ = tiny
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(6, 3, 64, 64, generator=g)
+    v = ViewFeatures(backbone, images, n_views=3)
+    same = ViewFeatures(backbone, images.clone(), n_views=3)
+    assert v.fingerprint == same.fingerprint and not {"views", "plain"} & set(vars(v))  # nothing computed
+    other_images = images.clone()
+    other_images[0, 0, 0, 0] = 0.5 if images[0, 0, 0, 0] != 0.5 else 0.25
+    other_backbone = copy.deepcopy(backbone)
+    with torch.no_grad():
+        w = next(other_backbone.parameters())
+        w[(0,) * w.dim()] += 1.0
+    for changed in (ViewFeatures(backbone, other_images, n_views=3), ViewFeatures(backbone, images, n_views=4),
+                    ViewFeatures(backbone, images, n_views=3, seed=1),
+                    ViewFeatures(backbone, images, n_views=3, image_size=32),
+                    ViewFeatures(other_backbone, images, n_views=3)):
+        assert changed.fingerprint != v.fingerprint
 
 
 def test_view_features_are_computed_only_when_the_run_trains(tiny, tmp_path):
@@ -127,19 +224,21 @@ def test_modes_off_and_retrain(tiny, tmp_path):
 
 
 def test_the_shipped_run_stores_verify_and_stay_small():
-    """Every stored run of the book matches its manifest; stored runs and backbones together
-    ≤ 44 MB.
+    """Every stored run of the book matches its manifest, is stored once (no two runs with the
+    same settings), and stored runs and backbones together take ≤ 41 MB.
 
     With float16 weights they took 69.1 MB (chapter 07's PCME runs 1.5 MB each, mostly the word
-    embeddings of the text encoder; a UCDIR head 0.46 MB). With 8-bit weights (``pack_state``) they
-    take 42.4 MB: backbones 9.4 MB, stored runs 33.0 MB. The issue that asked for stored runs set
-    30 MB; reaching it would take 4-bit weights, which moved chapter 07's seed spreads as much as
-    the spreads themselves (see ``cdrlib/run_store.py``).
+    embeddings of the text encoder; a UCDIR head 0.46 MB). With 8-bit weights (``pack_state``)
+    42.4 MB; with each run stored once (chapters 05 and 09 load nine runs from 04's and 06's
+    stores) 40.2 MB: backbones 9.4 MB, stored runs 30.8 MB. The issue that asked for stored runs
+    set 30 MB; reaching it would take 4-bit weights, which moved chapter 07's seed spreads as much
+    as the spreads themselves (see ``cdrlib/run_store.py``).
     """
     from cdrlib.data.download import file_sha256
     from cdrlib.profile import REPO_ROOT
 
     total = sum(p.stat().st_size for p in (REPO_ROOT / "checkpoints").glob("*.pt"))
+    settings = {}  # settings → the run stored with them: each run once in the book
     for manifest_file in (REPO_ROOT / "book" / "runs").glob("*/RUNS.json"):
         manifest = json.loads(manifest_file.read_text())
         files = {p.name for p in manifest_file.parent.glob("*.pt")}
@@ -148,7 +247,10 @@ def test_the_shipped_run_stores_verify_and_stay_small():
             path = manifest_file.parent / entry["file"]
             assert file_sha256(path) == entry["sha256"], f"{key}: sha256 differs"
             total += path.stat().st_size
-    assert total <= 44e6, f"checkpoints and stored runs take {total / 1e6:.1f} MB (> 44 MB)"
+            where = f"{manifest_file.parent.name}: {key}"
+            assert entry["settings"] not in settings, f"{where} is {settings.get(entry['settings'])}: delete the copy"
+            settings[entry["settings"]] = where
+    assert total <= 41e6, f"checkpoints and stored runs take {total / 1e6:.1f} MB (> 41 MB)"
 
 
 def reference_int8(w: torch.Tensor) -> torch.Tensor:
