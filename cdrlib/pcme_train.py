@@ -39,7 +39,7 @@ from .data.transforms import normalize, to_float
 from .evaluation import raw_pixel_features
 from .inference import evaluating, in_batches
 from .metrics import MetricSums, hamming_relevance, label_relevance, ranks_from_scores
-from .run_store import RunStore
+from .run_store import RunStore, digest
 from .text import BiGRUText, Vocabulary
 from .training import GeneratorState, Trainer
 from .validation import check_choice
@@ -98,16 +98,36 @@ class ImageTextData:
         pooled: (N_img, d_pooled) image features; tokens: (N_img, T, d_local) patch tokens;
         image_emoji: (N_img,) the emoji of each image; captions: emoji → list of its captions
             (for the emoji of this split); labels: emoji → class; tags: emoji → (V,) multi-hot.
+        source: a :func:`~cdrlib.run_store.digest` of what the image features were computed
+            from (images, backbone, split), as the ``from_*`` constructors give it; None: the
+            features themselves (see :attr:`fingerprint`).
     """
 
-    def __init__(self, pooled, tokens, image_emoji, captions: dict, labels: dict, tags: dict):
-        self.pooled, self.tokens = pooled, tokens
+    def __init__(
+        self,
+        pooled,
+        tokens,
+        image_emoji,
+        captions: dict,
+        labels: dict,
+        tags: dict,
+        source: str | None = None,
+    ):
+        self.pooled, self.tokens, self.source = pooled, tokens, source
         self.image_emoji = torch.as_tensor(image_emoji)
         self.captions = captions
         self.text_emoji = torch.tensor([e for e in captions for _ in captions[e]])
         self.texts = [c for e in captions for c in captions[e]]
         self.caption_sets = {e: set(c) for e, c in captions.items()}
         self.labels, self.tags = labels, tags
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the image side, for a stored run's settings: the ``source`` and which images
+        (the captions are digested apart). Without a source, the features' values: the same run
+        stored on another machine then trains again, as their last bits differ."""
+        images = self.source if self.source is not None else (self.pooled, self.tokens)
+        return digest(images, self.image_emoji)
 
     @classmethod
     def from_emoji(
@@ -136,6 +156,7 @@ class ImageTextData:
             {int(e): ds.captions(int(e)) for e in idx},
             {int(e): int(ds.labels[e]) for e in idx},
             {int(e): torch.tensor(ds.tags[e]) for e in idx},
+            source=digest("emoji", split, ds.images[:, idx], vit),
         )
 
     @classmethod
@@ -190,6 +211,10 @@ class ImageTextData:
             captions,
             {i: int(y) for i, y in enumerate(ds.labels)},
             tags,
+            # the images by name (reading every file again would cost minutes)
+            source=digest(
+                "cub", split, [f"{f.parent.name}/{f.name}" for f in ds.files], vit, local_grid
+            ),
         )
 
     @staticmethod
@@ -224,7 +249,13 @@ class ImageTextData:
                 "captions must give a list for every emoji of the split, and no other emoji"
             )
         return ImageTextData(
-            self.pooled, self.tokens, self.image_emoji, captions, self.labels, self.tags
+            self.pooled,
+            self.tokens,
+            self.image_emoji,
+            captions,
+            self.labels,
+            self.tags,
+            self.source,
         )
 
     def subset(self, emoji) -> "ImageTextData":
@@ -241,6 +272,7 @@ class ImageTextData:
             captions,
             {e: self.labels[e] for e in captions},
             {e: self.tags[e] for e in captions},
+            self.source,
         )
 
     def caption_fits(self) -> Counter:
@@ -531,6 +563,7 @@ def train_or_load(
         "texts": len(data.texts),
         "vocabulary": len(run.vocab),
         "captions": hashlib.sha256("\n".join(data.texts).encode()).hexdigest()[:16],
+        "data": data.fingerprint,
     }
     history = store.fit(key, run, settings)
     return run.model, history

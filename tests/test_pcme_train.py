@@ -159,8 +159,22 @@ def test_a_stored_pcme_run_scores_like_the_trained_one(tmp_path):
     assert torch.equal(score_tables(m1, d), score_tables(m2, d))
     train_or_load(replace(cfg, epochs=3), d, store, "pcme | seed 0")          # other settings: trains again
     assert store.trained == 2
+    other = _data(seed=1).with_captions(d.captions)                           # other images, same captions
+    train_or_load(cfg, other, store, "pcme | seed 0")
+    assert store.trained == 3
     with pytest.raises(ValueError, match="key"):
         train_or_load(cfg, d, store)
+
+
+def test_the_image_side_fingerprint_follows_the_source_and_the_images():
+    d = _data()
+    assert d.fingerprint == _data().fingerprint != _data(seed=1).fingerprint   # no source: the features
+    sourced = ImageTextData(d.pooled, d.tokens, d.image_emoji, d.captions, d.labels, d.tags, source="abc")
+    moved = ImageTextData(d.pooled + 1e-6, d.tokens, d.image_emoji, d.captions, d.labels, d.tags, source="abc")
+    assert sourced.fingerprint == moved.fingerprint != d.fingerprint           # a source: not the values
+    assert sourced.with_captions({e: ["x"] for e in d.captions}).fingerprint == sourced.fingerprint
+    assert sourced.subset(range(6)).fingerprint != sourced.fingerprint         # fewer images
+    assert sourced.subset(range(6)).source == "abc"
 
 
 def test_a_run_interrupted_and_resumed_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
