@@ -418,7 +418,8 @@ def train_and_evaluate(
     """
     features = features or (None, None)
     inputs = features if features[0] is not None else images
-    settings = run_settings("IBNM", asdict(cfg), inputs, {"joint_relabel": joint_relabel})
+    hooks = {"joint_relabel": joint_relabel}
+    settings = None if store is None else run_settings("IBNM", asdict(cfg), inputs, hooks)
     features = training_inputs(features, store, key, settings)
     method = IBNM(
         cfg,

@@ -792,9 +792,8 @@ def train_or_load(
     Returns:
         ``(method, history)``.
     """
-    settings = run_settings(
-        "UCDIR", asdict(cfg), inputs, {"relabel": relabel, "matching": matching}
-    )
+    hooks = {"relabel": relabel, "matching": matching}
+    settings = None if store is None else run_settings("UCDIR", asdict(cfg), inputs, hooks)
     inputs = training_inputs(inputs, store, key, settings)
     method = UCDIR(
         cfg, inputs[0], inputs[1], backbone, device=device, relabel=relabel, matching=matching
@@ -817,7 +816,7 @@ def run_settings(method: str, config: dict, inputs, hooks: dict | None = None) -
     }
 
 
-def training_inputs(inputs: tuple, store: RunStore | None, key: str | None, settings: dict):
+def training_inputs(inputs: tuple, store: RunStore | None, key: str | None, settings: dict | None):
     """The tensors a method is built on: each :class:`ViewFeatures` as its views, or — when
     ``store`` holds the run, which then only loads — as its stand-ins (the views never computed).
     Tensors and other inputs pass through."""
@@ -828,10 +827,10 @@ def training_inputs(inputs: tuple, store: RunStore | None, key: str | None, sett
 
 
 def fit_or_load(
-    method, checkpoint, store: RunStore | None, key: str | None, settings: dict
+    method, checkpoint, store: RunStore | None, key: str | None, settings: dict | None
 ) -> list[dict]:
     """Train ``method`` (resumable with ``checkpoint``), or through a run store when one is
-    given (``settings``: the run's :func:`run_settings`)."""
+    given (``settings``: the run's :func:`run_settings`, None without a store)."""
     if store is None:
         return method.trainer(checkpoint).fit()
     if key is None or checkpoint is not None:

@@ -100,6 +100,10 @@ def test_other_data_or_another_dial_setting_under_the_same_key_train_again(tiny,
     with pytest.raises(ValueError, match="has no settings"):          # a hook of one's own
         train_and_evaluate(cfg, feats, backbone, evaluation, ks=(5,), store=store, key="own | seed 0",
                            relabel=lambda domain, assignments: assignments)
+    # without a store, nothing needs to name the hook
+    _, hist, _ = train_and_evaluate(cfg, feats, backbone, evaluation, ks=(5,),
+                                    relabel=lambda domain, assignments: assignments)
+    assert len(hist) == cfg.epochs
 
 
 def test_a_run_another_chapter_stored_loads_from_its_store(tiny, tmp_path):
