@@ -43,7 +43,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .checkpoint_io import CheckpointError, load_state
+from .checkpoint_io import CheckpointError, load_state, state_digest
 from .data.download import file_sha256
 from .paths import REPO_ROOT
 
@@ -51,40 +51,27 @@ MODES = ("use", "retrain", "off")
 
 
 def digest(*parts) -> str:
-    """A short sha256 (16 hex digits) of tensors, arrays, modules and plain values, the same on
-    every machine for the same values.
+    """A short :func:`~cdrlib.checkpoint_io.state_digest` (16 hex digits) of tensors, numpy arrays,
+    modules and plain containers and values, the same on every machine for the same values.
 
-    A tensor or array counts with its dtype, shape and bytes (on the CPU); a module with its
-    ``state_dict`` (names, then tensors, in order); a dict, list or tuple item by item; anything
-    else by its ``repr``. Floating values computed on this machine (features) differ in their last
-    bits from another CPU's: digest what defines them (images, weights), not them, where a stored
-    run should load on every machine.
+    A module counts by its ``state_dict`` and an array as the tensor of its values (a plain value
+    counts by its ``repr``, which elides a large array's values). Floating values computed on
+    this machine (features) differ in their last bits from another CPU's: digest what defines them
+    (images, weights), not them, where a stored run should load on every machine.
     """
-    h = hashlib.sha256()
 
-    def feed(x):
+    def as_state(x):
         if isinstance(x, torch.nn.Module):
-            x = x.state_dict()
-        if isinstance(x, torch.Tensor):
-            h.update(f"tensor {x.dtype} {tuple(x.shape)};".encode())
-            h.update(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        elif isinstance(x, np.ndarray):
-            h.update(f"array {x.dtype} {x.shape};".encode())
-            h.update(np.ascontiguousarray(x).tobytes())
-        elif isinstance(x, dict):
-            h.update(f"dict {len(x)};".encode())
-            for k, v in x.items():
-                feed(k)
-                feed(v)
-        elif isinstance(x, (list, tuple)):
-            h.update(f"{type(x).__name__} {len(x)};".encode())
-            for v in x:
-                feed(v)
-        else:
-            h.update(f"{type(x).__name__} {x!r};".encode())
+            return x.state_dict()
+        if isinstance(x, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(x))
+        if isinstance(x, dict):
+            return {k: as_state(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [as_state(v) for v in x]
+        return x
 
-    feed(parts)
-    return h.hexdigest()[:16]
+    return state_digest(as_state(parts))[:16]
 
 
 def hook_settings(hooks: dict) -> dict:

@@ -4,6 +4,7 @@ import hashlib
 import json
 from dataclasses import asdict, replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -141,14 +142,18 @@ def test_digest_is_of_values_dtype_and_shape():
     y = x.clone()
     y.view(torch.int32)[1, 2] ^= 1                                               # one bit
     assert digest(y) != digest(x)
-    assert digest(x.numpy()) != digest(x) and digest(x.numpy()) == digest(x.numpy().copy())
+    assert digest(x.numpy()) == digest(x) == digest(x.numpy().copy())            # an array: its values
+    big = np.zeros(5000)                                                          # whose repr elides values
+    other = big.copy()
+    other[2500] = 1.0
+    assert digest(big) != digest(other)
     net = torch.nn.Linear(4, 2)
     assert digest(net) == digest(net.state_dict()) != digest(torch.nn.Linear(4, 2))
     assert digest({"a": 1, "b": x}) != digest({"b": x, "a": 1})                  # order counts, as in a state_dict
-    assert digest([1, 2]) != digest((1, 2)) and digest(torch.zeros(0)) != digest(torch.zeros(0, 1))
+    assert digest(1) != digest(1.0) != digest("1.0") and digest(torch.zeros(0)) != digest(torch.zeros(0, 1))
     assert digest(torch.tensor(1.0)) == digest(torch.tensor(1.0)) != digest(torch.tensor([1.0]))
-    # the reference: sha256 of the same byte string built by hand
-    ref = hashlib.sha256(b"tuple 1;tensor torch.float32 (3, 4);" + x.numpy().tobytes()).hexdigest()[:16]
+    # the reference: sha256 of the byte string state_digest builds, written out by hand
+    ref = hashlib.sha256(b"L1" + b"Ttorch.float32(3, 4)" + x.numpy().tobytes()).hexdigest()[:16]
     assert digest(x) == ref
 
 
