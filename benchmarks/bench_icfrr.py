@@ -114,9 +114,9 @@ def main() -> None:
         sparse = min((run_child(__file__, n, "sparse") for _ in range(REPEATS)), key=seconds)
         dense = run_child(__file__, n, "dense")
         baseline = min((run_child(__file__, n, "baseline") for _ in range(REPEATS)), key=seconds)
-        b = torch.load(f"/tmp/icfrr_dense_{n}.pt")
-        a = torch.load(f"/tmp/icfrr_sparse_{n}.pt")
-        same_as_baseline = bool(torch.equal(a, torch.load(f"/tmp/icfrr_baseline_{n}.pt")))
+        b = torch.load(f"/tmp/icfrr_dense_{n}.pt", weights_only=True)
+        a = torch.load(f"/tmp/icfrr_sparse_{n}.pt", weights_only=True)
+        same_as_baseline = bool(torch.equal(a, torch.load(f"/tmp/icfrr_baseline_{n}.pt", weights_only=True)))
         a = a[: len(b)]
         rows.append({"G": n, "Q": Q, "KG = KQ": K, "iterations": ITERS,
                      "dense (s, table + Q × per-query time)": dense["seconds"],

@@ -4,6 +4,8 @@
 arbitrary code. Every load in the library goes through :func:`load_state`, which allows only tensors
 and plain containers (``weights_only=True``) and turns a refusal into an error that says what to do.
 Writers store random-generator states as tensors and configurations as JSON text for that reason.
+:func:`save_state` writes a checkpoint whole or not at all, xz-compressed when asked (the book's
+backbones and stored runs are); :func:`load_state` reads both kinds, and decompresses with a bound.
 
 :func:`state_digest` is a sha256 over a state's tensors and plain values, in order: stored inside a
 run checkpoint, it shows on loading that no byte of its tensor data changed since it was written.
@@ -12,6 +14,9 @@ run checkpoint, it shows on loading that no byte of its tensor data changed sinc
 from __future__ import annotations
 
 import hashlib
+import io
+import lzma
+import os
 import pickle
 from pathlib import Path
 
@@ -22,8 +27,57 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used as it is; the message says why and what to do."""
 
 
+# the first six bytes of an xz stream: :func:`save_state` compresses with xz when asked
+XZ_MAGIC = b"\xfd7zXZ\x00"
+# how far a compressed checkpoint may expand: tensors of small codes expand about 1.5×; a file that
+# expands further is refused rather than decompressed into memory without bound
+MAX_EXPANSION = 64
+
+
+def save_state(state: dict, path: str | Path, compress: bool = False) -> None:
+    """Write ``state`` (tensors and plain containers) to ``path``, whole or not at all.
+
+    The bytes go to a temporary file beside ``path``, renamed once written, so an interrupted write
+    leaves no half file. ``compress``: the ``torch.save`` bytes are xz-compressed, which
+    :func:`load_state` recognises (``torch.load`` alone does not). Worth it for small integer
+    codes (a stored run's weights, about 5 bits of information in each 8-bit code) and a little
+    for float16 weights (the backbones: 10 % smaller); not for a resumable training checkpoint
+    written every epoch.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if compress:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        tmp.write_bytes(lzma.compress(buffer.getvalue(), preset=9 | lzma.PRESET_EXTREME))
+    else:
+        torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _decompressed(path: Path, what: str) -> io.BytesIO:
+    """The torch.save bytes of an xz-compressed checkpoint, at most MAX_EXPANSION × its size."""
+    data = path.read_bytes()
+    limit = MAX_EXPANSION * len(data) + 2**20
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    try:
+        out = decompressor.decompress(data, max_length=limit)
+    except lzma.LZMAError as e:
+        raise CheckpointError(
+            f"{path} ({what}) is a damaged xz file ({e}). Delete it and write or download it again."
+        ) from None
+    if not decompressor.eof:
+        raise CheckpointError(
+            f"{path} ({what}) is truncated, or expands to more than {MAX_EXPANSION}× its size, "
+            "which no checkpoint cdrlib writes does; it is not loaded. Delete it and write or "
+            "download it again."
+        )
+    return io.BytesIO(out)
+
+
 def load_state(path: str | Path, what: str = "checkpoint") -> dict:
-    """A checkpoint's contents, loaded with ``weights_only=True`` onto the CPU.
+    """A checkpoint's contents, loaded with ``weights_only=True`` onto the CPU (an xz-compressed
+    one, as :func:`save_state` writes with ``compress=True``, is decompressed first).
 
     Args:
         path: the file; what: how messages name it (``"run checkpoint"``, ``"MoCo v2 weights"``).
@@ -34,8 +88,11 @@ def load_state(path: str | Path, what: str = "checkpoint") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no {what} at {path}")
+    with open(path, "rb") as f:
+        compressed = f.read(len(XZ_MAGIC)) == XZ_MAGIC
+    source = _decompressed(path, what) if compressed else path
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path} ({what}) holds Python objects besides tensors and plain containers; loading "

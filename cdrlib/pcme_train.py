@@ -517,6 +517,10 @@ class PCMERun:
     ``model`` is set once the run is trained or loaded.
     """
 
+    # 8-bit steps: coarser ones moved chapter 07's tables past their tolerance (the bi-GRU text
+    # encoder compounds the error; cdrlib.run_store.pack_state)
+    relative_step = None
+
     def __init__(self, cfg: PCMEConfig, data: ImageTextData, device="cpu"):
         self.cfg, self.data, self.device = cfg, data, device
         self.vocab = Vocabulary.build(data.texts)

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoint_io import save_state
 from .contrastive import nt_xent_loss
 from .data.emoji import load_emoji_domains
 from .data.transforms import TwoViewAugment, normalize, to_float
@@ -232,7 +233,7 @@ def pretrain(
         k: v.half().contiguous() if v.is_floating_point() else v
         for k, v in model.state_dict().items()
     }
-    torch.save(
+    save_state(
         {
             "arch": cfg.arch,
             "arch_kwargs": cfg.arch_kwargs,
@@ -242,5 +243,6 @@ def pretrain(
             "minutes": round((time.time() - t0) / 60, 1),
         },
         out_path,
+        compress=True,  # float16 weights: 10 % smaller in the repository
     )
     return out_path

@@ -15,12 +15,14 @@ shapes) and the settings of the premise hooks that replace a step of the method
 run of other data. A change of the code itself is not seen: after one, retrain
 (``CDR_RUN_STORE=retrain``).
 
-What is stored is compact (:func:`pack_state`): each weight matrix as 8-bit codes with one scale
-per row, other floating tensors as float16, cluster labels in the smallest integer type that holds
-them — a UCDIR head and its clusters take 0.24 MB. The trained state is always rounded this way
-before evaluation, also when the run was just trained (:func:`unpack_state` of
-:func:`pack_state`), so the table a chapter shows is the same whether its runs were loaded or
-trained.
+What is stored is compact (:func:`pack_state`): each weight matrix (and the clusters' centroids)
+as integer codes with one step per row, as coarse as the method's tables allow
+(``relative_step``), other floating tensors as float16, cluster labels in the smallest integer
+type that holds them; the file is xz-compressed (:func:`~cdrlib.checkpoint_io.save_state`), which
+stores each code in about as many bits as it carries — a UCDIR head and its clusters take 0.14 MB.
+The trained state is always rounded this way before evaluation, also when the run was just
+trained (:func:`unpack_state` of :func:`pack_state`), so the table a chapter shows is the same
+whether its runs were loaded or trained.
 
 A run is stored once in the book: a chapter that evaluates a run an earlier chapter trained (the
 same settings) loads it from that chapter's store.
@@ -43,7 +45,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .checkpoint_io import CheckpointError, load_state, state_digest
+from .checkpoint_io import CheckpointError, load_state, save_state, state_digest
 from .data.download import file_sha256
 from .paths import REPO_ROOT
 
@@ -101,39 +103,58 @@ def hook_settings(hooks: dict) -> dict:
 
 
 class StorableMethod(Protocol):
-    """What a method gives the store (``UCDIR`` and ``IBNM`` do)."""
+    """What a method gives the store (``UCDIR``, ``IBNM`` and ``PCMERun`` do)."""
+
+    relative_step: float | None  # how coarsely its weights may be stored (:func:`pack_state`)
 
     def trainer(self): ...  # a :class:`~cdrlib.training.Trainer` (no checkpoint)
     def kept_state(self) -> dict: ...  # tensors evaluation and figures need
     def load_kept_state(self, state: dict) -> None: ...
 
 
-# Why 8 bits: a head's weights are most of a stored run, and the book stores about a hundred
-# runs. A module's weight matrix (at least QUANTIZED_MIN_VALUES values) keeps 8-bit codes with one
-# float32 scale per row (half of float16); smaller tensors (biases, norms, the fusion's two weights)
-# and the clusters' centroids stay float16. Moving from float16 to 8 bits changed the book's tables
-# by at most 0.0008 (one R@10 of chapter 07 by 0.0024), within each table's measured re-run
-# tolerance. 4 bits per weight (one scale per 32 values) was measured too: it changed the seed
-# spreads of chapter 07's premise table by up to 0.006, as much as the spreads themselves.
+# Why these steps. A stored run is mostly its weight matrices, and the book stores about a hundred
+# runs. Each matrix of at least QUANTIZED_MIN_VALUES values (weights, word embeddings, the
+# clusters' centroids) keeps integer codes with one float32 step per row; smaller tensors (biases,
+# norms, the fusion's two weights) stay float16. The step is the row's largest absolute value / 127
+# (8 bits), or `relative_step` × the row's RMS where that is coarser. The xz compression of the file
+# then stores a code in about as many bits as it carries: 8-bit steps take 7.6 bits a weight (a
+# text encoder's word embeddings), a step of 0.15 × RMS 4.8 bits (a UCDIR head). Plain 4-bit codes
+# with one scale per 32 values take 4.5 bits, with a step about twice as coarse (≈ 0.28 × RMS for
+# Gaussian weights: twice their largest value, ≈ 2.1 × RMS, over 15 steps).
+# Measured on the book's tables (held-out and train-as-gallery) by re-running chapters 04–09:
+# - 8-bit steps moved every table by at most 0.0008 from float16 weights (one R@10 of chapter 07
+#   by 0.0024);
+# - UCDIR's and IBNM's heads at 0.1, 0.15 and 0.2 × RMS moved every table of chapters 04–06, 08 and
+#   09 by at most 0.0027, 0.0023 and 0.0018 from 8-bit steps (the largest in chapter 08's ICFRR
+#   rows), under a quarter of each table's measured re-run tolerance. They use 0.15: re-rounding
+#   the shipped runs' 8-bit codes so moved the tables by at most 0.0017, a sixth of their
+#   tolerance or less;
+# - PCME's bi-GRU text encoder compounds the error over a caption's words: 0.05 × RMS moved chapter
+#   07's premise table by 0.0046 from 8-bit steps (its tolerance is 0.001), and 0.1 × RMS on the
+#   word embeddings alone by 0.0052. PCME keeps 8-bit steps (relative_step None).
 QUANTIZED_MIN_VALUES = 4096
 INT8_ROWS, INT64_AS = "int8 codes", "int64 as"  # the markers of a packed tensor (one-key dicts)
 
 
-def pack_state(state, name: str = ""):
+def pack_state(state, relative_step: float | None = None):
     """A kept state as stored: compact, and exactly what :func:`unpack_state` gives back.
 
-    Floating tensors are first rounded to float16. A module's weights (``name``, the state-dict
-    key, whose last part starts with ``weight``) with ≥ 2 dimensions and at least
+    Floating tensors are first rounded to float16. Those with ≥ 2 dimensions and at least
     ``QUANTIZED_MIN_VALUES`` values become ``{"int8 codes": (codes, scale)}`` over their R =
-    shape[0] rows: scale (R,) float32 = the row's largest absolute value / 127, codes (same shape,
-    int8) = round(value / scale), ties to even (a weight holding NaN or inf stays float16).
-    int64 tensors become ``{"int64 as": t}`` in the smallest of int8/int16/int32 that holds their
+    shape[0] rows: scale (R,) float32 = the row's largest absolute value / 127, or
+    ``relative_step`` × the row's root mean square where that is larger; codes (same shape, int8)
+    = round(value / scale), ties to even (a tensor holding NaN or inf stays float16). int64
+    tensors become ``{"int64 as": t}`` in the smallest of int8/int16/int32 that holds their
     values. Dicts, lists and tuples are walked; other values pass through.
+
+    Args:
+        relative_step: None for 8-bit steps; e.g. 0.15 rounds each value to within 0.075 of its
+            row's RMS (the comment above says what each method tolerates).
     """
     if isinstance(state, dict):
-        return {k: pack_state(v, str(k)) for k, v in state.items()}
+        return {k: pack_state(v, relative_step) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
-        return type(state)(pack_state(v) for v in state)
+        return type(state)(pack_state(v, relative_step) for v in state)
     if not isinstance(state, torch.Tensor):
         return state
     t = state.detach().cpu()
@@ -146,13 +167,14 @@ def pack_state(state, name: str = ""):
     if not t.is_floating_point():
         return t
     t = t.to(torch.float16)
-    weight = name.rsplit(".", 1)[-1].startswith("weight")
-    if not weight or t.dim() < 2 or t.numel() < QUANTIZED_MIN_VALUES:
+    if t.dim() < 2 or t.numel() < QUANTIZED_MIN_VALUES:
         return t
     if not bool(torch.isfinite(t).all()):
         return t  # a diverged run keeps its NaN/inf, which the evaluation then shows, in float16
     rows = t.float().reshape(t.shape[0], -1)
     scale = rows.abs().amax(dim=1) / 127
+    if relative_step is not None:
+        scale = torch.maximum(scale, relative_step * rows.square().mean(dim=1).sqrt())
     # an all-zero row keeps scale 0 and codes 0 (divided by the smallest float instead of 0)
     codes = torch.round(rows / scale.clamp_min(torch.finfo(torch.float32).tiny)[:, None])
     codes = codes.clamp(-127, 127)  # float32 division can land a hair past ±127
@@ -302,7 +324,7 @@ class RunStore:
         t0 = time.time()
         history = method.trainer().fit()
         seconds = time.time() - t0
-        kept = pack_state(method.kept_state())
+        kept = pack_state(method.kept_state(), method.relative_step)
         method.load_kept_state(unpack_state(kept))  # evaluate exactly what is stored
         self.trained += 1
         if self.mode != "off":
@@ -317,9 +339,7 @@ class RunStore:
 
     def _write(self, key: str, path: Path, state: dict, settings: str, seconds: float) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        save_state(state, path, compress=True)
         manifest = self.manifest()
         manifest["command"] = self.command or manifest.get("command", "")
         manifest["runs"][key] = {

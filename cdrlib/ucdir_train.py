@@ -380,6 +380,10 @@ class UCDIR:
             ``"float16"`` adds a gradient scaler and needs a GPU. :func:`auto_precision` chooses.
     """
 
+    # how coarsely a run store keeps the head's weights and centroids (cdrlib.run_store.pack_state
+    # says what each step moved in the book's tables)
+    relative_step = 0.15
+
     def __init__(
         self,
         cfg: UCDIRConfig,

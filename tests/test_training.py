@@ -183,3 +183,41 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path)
     resumed, _, _ = make(tmp_path / "d.pt")
     assert len(resumed.fit()) == 5   # resumes after the two finished epochs and completes
     assert len(resumed.history) == 5 and all(r["loss"] == r["loss"] for r in resumed.history)
+
+
+def test_a_compressed_checkpoint_loads_and_a_bad_one_is_refused(tmp_path):
+    import io
+    import lzma
+
+    from cdrlib.checkpoint_io import XZ_MAGIC, CheckpointError, load_state, save_state, state_digest
+    state = {"w": torch.randn(64, 32).half(), "codes": torch.randint(-20, 20, (4000,), dtype=torch.int8),
+             "config": '{"lr": 0.1}', "history": [{"epoch": 0, "loss": 1.5}]}
+    plain, packed = tmp_path / "plain.pt", tmp_path / "packed.pt"
+    save_state(state, plain)
+    save_state(state, packed, compress=True)
+    assert packed.read_bytes()[:6] == XZ_MAGIC and plain.read_bytes()[:6] != XZ_MAGIC
+    assert packed.stat().st_size < plain.stat().st_size
+    assert not list(tmp_path.glob("*.tmp"))                                 # renamed into place
+    for path in (plain, packed):
+        assert state_digest(load_state(path)) == state_digest(state)
+    # a pickle that would run code is refused inside an xz file too
+    marker, buffer, evil = tmp_path / "payload-ran", io.BytesIO(), tmp_path / "evil.pt"
+    torch.save({"x": Payload(marker)}, buffer)
+    evil.write_bytes(lzma.compress(buffer.getvalue()))
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_state(evil)
+    assert not marker.exists()
+    # damaged, truncated, and a bomb (expands past 64× its size) are refused with a clear message
+    data = packed.read_bytes()
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(data[:40] + bytes(b ^ 0xFF for b in data[40:80]) + data[80:])
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    bomb = tmp_path / "bomb.pt"
+    bomb.write_bytes(lzma.compress(b"\0" * 50_000_000))
+    assert bomb.stat().st_size * 64 + 2**20 < 50_000_000
+    with pytest.raises(CheckpointError, match="damaged xz"):
+        load_state(damaged)
+    for path in (truncated, bomb):
+        with pytest.raises(CheckpointError, match="truncated, or expands"):
+            load_state(path)
