@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint_io import CheckpointError, load_state, state_digest
+from .checkpoint_io import CheckpointError, load_state, save_state, state_digest
 from .progress import progress
 
 
@@ -88,9 +87,9 @@ class Trainer:
     def save(self, epoch: int) -> None:
         path = Path(self.checkpoint)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self._state(epoch), tmp)
-        os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint behind
+        # whole or not at all: a crash mid-write never leaves a broken checkpoint behind;
+        # uncompressed, since it is written every epoch and read back only to resume
+        save_state(self._state(epoch), path)
 
     def check_writable(self) -> None:
         """Fail before the first epoch, not after it, when the checkpoint cannot be written."""

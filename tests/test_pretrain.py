@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import cdrlib.pretrain as pretrain_module
+from cdrlib.checkpoint_io import load_state
 from cdrlib.models.factory import load_backbone
 from cdrlib.pretrain import PretrainConfig, pretrain
 
@@ -58,7 +59,7 @@ def test_an_interrupted_pretraining_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain_module, "load_emoji_domains", _tiny_domains)
     monkeypatch.setattr(pretrain_module, "_mean_map", lambda model, device: {"heldout_mAP@all": 0.0})
     cfg = lambda: PretrainConfig(arch="resnet", epochs=3, batch_size=32, eval_every=1, threads=1)
-    whole = torch.load(pretrain(cfg(), tmp_path / "a.pt", checkpoint=tmp_path / "a.run"), weights_only=True)
+    whole = load_state(pretrain(cfg(), tmp_path / "a.pt", checkpoint=tmp_path / "a.run"))
     save = Trainer.save
 
     def save_then_die(self, epoch):
@@ -70,7 +71,7 @@ def test_an_interrupted_pretraining_resumes_exactly(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg(), tmp_path / "b.pt", checkpoint=tmp_path / "b.run")
     monkeypatch.setattr(Trainer, "save", save)
-    resumed = torch.load(pretrain(cfg(), tmp_path / "b.pt", checkpoint=tmp_path / "b.run"), weights_only=True)
+    resumed = load_state(pretrain(cfg(), tmp_path / "b.pt", checkpoint=tmp_path / "b.run"))
     assert resumed["epochs"] == whole["epochs"] == 3
     for k, v in whole["state_dict"].items():
         assert torch.equal(v, resumed["state_dict"][k]), k
