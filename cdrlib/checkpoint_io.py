@@ -40,7 +40,7 @@ def save_state(state: dict, path: str | Path, compress: bool = False) -> None:
     The bytes go to a temporary file beside ``path``, renamed once written, so an interrupted write
     leaves no half file. ``compress``: the ``torch.save`` bytes are xz-compressed, which
     :func:`load_state` recognises (``torch.load`` alone does not). Worth it for small integer
-    codes (a stored run's weights, about 5 bits of information in each 8-bit code) and a little
+    codes (a stored UCDIR head's 8-bit codes carry about 5 bits each) and a little
     for float16 weights (the backbones: 10 % smaller); not for a resumable training checkpoint
     written every epoch.
     """

@@ -124,11 +124,12 @@ class StorableMethod(Protocol):
 # Measured on the book's tables (held-out and train-as-gallery) by re-running chapters 04–09:
 # - 8-bit steps moved every table by at most 0.0008 from float16 weights (one R@10 of chapter 07
 #   by 0.0024);
-# - UCDIR's and IBNM's heads at 0.1, 0.15 and 0.2 × RMS moved every table of chapters 04–06, 08 and
-#   09 by at most 0.0027, 0.0023 and 0.0018 from 8-bit steps (the largest in chapter 08's ICFRR
-#   rows), under a quarter of each table's measured re-run tolerance. They use 0.15: re-rounding
-#   the shipped runs' 8-bit codes so moved the tables by at most 0.0017, a sixth of their
-#   tolerance or less;
+# - UCDIR's and IBNM's heads on cached features at 0.1, 0.15 and 0.2 × RMS moved every table of
+#   chapters 04–06, 08 and 09 by at most 0.0027, 0.0023 and 0.0018 from 8-bit steps (the largest in
+#   chapter 08's ICFRR rows), under a quarter of each table's measured re-run tolerance. They use
+#   0.15: re-rounding the shipped runs' 8-bit codes so moved the tables by at most 0.0017, a sixth
+#   of their tolerance or less (a whole network fine-tuned on images keeps 8-bit steps: not
+#   measured coarser);
 # - PCME's bi-GRU text encoder compounds the error over a caption's words: 0.05 × RMS moved chapter
 #   07's premise table by 0.0046 from 8-bit steps (its tolerance is 0.001), and 0.1 × RMS on the
 #   word embeddings alone by 0.0052. PCME keeps 8-bit steps (relative_step None).
@@ -148,7 +149,7 @@ def pack_state(state, relative_step: float | None = None):
     values. Dicts, lists and tuples are walked; other values pass through.
 
     Args:
-        relative_step: None for 8-bit steps; e.g. 0.15 rounds each value to within 0.075 of its
+        relative_step: None for 8-bit steps; e.g. 0.15 rounds each value to within 0.075 × its
             row's RMS (the comment above says what each method tolerates).
     """
     if isinstance(state, dict):
