@@ -204,6 +204,46 @@ def _sort_keys(keys: np.ndarray, scores: np.ndarray, pi, through, out: np.ndarra
         out[r] = order if through is None else through[r][order]
 
 
+def head_thresholds(v: np.ndarray, m: int, remaining: int, beta: float) -> np.ndarray:
+    """Per row, the score below which a position of the official update can no longer reach the
+    first m places within ``remaining`` updates (the present one included) — the bound that lets
+    the update order only the head of each row when only the top of the ranking is returned.
+
+    Why it holds (β ≥ 0): an update gives the item at position p the score ``v[p] + βΔ`` with
+    0 ≤ Δ ≤ 1, so every score is at least its position's base ``v[p]``; an item scoring u is then
+    placed at or below every position whose base exceeds u, and its new base is at most u. A base
+    thus rises by at most β per update, and an item scoring below ``v[m−1] − (remaining − 1)·β``
+    now stays below ``v[m−1]`` — outside the first m places — through every later update. The
+    items below the threshold also stay below every item above it, so the head's order, sorted
+    alone, is the full sort's, and its size is at least m. A small margin covers rounding.
+
+    Args:
+        v: float (C, G), each row's original scores sorted descending; m: 1 ≤ m ≤ G.
+    Returns:
+        float64 (C,): the thresholds (−inf when β < 0, where the bound does not hold).
+    """
+    if beta < 0:
+        return np.full(len(v), -np.inf)
+    eps = 2.0**-16  # far above the float32 rounding of v + β·Δ, which is what it covers
+    rise = beta * (1 + eps) + eps * (1 + np.abs(v).max(axis=1))
+    return v[:, m - 1].astype(np.float64) - (remaining - 1) * rise
+
+
+def _order_head(keys, counts, active, tau, scores, pi, out) -> None:
+    """Sort each row's head keys (the first ``counts[r]``, see
+    :func:`cdrlib.rerank_kernels.order_keys_official`) and write the new ranking to ``out``;
+    heads whose keys could not separate two scores take a stable argsort."""
+    m = int(counts.max())
+    head = keys[:, :m]
+    if int(counts.min()) < m:
+        head[np.arange(m) >= counts[:, None]] = np.iinfo(np.uint64).max  # after every key
+    head.sort(axis=1)
+    redo = kernels.read_head(keys.view(np.int64), counts, active, tau, scores, pi, out)
+    for r in np.flatnonzero(redo):
+        place = np.flatnonzero(scores[r, : active[r]] >= tau[r])
+        out[r, : len(place)] = pi[r, place[np.argsort(-scores[r, place], kind="stable")]]
+
+
 def _argsort_desc_compiled(scores: torch.Tensor) -> torch.Tensor:
     """argsort(scores, dim=1, descending, stable) of a float32 or float64 CPU block (R, G), by
     ordering keys (:mod:`cdrlib.rerank_kernels`) — the first ranking of every query."""
@@ -218,10 +258,19 @@ def _argsort_desc_compiled(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _rerank_chunk_compiled(
-    dist: torch.Tensor, nb: GalleryNeighbours, kq: int, beta: float, n_iter: int, variant: str
+    dist: torch.Tensor,
+    nb: GalleryNeighbours,
+    kq: int,
+    beta: float,
+    n_iter: int,
+    variant: str,
+    keep: int,
 ) -> torch.Tensor:
     """:func:`_rerank_chunk` on a CPU: per iteration three compiled passes and one NumPy sort
-    (:mod:`cdrlib.rerank_kernels`)."""
+    (:mod:`cdrlib.rerank_kernels`). With ``keep`` < G the official update sorts only the head
+    of each row that can still reach the first max(KQ, keep) places (the first ``keep`` in the
+    last iteration; :func:`head_thresholds`): the first ``keep`` of the result are exact, the
+    rest is not a ranking."""
     c, g = dist.shape
     neg = (-dist).numpy()  # a new array: the paper variant accumulates its scores in it
     pi = _argsort_desc_compiled(torch.from_numpy(neg)).numpy()
@@ -243,13 +292,31 @@ def _rerank_chunk_compiled(
     else:
         scores = neg  # s
     nxt = np.empty_like(pi)
+    active = np.full(c, g, dtype=np.int64)  # per row, the positions still in play
+    whole = np.full(c, -np.inf)
     for it in range(n_iter):
         kernels.update_votes(total, in_top, top_prev, pi, kq, index, values, it == 0)
         if variant == "official":
-            kernels.order_keys_official(
-                v, total, pi, unit, beta_t, scores, scores.view(signed), keys.view(np.int64)
+            last = it == n_iter - 1
+            tau = (
+                head_thresholds(v, keep if last else max(kq, keep), n_iter - it, beta)
+                if keep < g
+                else whole
             )
-            _sort_keys(keys, scores, pi, pi, nxt)
+            counts = kernels.order_keys_official(
+                v,
+                total,
+                pi,
+                unit,
+                beta_t,
+                tau,
+                active,
+                scores,
+                scores.view(signed),
+                keys.view(np.int64),
+            )
+            _order_head(keys, counts, active, tau, scores, pi, nxt)
+            active = counts
         else:
             kernels.order_keys_paper(
                 scores, total, unit, beta_t, scores.view(signed), keys.view(np.int64)
@@ -286,12 +353,19 @@ def _rerank_chunk_torch(
 
 
 def _rerank_chunk(
-    dist: torch.Tensor, nb: GalleryNeighbours, kq: int, beta: float, n_iter: int, variant: str
+    dist: torch.Tensor,
+    nb: GalleryNeighbours,
+    kq: int,
+    beta: float,
+    n_iter: int,
+    variant: str,
+    keep: int,
 ) -> torch.Tensor:
-    """Re-rank one chunk of queries from their distances (C, G); returns the final π (C, G)."""
+    """Re-rank one chunk of queries from their distances (C, G); returns the first ``keep``
+    places of the final π (C, keep)."""
     if dist.device.type == "cpu":
-        return _rerank_chunk_compiled(dist, nb, kq, beta, n_iter, variant)
-    return _rerank_chunk_torch(dist, nb, kq, beta, n_iter, variant)
+        return _rerank_chunk_compiled(dist, nb, kq, beta, n_iter, variant, keep)[:, :keep]
+    return _rerank_chunk_torch(dist, nb, kq, beta, n_iter, variant)[:, :keep]
 
 
 def _check(kq: int, kg: int, g: int, beta: float, n_iter: int, variant: str) -> None:
@@ -396,7 +470,7 @@ def icfrr(
             if qg is not None
             else _euclidean_normalised(query[s : s + chunk_size], gallery)
         )
-        return _rerank_chunk(dist, nb, kq, beta, n_iter, variant)[:, :keep].cpu()
+        return _rerank_chunk(dist, nb, kq, beta, n_iter, variant, keep).cpu()
 
     starts = range(0, n_q, chunk_size)
     done = map_chunks(chunk, starts, workers, dev)  # side by side on a CPU, one chunk per core

@@ -9,9 +9,13 @@ pass over the chunk's rows, with NumPy's sort between the second and the third:
    one unsigned 64-bit key per position whose ascending order is the scores' descending order, the
    position (or gallery index) in the low bits, so equal scores keep it as their tie-break: NumPy's
    sort of the keys *is* the stable argsort;
-3. :func:`read_order` — the sorted keys back to gallery indices, and the rows whose keys could not
-   tell two different scores apart (float64 scores share their last bits with the index; rare),
-   which the caller re-sorts exactly.
+3. :func:`read_order` / :func:`read_head` — the sorted keys back to gallery indices, and the rows
+   whose keys could not tell two different scores apart (float64 scores share their last bits with
+   the index; rare), which the caller re-sorts exactly.
+
+When only the top of each ranking is returned, the official update orders only the head of each
+row that can still reach it (:func:`cdrlib.rerank.head_thresholds`): the keys are written for
+that head alone, and the rest of the row keeps its order.
 
 Written as plain loops compiled by numba, so each step touches each entry once (the array form took
 about fifteen full-width passes per iteration), and released from the GIL, so chunks run side by
@@ -80,31 +84,43 @@ def _packed(bits, width, low, slot):
 
 
 @njit(nogil=True, cache=True)
-def order_keys_official(v, total, pi, unit, beta, scores, score_bits, keys):
-    """The official update's scores and their ordering keys.
+def order_keys_official(v, total, pi, unit, beta, tau, active, scores, score_bits, keys):
+    """The official update's scores and the ordering keys of the head still to be ordered.
 
     ``scores[r, p] = v[r, p] + β · (total[r, π[r, p]] · unit)`` — the original sorted score of
-    position p plus the bonus of the item now there; the key's low bits hold p, so equal scores
-    keep their positions' order (the official code's stable sort).
+    position p plus the bonus of the item now there — for the first ``active[r]`` positions (the
+    rest of the row can no longer reach the top; see :func:`cdrlib.rerank.head_thresholds`). Every
+    position there whose score is at least ``tau[r]`` gets a key, written first in the row, with p
+    in the low bits, so equal scores keep their positions' order (the official code's stable sort).
 
     Args:
         v: float (C, G), the original scores, sorted descending; total: (C, G) vote sums;
         pi: int64 (C, G) the current ranking;
         unit, beta: scalars of v's dtype, unit = 1/(KQ·(G−1)).
-        scores: float (C, G), written; score_bits: the same memory viewed as signed integers of the
-            same width; keys: int64 view of the uint64 (C, G) keys, written.
+        tau: float64 (C,), the head's threshold (−inf: every active position);
+        active: int64 (C,), the positions still in play.
+        scores: float (C, G), written up to ``active``; score_bits: the same memory viewed as signed
+            integers of the same width; keys: int64 view of the uint64 (C, G) keys, written.
+    Returns:
+        int64 (C,): the number of keys of each row — the size of its head.
     """
     c, g = v.shape
     width = score_bits.itemsize * 8
     low = (np.int64(1) << _index_bits(g)) - 1
+    counts = np.empty(c, dtype=np.int64)
     for r in range(c):
-        for p in range(g):
+        n = 0
+        for p in range(active[r]):
             # each step stored in the scores' dtype, as the reference rounds it
             scores[r, p] = total[r, pi[r, p]]
             scores[r, p] = scores[r, p] * unit
             scores[r, p] = v[r, p] + beta * scores[r, p]
-        for p in range(g):
-            keys[r, p] = _packed(np.int64(score_bits[r, p]), width, low, p)
+        for p in range(active[r]):
+            if scores[r, p] >= tau[r]:
+                keys[r, n] = _packed(np.int64(score_bits[r, p]), width, low, p)
+                n += 1
+        counts[r] = n
+    return counts
 
 
 @njit(nogil=True, cache=True)
@@ -156,6 +172,40 @@ def read_order(keys, scores, pi, through, out):
                 redo[r] = True
             out[r, i] = pi[r, slot] if through else slot
             prev_key, prev_slot = key, slot
+    return redo
+
+
+@njit(nogil=True, cache=True)
+def read_head(keys, counts, active, tau, scores, pi, out):
+    """The official update's sorted head keys → the new ranking ``out`` (C, G), written whole.
+
+    Each row: its head (``counts[r]`` sorted keys, positions in the low bits) in order, then the
+    other active positions' items in their present order (below the head's threshold ``tau[r]``,
+    they can no longer reach the top), then the row beyond ``active[r]`` as it was. Returns bool
+    (C,): rows whose head keys could not tell two different scores apart (see
+    :func:`read_order`); the caller orders those heads exactly.
+    """
+    c, g = keys.shape
+    low = (np.int64(1) << _index_bits(g)) - 1
+    redo = np.zeros(c, dtype=np.bool_)
+    for r in range(c):
+        prev_key = np.int64(0)
+        prev_slot = np.int64(0)
+        for i in range(counts[r]):
+            key = keys[r, i]
+            slot = key & low
+            if i > 0 and (key ^ prev_key) & ~low == 0 and scores[r, slot] != scores[r, prev_slot]:
+                redo[r] = True
+            out[r, i] = pi[r, slot]
+            prev_key, prev_slot = key, slot
+        i = counts[r]
+        if i < active[r]:
+            for p in range(active[r]):
+                if not scores[r, p] >= tau[r]:
+                    out[r, i] = pi[r, p]
+                    i += 1
+        for p in range(active[r], g):
+            out[r, p] = pi[r, p]
     return redo
 
 

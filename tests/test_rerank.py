@@ -184,3 +184,44 @@ def test_float32_and_half_precision(variant):
         qg.half().float(), gg.half().float(), kg=9, kq=7, beta=0.3, n_iter=4, variant=variant
     )
     assert torch.equal(half, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("beta", [0.0, 0.002, 0.05, 0.5, -0.3])
+@pytest.mark.parametrize("keep", [1, 7, 30])
+def test_head_only_ordering_gives_the_references_top(keep, beta, dtype, monkeypatch):
+    """With ``keep`` < G the official update orders only the head of each row that can still reach
+    the top (cdrlib.rerank.head_thresholds); the first ``keep`` places must still be the
+    reference's, ties included — and for β ≥ 0 the head must actually be smaller than the row."""
+    from cdrlib import rerank_kernels
+
+    _, _, qg, gg = random_problem(q=11, g=150, seed=13)
+    qg, gg = qg.to(dtype), gg.to(dtype)
+    qg[3] = torch.round(qg[3] * 8) / 8                         # many exact ties in one query
+    heads = []
+    order_keys = rerank_kernels.order_keys_official
+
+    def spy(*args):
+        counts = order_keys(*args)
+        heads.append(int(counts.max()))
+        return counts
+
+    monkeypatch.setattr(rerank_kernels, "order_keys_official", spy)
+    got = icfrr(qg, gg, kg=9, kq=6, beta=beta, n_iter=4, keep=keep, chunk_size=4)
+    want = icfrr_dense(qg, gg, kg=9, kq=6, beta=beta, n_iter=4)[:, :keep]
+    assert torch.equal(got, want)
+    assert (min(heads) < 150) == (beta >= 0)
+
+
+def test_head_thresholds_by_hand():
+    """v = (0, −1, −2, −3), m = 2: the threshold is v[1] − (remaining − 1)·β, a little lower for
+    rounding, and −inf for β < 0."""
+    import numpy as np
+
+    from cdrlib.rerank import head_thresholds
+
+    v = np.array([[0.0, -1.0, -2.0, -3.0]])
+    assert head_thresholds(v, 2, 1, 0.5)[0] == -1.0            # the last update: v[m−1] exactly
+    tau = head_thresholds(v, 2, 3, 0.5)[0]
+    assert -2.0 - 1e-3 < tau < -2.0
+    assert head_thresholds(v, 2, 3, -0.5)[0] == -np.inf

@@ -69,15 +69,22 @@ def test_neighbour_lists_equal_a_stable_argsort_with_ties(values, kg_frac):
     assert torch.equal(neighbours_from_distances(gg, kg).index, want)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(data=features, variant=st.sampled_from(["official", "paper"]), n_iter=st.integers(0, 3),
-       kq_frac=st.floats(0, 1), kg_frac=st.floats(0, 1))
-def test_sparse_icfrr_equals_the_dense_reference_with_ties(data, variant, n_iter, kq_frac, kg_frac):
+       kq_frac=st.floats(0, 1), kg_frac=st.floats(0, 1), keep_frac=st.floats(0, 1),
+       beta=st.sampled_from([0.5, 0.0, 0.01, 3.0, -0.5]))
+def test_sparse_icfrr_equals_the_dense_reference_with_ties(data, variant, n_iter, kq_frac, kg_frac,
+                                                           keep_frac, beta):
+    """Also with ``keep`` (the official update then orders only each row's head) and small β, where
+    the head shrinks early."""
     q, g = (torch.tensor(x, dtype=torch.float64) for x in data)
     qg, gg = torch.cdist(q, g) ** 2, torch.cdist(g, g) ** 2     # integers: exact, with many ties
     kq, kg = 1 + int(kq_frac * (len(g) - 1)), 1 + int(kg_frac * (len(g) - 2))
-    want = icfrr_dense(qg, gg, kg=kg, kq=kq, beta=0.5, n_iter=n_iter, variant=variant)
-    assert torch.equal(icfrr(qg, gg, kg=kg, kq=kq, beta=0.5, n_iter=n_iter, variant=variant, chunk_size=2), want)
+    keep = 1 + int(keep_frac * (len(g) - 1))
+    want = icfrr_dense(qg, gg, kg=kg, kq=kq, beta=beta, n_iter=n_iter, variant=variant)[:, :keep]
+    got = icfrr(qg, gg, kg=kg, kq=kq, beta=beta, n_iter=n_iter, variant=variant, chunk_size=2,
+                keep=keep)
+    assert torch.equal(got, want)
 
 
 @settings(max_examples=100, deadline=None)
