@@ -195,21 +195,24 @@ def scaling_iterations(c, a, b, eps, max_iter, tol, dtype=torch.float64):
     """
     cw, aw, bw = c.to(dtype), a.to(dtype), b.to(dtype)
     low = cw.amin(dim=(1, 2), keepdim=True)
-    K = torch.exp(-(cw - low) / eps)
-    Kt = K.transpose(1, 2)
+    K = torch.exp(-(cw - low) / eps)  # (B, n, m)
+    # Both products are taken as a row vector times a matrix, (K v)ᵀ = vᵀ Kᵀ and (Kᵀ u)ᵀ = uᵀ K:
+    # on a CPU torch runs a batch of those several times faster than a batch of matrix × column
+    # vector (13 against 58 µs at 64 × 54² in float64), hence Kᵀ stored contiguous once.
+    Kt = K.transpose(1, 2).contiguous()  # (B, m, n)
     u, v = torch.ones_like(aw), torch.ones_like(bw)
     err, it = float("inf"), 0
     while True:
         # K v is the u-update's divisor and, times u, the current plan's row sums: the convergence
         # check is free, so it runs every iteration
-        kv = torch.bmm(K, v.unsqueeze(2)).squeeze(2)
+        kv = torch.bmm(v.unsqueeze(1), Kt).squeeze(1)
         if it > 0:
             with torch.no_grad():
                 err = (u * kv - aw).abs().sum(-1).max().item()
         if it == max_iter or err < tol:
             break
         u = aw / kv
-        v = bw / torch.bmm(Kt, u.unsqueeze(2)).squeeze(2)
+        v = bw / torch.bmm(u.unsqueeze(1), K).squeeze(1)
         it += 1
     plan = u.unsqueeze(2) * K * v.unsqueeze(1)
     return plan, eps * u.log() + low.squeeze(2), eps * v.log(), it, err
