@@ -45,7 +45,9 @@ def child_sinkhorn(impl: str, problem: str, target: float) -> dict:
     Each side stops by its own rule: cdrlib checks every iteration; POT's batched solvers check
     every tenth, with an L2 norm, so their tolerance is tightened until the plan they return meets
     the target (the fairest setting for them). The error is measured on the returned plan in
-    float64, outside the clock.
+    float64, outside the clock. A solver whose error stops falling as its tolerance tightens is at
+    its precision floor (float32 at n = 2000: the float32 sums behind its own check are off by about
+    1e-6): it is timed at the last tolerance that helped and marked as not reaching the target.
     """
     import numpy as np
     import torch
@@ -76,15 +78,20 @@ def child_sinkhorn(impl: str, problem: str, target: float) -> dict:
         return (plan.double().sum(2) - a).abs().sum(1).max().item()
 
     tol = target
-    solve(tol)  # first-call overheads out of the measurement
-    while error(solve(tol)) > target and tol > target * 1e-4:
-        tol /= 3
+    err = error(solve(tol))  # also takes first-call overheads out of the measurement
+    while err > target and tol > target * 1e-4:
+        tighter = error(solve(tol / 3))
+        if tighter > 0.9 * err:  # no real gain: the solver is at its precision floor
+            break
+        tol, err = tol / 3, tighter
     times = []
     for _ in range(5):  # the median of 5: single runs of a fraction of a second vary by 2-4x here
         t0 = time.perf_counter()
         plan = solve(tol)
         times.append(time.perf_counter() - t0)
-    return {"seconds": sorted(times)[2], "marginal_error": error(plan), "stopping_tol": tol}
+    err = error(plan)
+    return {"seconds": sorted(times)[2], "marginal_error": err, "stopping_tol": tol,
+            "reached": err <= target}
 
 
 def child_kmeans(backend: str, n: int, d: int, k: int) -> dict:
@@ -162,12 +169,14 @@ def main() -> None:
             best = min(runs, key=lambda r: r["seconds"])
             sink.append({"problems": problem, "target_error": target, "implementation": impl,
                          "seconds": round(best["seconds"], 5), "marginal_error": best["marginal_error"],
-                         "stopping_tol": best["stopping_tol"]})
+                         "stopping_tol": best["stopping_tol"], "reached target": best["reached"]})
             print(sink[-1], flush=True)
         mine = [r for r in sink if r["problems"] == problem]
-        pot = min(r["seconds"] for r in mine if r["implementation"].startswith("POT batch"))
-        for r in mine:
-            r["ratio to POT's fastest batched"] = round(r["seconds"] / pot, 3)
+        pot = min(r["seconds"] for r in mine
+                  if r["implementation"].startswith("POT batch") and r["reached target"])
+        for r in mine:  # a time that did not reach the target error is not compared
+            r["ratio to POT's fastest batched"] = (round(r["seconds"] / pot, 3) if r["reached target"]
+                                                   else None)
     if only_sinkhorn and OUT.is_file():
         kept = json.loads(OUT.read_text())
         km, steps = kept["kmeans"], kept["training"]
