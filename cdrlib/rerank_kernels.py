@@ -150,6 +150,24 @@ def _index_bits(g):
     return bits
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _read_row(keys, scores, pi, through, out, r, n, low):
+    """Row r's first n sorted keys → ``out[r, :n]``: ``pi`` at the keys' positions (``through``)
+    or the keys' gallery indices. True when two neighbouring keys agree in every bit above the
+    index but their scores differ (the keys' truncation hid the order of two scores)."""
+    redo = False
+    prev_key = np.int64(0)
+    prev_slot = np.int64(0)
+    for i in range(n):
+        key = keys[r, i]
+        slot = key & low
+        if i > 0 and (key ^ prev_key) & ~low == 0 and scores[r, slot] != scores[r, prev_slot]:
+            redo = True
+        out[r, i] = pi[r, slot] if through else slot
+        prev_key, prev_slot = key, slot
+    return redo
+
+
 @njit(nogil=True, cache=True)
 def read_order(keys, scores, pi, through, out):
     """Sorted keys → the new ranking.
@@ -163,15 +181,7 @@ def read_order(keys, scores, pi, through, out):
     low = (np.int64(1) << _index_bits(g)) - 1
     redo = np.zeros(c, dtype=np.bool_)
     for r in range(c):
-        prev_key = np.int64(0)
-        prev_slot = np.int64(0)
-        for i in range(g):
-            key = keys[r, i]
-            slot = key & low
-            if i > 0 and (key ^ prev_key) & ~low == 0 and scores[r, slot] != scores[r, prev_slot]:
-                redo[r] = True
-            out[r, i] = pi[r, slot] if through else slot
-            prev_key, prev_slot = key, slot
+        redo[r] = _read_row(keys, scores, pi, through, out, r, g, low)
     return redo
 
 
@@ -189,15 +199,7 @@ def read_head(keys, counts, active, tau, scores, pi, out):
     low = (np.int64(1) << _index_bits(g)) - 1
     redo = np.zeros(c, dtype=np.bool_)
     for r in range(c):
-        prev_key = np.int64(0)
-        prev_slot = np.int64(0)
-        for i in range(counts[r]):
-            key = keys[r, i]
-            slot = key & low
-            if i > 0 and (key ^ prev_key) & ~low == 0 and scores[r, slot] != scores[r, prev_slot]:
-                redo[r] = True
-            out[r, i] = pi[r, slot]
-            prev_key, prev_slot = key, slot
+        redo[r] = _read_row(keys, scores, pi, True, out, r, counts[r], low)
         i = counts[r]
         if i < active[r]:
             for p in range(active[r]):
