@@ -27,6 +27,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used as it is; the message says why and what to do."""
 
 
+class ChecksumError(CheckpointError):
+    """A checkpoint's bytes do not have the sha256 recorded for them (callers say what to do)."""
+
+
 # the first six bytes of an xz stream: :func:`save_state` compresses with xz when asked
 XZ_MAGIC = b"\xfd7zXZ\x00"
 # how far a compressed checkpoint may expand: tensors of small codes expand about 1.5×; a file that
@@ -55,9 +59,9 @@ def save_state(state: dict, path: str | Path, compress: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def _decompressed(path: Path, what: str) -> io.BytesIO:
-    """The torch.save bytes of an xz-compressed checkpoint, at most MAX_EXPANSION × its size."""
-    data = path.read_bytes()
+def _decompressed(data: bytes, path: Path, what: str) -> io.BytesIO:
+    """The torch.save bytes of an xz-compressed checkpoint (``data``, read from ``path``), at most
+    MAX_EXPANSION × its size."""
     limit = MAX_EXPANSION * len(data) + 2**20
     decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
     try:
@@ -75,13 +79,17 @@ def _decompressed(path: Path, what: str) -> io.BytesIO:
     return io.BytesIO(out)
 
 
-def load_state(path: str | Path, what: str = "checkpoint") -> dict:
+def load_state(path: str | Path, what: str = "checkpoint", sha256: str | None = None) -> dict:
     """A checkpoint's contents, loaded with ``weights_only=True`` onto the CPU (an xz-compressed
     one, as :func:`save_state` writes with ``compress=True``, is decompressed first).
 
     Args:
         path: the file; what: how messages name it (``"run checkpoint"``, ``"MoCo v2 weights"``).
+        sha256: the digest recorded for the file, or None. When given, the file is read once and
+            those bytes are checked and then loaded, so no other bytes can be loaded than the ones
+            checked (a file replaced between a separate check and the load would be).
     Raises:
+        ChecksumError: the bytes' sha256 is not ``sha256``; nothing was unpickled.
         CheckpointError: the file is missing, damaged, or holds objects other than tensors and plain
             containers (which could run code when unpickled; it is not loaded).
     """
@@ -90,7 +98,15 @@ def load_state(path: str | Path, what: str = "checkpoint") -> dict:
         raise CheckpointError(f"no {what} at {path}")
     with open(path, "rb") as f:
         compressed = f.read(len(XZ_MAGIC)) == XZ_MAGIC
-    source = _decompressed(path, what) if compressed else path
+    data = path.read_bytes() if compressed or sha256 is not None else None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ChecksumError(
+            f"{path} ({what}) does not have the sha256 recorded for it: a damaged or replaced file"
+        )
+    if compressed:
+        source = _decompressed(data, path, what)
+    else:
+        source = path if data is None else io.BytesIO(data)
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -45,7 +45,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .checkpoint_io import CheckpointError, load_state, save_state, state_digest
+from .checkpoint_io import CheckpointError, ChecksumError, load_state, save_state, state_digest
 from .data.download import file_sha256
 from .paths import REPO_ROOT
 
@@ -311,13 +311,14 @@ class RunStore:
         found = self._entry_to_load(key, settings)
         if found is not None:
             stored, entry, manifest_file = found
-            if file_sha256(stored) != entry["sha256"]:
+            try:  # the bytes checked are the bytes loaded
+                state = load_state(stored, "stored run", sha256=entry["sha256"])
+            except ChecksumError:
                 raise CheckpointError(
                     f"the stored run {stored} does not match the sha256 in {manifest_file}: "
                     "a damaged or replaced file. Delete it: the run then trains again and is "
                     "stored"
-                )
-            state = load_state(stored, "stored run")
+                ) from None
             method.load_kept_state(unpack_state(state["kept"]))
             self.loaded += 1
             self.borrowed += manifest_file != self.manifest_file

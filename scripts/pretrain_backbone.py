@@ -23,7 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdrlib.models.factory import REGISTRY, sha256  # noqa: E402
+from cdrlib.data.download import file_sha256 as sha256  # noqa: E402
+from cdrlib.models.factory import REGISTRY  # noqa: E402
 from cdrlib.pretrain import PretrainConfig, pretrain  # noqa: E402
 
 

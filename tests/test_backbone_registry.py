@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from cdrlib.data.download import file_sha256
 from cdrlib.models import factory
 from cdrlib.models import VisionTransformer
 from cdrlib.models.factory import (IMAGENET_MEAN, IMAGENET_STD, BackboneError, ImageNetInput, fold_input_normalisation,
@@ -19,7 +20,7 @@ def repo(tmp_path, monkeypatch):
     ckpt_dir.mkdir()
     model = factory.build_backbone("resnet")
     torch.save({"arch": "resnet", "state_dict": model.state_dict()}, ckpt_dir / "emoji_resnet.pt")
-    entry = {"path": "checkpoints/emoji_resnet.pt", "sha256": factory.sha256(ckpt_dir / "emoji_resnet.pt"),
+    entry = {"path": "checkpoints/emoji_resnet.pt", "sha256": file_sha256(ckpt_dir / "emoji_resnet.pt"),
              "command": "touch SHOULD-NOT-RUN", "minutes": 1}
     (ckpt_dir / "CHECKPOINTS.json").write_text(json.dumps({"emoji-resnet": entry}))
     monkeypatch.setattr(factory, "REPO_ROOT", tmp_path)

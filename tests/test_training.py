@@ -221,3 +221,40 @@ def test_a_compressed_checkpoint_loads_and_a_bad_one_is_refused(tmp_path):
     for path in (truncated, bomb):
         with pytest.raises(CheckpointError, match="truncated, or expands"):
             load_state(path)
+
+
+def test_a_recorded_sha256_is_checked_on_the_bytes_that_are_loaded(tmp_path, monkeypatch):
+    """load_state(sha256=…) reads the file once: the digest is taken of the very bytes torch.load
+    then reads (a file swapped between a separate check and the load would go unchecked), and a
+    file without the recorded digest is refused before anything is unpickled."""
+    import hashlib
+    import io
+
+    import cdrlib.checkpoint_io as checkpoint_io
+    from cdrlib.checkpoint_io import ChecksumError, load_state, save_state, state_digest
+
+    state = {"w": torch.randn(8, 4)}
+    for compress in (False, True):
+        path = tmp_path / f"state-{compress}.pt"
+        save_state(state, path, compress=compress)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        seen = []
+        real_load = torch.load
+
+        def spy(source, *args, **kwargs):
+            seen.append(source)
+            return real_load(source, *args, **kwargs)
+
+        monkeypatch.setattr(checkpoint_io.torch, "load", spy)
+        assert state_digest(load_state(path, sha256=digest)) == state_digest(state)
+        assert isinstance(seen[-1], io.BytesIO)             # the checked bytes, not the path again
+        with pytest.raises(ChecksumError, match="does not have the sha256 recorded"):
+            load_state(path, sha256="0" * 64)
+        assert len(seen) == 1                               # refused before torch.load
+        monkeypatch.setattr(checkpoint_io.torch, "load", real_load)
+    # a payload that would run code, under a wrong digest: refused by the digest, never unpickled
+    marker, evil = tmp_path / "payload-ran", tmp_path / "evil.pt"
+    torch.save({"x": Payload(marker)}, evil)
+    with pytest.raises(ChecksumError):
+        load_state(evil, sha256=hashlib.sha256(b"something else").hexdigest())
+    assert not marker.exists()

