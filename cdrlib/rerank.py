@@ -44,7 +44,7 @@ from .validation import check_features, check_k, check_positive_int, non_finite_
 
 VARIANTS = ("official", "paper")
 # A CPU chunk's arrays take about 50 bytes per query–item; keeping about 2^16 query–items in a
-# chunk keeps them in the core's caches between the passes. Measured (G = 20k, Q = 2000, KG = KQ =
+# chunk keeps them in the core's caches between the passes. Measured (G = 20k, Q = 1000, KG = KQ =
 # 256, 2 cores): 4 queries a chunk ran 1.6x faster than 64; at G = 1000, 64 was best; below 4 a
 # chunk's fixed costs (its distance product, its first sort) dominate.
 CPU_CHUNK_ITEMS = 1 << 16
