@@ -96,9 +96,11 @@ def load_state(path: str | Path, what: str = "checkpoint", sha256: str | None = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no {what} at {path}")
-    with open(path, "rb") as f:
-        compressed = f.read(len(XZ_MAGIC)) == XZ_MAGIC
-    data = path.read_bytes() if compressed or sha256 is not None else None
+    with open(path, "rb") as f:  # one read: what is checked and decompressed is what loads
+        head = f.read(len(XZ_MAGIC))
+        compressed = head == XZ_MAGIC
+        # the whole file in memory only when it is checked or decompressed; else torch reads it
+        data = head + f.read() if compressed or sha256 is not None else None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise ChecksumError(
             f"{path} ({what}) does not have the sha256 recorded for it: a damaged or replaced file"
